@@ -1,0 +1,5 @@
+import sys
+
+from phmdiff.cli import main
+
+sys.exit(main())
