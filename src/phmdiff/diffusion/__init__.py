@@ -1,0 +1,1 @@
+"""Diffusion formulations: EDM preconditioning (edm.py) and Gaussian diffusion (DDPM/DDIM, respacing)."""
