@@ -15,6 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` less the process umask: mkstemp/mkdtemp create 0600/0700, ordinary outputs get the usual mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -38,6 +45,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, _umask_mode(0o666))
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -64,6 +72,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
         if path.exists():
