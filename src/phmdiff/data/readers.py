@@ -1,0 +1,220 @@
+"""Find subjects in the dataset layouts users arrive with, and load their volumes with clear errors.
+
+Layouts (`detect_layout` picks one, `find_subjects(root, layout=...)` forces one):
+- ``brats2021``: ``ROOT/<id>/<id>_t1 _t1ce _t2 _flair _seg .nii.gz``
+- ``brats2023``: ``ROOT/<id>/<id>-t1n -t1c -t2w -t2f -seg .nii.gz``, mapped to t1 t1ce t2 flair seg
+- ``synthrad``: ``ROOT/<id>/mr ct mask .nii.gz`` (SynthRAD pelvis / brain)
+- ``generic``: ``ROOT/<subject>/<modality>.nii(.gz)``; a file named seg/mask/label becomes the mask
+- ``png``: ``ROOT/<modality>/<name>.png`` (8 or 16 bit grayscale). Each PNG is one slice. A name
+  ``<subject>_<number>.png`` (e.g. ``pat07_042.png``) groups the file with the other slices of
+  ``<subject>``, stacked in number order along the last axis; any other name is a one-slice subject.
+
+Folders named ``noise_free`` (the phantom's clean references) are never subjects.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+LAYOUTS = ("brats2021", "brats2023", "synthrad", "generic", "png")
+BRATS2021 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
+BRATS2023 = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
+MASK_NAMES = ("seg", "mask", "label", "labels")
+SKIP_DIRS = ("noise_free",)
+_NIFTI = re.compile(r"^(?P<stem>.+)\.nii(\.gz)?$")
+_PNG_SLICE = re.compile(r"^(?P<subject>.+)_(?P<number>\d+)$")
+
+
+@dataclass
+class Subject:
+    """One subject: its modality files, an optional mask/segmentation and what is wrong with it."""
+
+    id: str
+    paths: dict[str, Path] = field(default_factory=dict)  # modality -> NIfTI file
+    mask: Path | None = None
+    problems: list[str] = field(default_factory=list)
+    layout: str = "generic"
+    png_slices: dict[str, list[Path]] = field(default_factory=dict)  # png layout: modality -> slice files
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.png_slices if self.layout == "png" else self.paths)
+
+
+def _nifti_stem(path: Path) -> str | None:
+    match = _NIFTI.match(path.name)
+    return match.group("stem") if match and path.is_file() else None
+
+
+def _subject_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in SKIP_DIRS and not p.name.startswith("."))
+
+
+def detect_layout(root: str | Path) -> str:
+    """The layout of `root`, judged from the file names of its subject folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: input folder not found.")
+    dirs = _subject_dirs(root)
+    pngs = [d for d in dirs if any(p.suffix.lower() == ".png" for p in d.iterdir())]
+    if pngs and len(pngs) == len(dirs):
+        return "png"
+    stems = [(d.name, s) for d in dirs for s in map(_nifti_stem, d.iterdir()) if s]
+    if not stems:
+        raise ValueError(f"{root}: no subjects found (expected subject folders of .nii/.nii.gz files or PNG folders).")
+    if any(s.startswith(f"{sid}_") and s[len(sid) + 1 :] in BRATS2021 for sid, s in stems):
+        return "brats2021"
+    if any(s.startswith(f"{sid}-") and s[len(sid) + 1 :] in BRATS2023 for sid, s in stems):
+        return "brats2023"
+    if any(s in ("mr", "ct") for _, s in stems):
+        return "synthrad"
+    return "generic"
+
+
+def _nifti_subject(folder: Path, layout: str) -> Subject:
+    sub = Subject(id=folder.name, layout=layout)
+    names = {"brats2021": BRATS2021, "brats2023": BRATS2023}.get(layout)
+    sep = "_" if layout == "brats2021" else "-"
+    for path in sorted(folder.iterdir()):
+        stem = _nifti_stem(path)
+        if stem is None:
+            continue
+        if names is not None:  # BraTS: `<id><sep><suffix>`, the suffix names the modality
+            suffix = stem[len(folder.name) + 1 :] if stem.startswith(folder.name + sep) else stem.rsplit(sep, 1)[-1]
+            if suffix in MASK_NAMES:
+                sub.mask = path
+            elif suffix in names:
+                sub.paths[names[suffix]] = path
+            else:
+                sub.problems.append(f"{path}: unexpected file name for the {layout} layout, ignored.")
+        elif stem.lower() in MASK_NAMES:
+            sub.mask = path
+        else:
+            sub.paths[stem.lower()] = path
+    if names is not None:
+        for suffix, mod in names.items():
+            if mod not in sub.paths:
+                sub.problems.append(f"{folder / f'{folder.name}{sep}{suffix}.nii.gz'}: missing modality file ({mod}).")
+    elif layout == "synthrad":
+        for mod in ("mr", "ct"):
+            if mod not in sub.paths:
+                sub.problems.append(f"{folder / f'{mod}.nii.gz'}: missing modality file ({mod}).")
+    if not sub.paths:
+        sub.problems.append(f"{folder}: no NIfTI volumes in this subject folder.")
+    return sub
+
+
+def _png_subjects(root: Path) -> list[Subject]:
+    subjects: dict[str, Subject] = {}
+    numbered: dict[tuple[str, str], list[tuple[int, Path]]] = {}
+    for mod_dir in _subject_dirs(root):
+        for path in sorted(mod_dir.iterdir()):
+            if path.suffix.lower() != ".png":
+                continue
+            match = _PNG_SLICE.match(path.stem)
+            sid, number = (match.group("subject"), int(match.group("number"))) if match else (path.stem, 0)
+            numbered.setdefault((sid, mod_dir.name), []).append((number, path))
+    for (sid, mod), files in sorted(numbered.items()):
+        sub = subjects.setdefault(sid, Subject(id=sid, layout="png"))
+        sub.png_slices[mod] = [p for _, p in sorted(files)]
+    mods = sorted({m for s in subjects.values() for m in s.png_slices})
+    for sub in subjects.values():
+        counts = {m: len(v) for m, v in sub.png_slices.items()}
+        for mod in mods:
+            if mod not in sub.png_slices:
+                sub.problems.append(f"{root / mod / (sub.id + '*.png')}: missing modality file ({mod}).")
+        if len(set(counts.values())) > 1:
+            sub.problems.append(f"subject {sub.id}: modalities have different slice counts {counts}.")
+    return list(subjects.values())
+
+
+def find_subjects(root: str | Path, layout: str = "auto") -> list[Subject]:
+    """All subjects under `root`, sorted by id, each with the problems found while reading names."""
+    root = Path(root)
+    if layout not in ("auto", *LAYOUTS):
+        raise ValueError(f"layout '{layout}' is unknown; expected one of auto, {', '.join(LAYOUTS)}.")
+    layout = detect_layout(root) if layout == "auto" else layout
+    if not root.is_dir():
+        raise ValueError(f"{root}: input folder not found.")
+    if layout == "png":
+        subjects = _png_subjects(root)
+    else:
+        subjects = [_nifti_subject(d, layout) for d in _subject_dirs(root)]
+        subjects = [s for s in subjects if s.paths or any(_nifti_stem(p) for p in (s.mask,) if p)]
+    if not subjects:
+        raise ValueError(f"{root}: no subjects found for the {layout} layout.")
+    return sorted(subjects, key=lambda s: s.id)
+
+
+def _check_values(data: np.ndarray, path: Path) -> None:
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise ValueError(f"{path}: volume has {bad} NaN or Inf voxels; expected finite intensities.")
+    if data.size and data.min() == data.max():
+        raise ValueError(f"{path}: volume is constant (every voxel is {data.flat[0]:g}); expected an image.")
+
+
+def load_volume(path: str | Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """Read a 3D NIfTI volume as float32 with its affine and header, or raise a one-sentence ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found.")
+    try:
+        img = nib.load(path)
+        data = img.get_fdata(dtype=np.float32)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{path}: truncated or corrupt gzip data ({exc}).") from None
+    except nib.filebasedimages.ImageFileError:
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":  # gzip magic: a compressed file cut before its header ends
+                raise ValueError(f"{path}: truncated or corrupt gzip data (the NIfTI header is incomplete).") from None
+        raise ValueError(f"{path}: not a NIfTI file (the header cannot be read).") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the NIfTI volume ({' '.join(str(exc).split())}).") from None
+    if data.ndim == ndim + 1 and data.shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume stored as 4D
+        data = data[..., 0]
+    if data.ndim != ndim:
+        raise ValueError(f"{path}: volume has {data.ndim} dimensions {tuple(data.shape)}; expected a {ndim}D volume.")
+    _check_values(data, path)
+    return data, np.asarray(img.affine, dtype=np.float64), img.header
+
+
+def load_png(path: str | Path) -> np.ndarray:
+    """Read one 8- or 16-bit grayscale PNG as a float32 (H, W) array in its stored units."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA", "P", "LA"):
+                raise ValueError(f"{path}: PNG is in colour mode {im.mode}; expected an 8 or 16 bit grayscale image.")
+            data = np.asarray(im).astype(np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: unreadable PNG ({' '.join(str(exc).split())}).") from None
+    if data.ndim != 2:
+        raise ValueError(f"{path}: PNG has shape {data.shape}; expected a single-channel image.")
+    return data
+
+
+def load_png_stack(paths: list[Path]) -> np.ndarray:
+    """Stack the slices of one PNG subject along the last axis: (H, W, n_slices)."""
+    slices = [load_png(p) for p in paths]
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        raise ValueError(f"{paths[0].parent}: PNG slices of one subject differ in size {sorted(shapes)}.")
+    volume = np.stack(slices, axis=-1)  # (H, W, n)
+    finite_ok = volume.min() != volume.max() or volume.size <= 1
+    if not finite_ok:
+        raise ValueError(f"{paths[0]}: image is constant (every pixel is {volume.flat[0]:g}); expected an image.")
+    return volume
