@@ -1,0 +1,292 @@
+"""`phmdiff prepare`: NIfTI/PNG subjects -> normalized slice shards + manifest.json, split by subject.
+
+Streams one subject at a time (memory bounded by one subject plus one shard per split), builds the whole
+output in a temporary folder and swaps it in, reuses an output whose inputs and settings are unchanged and
+rebuilds a stale one. Per-volume steps live in `phmdiff.data.volume` (shared with `translate`).
+
+Input identity (for reuse): per file its size, mtime and the sha256 of its first MiB; hashing whole volumes
+would cost as much as preparing them, and a change that keeps size, mtime and the first MiB is improbable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from phmdiff import __version__
+from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
+from phmdiff.data.volume import (  # noqa: F401  (re-exported for translate)
+    NormParams,
+    VolumeSettings,
+    VolumeSpec,
+    load_subject_volumes,
+    slices_to_volume,
+    volume_to_slices,
+    write_like,
+)
+from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
+
+SPLITS = ("train", "val", "test")
+FORMAT = "phmdiff-prepared/1"
+HEAD_BYTES = 1 << 20
+DEFAULT_MODALITIES = {"brats2021": ["t1", "t1ce", "t2", "flair"], "brats2023": ["t1", "t1ce", "t2", "flair"],
+                      "synthrad": ["mr", "ct"]}
+
+
+@dataclass
+class PrepareSettings:
+    """Dataset-level settings of `phmdiff prepare` (the per-volume ones are in `volume`)."""
+
+    layout: str = "auto"
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_file: str | None = None
+    seed: int = 0
+    dtype: str = "float16"
+    shard_mib: float = 64.0  # slices per shard file are chosen so one shard is about this size
+    volume: VolumeSettings = field(default_factory=VolumeSettings)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype '{self.dtype}' is unsupported; expected float16 or float32.")
+        if len(self.split) != 3 or min(self.split) < 0 or not np.isclose(sum(self.split), 1.0, atol=1e-3):
+            raise ValueError(f"split {list(self.split)} is invalid; expected three fractions >= 0 summing to 1.")
+
+
+def file_identity(path: Path) -> dict:
+    """Size, mtime and sha256 of the first MiB: a cheap content identity for reuse checks."""
+    stat = path.stat()
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(HEAD_BYTES)).hexdigest()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256_head": head}
+
+
+def _subject_files(sub: Subject, modalities: list[str]) -> dict[str, list[Path]]:
+    if sub.layout == "png":
+        return {m: list(sub.png_slices.get(m, [])) for m in modalities}
+    return {m: [sub.paths[m]] for m in modalities if m in sub.paths}
+
+
+def split_subjects(ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Seeded subject-level split: a permutation of the ids cut by the fractions (train gets at least one)."""
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    # Each split with a non-zero fraction gets at least one subject once there are three or more.
+    n_val, n_test = (max(int(round(f * len(ids))), int(f > 0 and len(ids) >= 3)) for f in fractions[1:])
+    n_train = max(len(ids) - n_val - n_test, min(1, len(ids)))
+    n_val = min(n_val, len(ids) - n_train)
+    cuts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+    return {sid: name for name, group in cuts.items() for sid in group}
+
+
+def read_split_file(path: str | Path, ids: list[str]) -> dict[str, str]:
+    """A fixed split: JSON {"train": [ids], "val": [...], "test": [...]} or text lines `<id> <split>`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: split file not found.")
+    text = path.read_text()
+    try:
+        groups = json.loads(text)
+        mapping = {sid: name for name, group in groups.items() for sid in group}
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        mapping = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            parts = line.replace(",", " ").split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) != 2:
+                raise ValueError(f"{path}: line {n} is '{line}'; expected '<subject> <split>'.") from None
+            mapping[parts[0]] = parts[1]
+    bad = sorted({s for s in mapping.values() if s not in SPLITS})
+    if bad:
+        raise ValueError(f"{path}: unknown split names {bad}; expected train, val or test.")
+    missing = sorted(set(ids) - set(mapping))
+    if missing:
+        raise ValueError(f"{path}: subjects {missing[:5]} are not assigned to a split; every subject must be.")
+    return {sid: mapping[sid] for sid in ids}
+
+
+class _ShardWriter:
+    """Accumulates slices of one split and writes `shards/<split>-NNNNN.npy` whenever a shard is full."""
+
+    def __init__(self, folder: Path, split: str, dtype: str, shard_mib: float):
+        self.folder, self.split, self.dtype, self.shard_mib = folder, split, np.dtype(dtype), shard_mib
+        self.buffer: list[np.ndarray] = []
+        self.buffered, self.shards = 0, []
+
+    def add(self, slices: np.ndarray) -> None:
+        self.buffer.append(slices.astype(self.dtype))
+        self.buffered += len(slices)
+        if sum(b.nbytes for b in self.buffer) >= self.shard_mib * 2**20:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        name = f"shards/{self.split}-{len(self.shards):05d}.npy"
+        np.save(self.folder / name, np.concatenate(self.buffer))  # (n, C, H, W)
+        self.shards.append({"file": name, "n": self.buffered})
+        self.buffer, self.buffered = [], 0
+
+
+def _fingerprint(settings: PrepareSettings, modalities: list[str], inputs: dict, split: dict) -> str:
+    blob = json.dumps({"v": __version__, "s": asdict(settings), "m": modalities, "i": inputs, "split": split},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_manifest(prepared_dir: str | Path) -> dict:
+    """The manifest of a prepared folder, with a sentence when it is not one."""
+    path = Path(prepared_dir) / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{prepared_dir}: not a prepared folder (no manifest.json); run phmdiff prepare first.")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: manifest is not valid JSON ({exc.msg}).") from None
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: manifest format {manifest.get('format')!r} is not {FORMAT!r}.")
+    return manifest
+
+
+def settings_from_manifest(manifest: dict) -> VolumeSettings:
+    """The per-volume settings a prepared folder was made with (for translate)."""
+    return VolumeSettings.from_dict(manifest["config"]["volume"])
+
+
+def prepared_id(prepared_dir: str | Path) -> str:
+    """Identity of prepared data: sha256 of its manifest (which holds the input hashes and settings)."""
+    return hashlib.sha256((Path(prepared_dir) / "manifest.json").read_bytes()).hexdigest()
+
+
+def _resolve(root: Path, settings: PrepareSettings, modalities: list[str] | None):
+    layout = detect_layout(root) if settings.layout == "auto" else settings.layout
+    subjects = find_subjects(root, layout)
+    if not modalities:
+        modalities = DEFAULT_MODALITIES.get(layout) or sorted({m for s in subjects for m in s.modalities})
+    return layout, subjects, list(modalities)
+
+
+def dry_run_report(root: Path, settings: PrepareSettings, modalities: list[str] | None) -> str:
+    layout, subjects, modalities = _resolve(root, settings, modalities)
+    lines = [f"{root}: layout {layout}, {len(subjects)} subjects, modalities {' '.join(modalities)}"]
+    for s in subjects:
+        lines.append(f"  {s.id}: {' '.join(s.modalities)}" + (f"  mask {s.mask.name}" if s.mask else ""))
+        lines += [f"    problem: {p}" for p in s.problems]
+        lines += [f"    problem: missing modality {m}" for m in modalities if m not in s.modalities
+                  and not any(f"({m})" in p for p in s.problems)]
+    return "\n".join(lines)
+
+
+def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modalities: list[str] | None = None,
+            overwrite: bool = False, progress: bool = True) -> str:
+    """Build (or reuse) the prepared folder `out` from `root`; returns 'built' or 'reused'."""
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise ValueError(f"{root}: input folder not found.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: output path is a file; expected a folder for the prepared data.")
+    check_writable_dir(out.parent)
+    layout, subjects, modalities = _resolve(root, settings, modalities)
+    settings.volume.modalities = modalities
+    for s in subjects:  # a requested modality missing anywhere stops here, before any work
+        for m in modalities:
+            if m not in s.modalities:
+                named = [p for p in s.problems if f"({m})" in p]
+                raise ValueError(named[0] if named else f"subject {s.id}: missing modality file ({m}).")
+    ids = [s.id for s in subjects]
+    split = (read_split_file(settings.split_file, ids) if settings.split_file
+             else split_subjects(ids, settings.split, settings.seed))
+    inputs = {s.id: {m: [file_identity(p) for p in files] for m, files in _subject_files(s, modalities).items()}
+              for s in subjects}
+    fingerprint = _fingerprint(settings, modalities, inputs, split)
+    if (out / "manifest.json").is_file():
+        try:
+            old = load_manifest(out)
+        except ValueError:
+            old = {}
+        shards_ok = all((out / sh["file"]).is_file() for sp in old.get("splits", {}).values() for sh in sp["shards"])
+        if old.get("fingerprint") == fingerprint and shards_ok and not overwrite:
+            return "reused"
+    elif out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out}: folder exists and is not a prepared folder; pass --overwrite to replace it.")
+
+    from tqdm.auto import tqdm
+
+    volumes_meta, slice_map = {}, {name: [] for name in SPLITS}
+    with atomic_dir(out) as tmp:
+        (tmp / "shards").mkdir()
+        writers = {name: _ShardWriter(tmp, name, settings.dtype, settings.shard_mib) for name in SPLITS}
+        for sub in tqdm(subjects, desc="prepare", unit="subject", disable=not progress or None):
+            volumes, affine, _ = load_subject_volumes(sub, modalities)
+            slices, spec = volume_to_slices(volumes, affine, settings.volume)
+            del volumes
+            writers[split[sub.id]].add(slices)
+            slice_map[split[sub.id]] += [[sub.id, i] for i in spec.indices]
+            volumes_meta[sub.id] = {"split": split[sub.id], "reference": str(next(iter(
+                _subject_files(sub, modalities).values()))[0]), **spec.to_dict()}
+        for w in writers.values():
+            w.flush()
+        manifest = {
+            "format": FORMAT,
+            "package_version": __version__,
+            "fingerprint": fingerprint,
+            "input_hash": "per file: size, mtime_ns, sha256 of the first MiB",
+            "root": str(root),
+            "layout": layout,
+            "modalities": modalities,
+            "channels_per_modality": 2 * settings.volume.context + 1,
+            "config": asdict(settings),
+            "split": split,
+            "splits": {name: {"n": sum(s["n"] for s in w.shards), "shards": w.shards} for name, w in writers.items()},
+            "slices": slice_map,
+            "inputs": inputs,
+            "volumes": volumes_meta,
+        }
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
+    return "built"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="input folder (BraTS, SynthRAD, generic subject/modality NIfTI, PNG folders)")
+    parser.add_argument("out", help="output folder for shards and manifest.json")
+    parser.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
+    parser.add_argument("--modalities", nargs="+", default=None, help="default: all of the layout's modalities")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--split", nargs=3, type=float, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    group.add_argument("--split-file", default=None, help="JSON {split: [ids]} or lines '<id> <split>'")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=256, help="model plane size; 0 keeps the input plane")
+    parser.add_argument("--fit", default="pad", choices=("pad", "resize"))
+    parser.add_argument("--axis", default="auto", choices=("auto", "0", "1", "2"))
+    parser.add_argument("--min-foreground", type=float, default=0.05)
+    parser.add_argument("--context", type=int, default=0, help="2.5D: neighbouring slices on each side")
+    parser.add_argument("--norm", default="percentile", choices=("percentile", "zscore"))
+    parser.add_argument("--ct-window", nargs=2, type=float, default=(-1024.0, 3071.0), metavar=("LOW", "HIGH"))
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    parser.add_argument("--dry-run", action="store_true", help="list subjects, modalities and problems only")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")
+
+
+def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
+    volume = VolumeSettings(
+        size=args.size or None, axis=args.axis if args.axis == "auto" else int(args.axis),
+        min_foreground=args.min_foreground, context=args.context, norm=args.norm, ct_window=tuple(args.ct_window),
+        fit=args.fit,
+    )
+    return PrepareSettings(layout=args.layout, split=tuple(args.split), split_file=args.split_file, seed=args.seed,
+                           dtype=args.dtype, volume=volume)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.dry_run:
+        print(dry_run_report(Path(args.root), settings, args.modalities))
+        return 0
+    status = prepare(args.root, args.out, settings, args.modalities, overwrite=args.overwrite)
+    print(f"{args.out}: {'up to date, reused' if status == 'reused' else 'prepared'}.", file=sys.stderr)
+    return 0

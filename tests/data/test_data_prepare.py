@@ -1,0 +1,165 @@
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from phmdiff.cli import main
+from phmdiff.data.prepare import PrepareSettings, load_manifest, prepare, settings_from_manifest, split_subjects
+from phmdiff.data.readers import find_subjects
+from phmdiff.data.volume import (
+    VolumeSettings,
+    VolumeSpec,
+    load_subject_volumes,
+    slices_to_volume,
+    volume_to_slices,
+    write_like,
+)
+
+# LPS-like and axis-permuted: (i, j, k) -> (-y, -x, z) with 1 x 1.2 x 2.5 mm voxels.
+OBLIQUE = np.array([[0.0, -1.2, 0.0, 90.0], [-1.0, 0.0, 0.0, 120.0], [0.0, 0.0, 2.5, -60.0], [0, 0, 0, 1]])
+
+
+def _brain(shape, seed):
+    """A bright ellipsoid on a zero background: MR-like intensities in arbitrary scanner units."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g**2 for g in grid) < 0.8
+    return np.where(inside, rng.uniform(200, 1800, shape), 0).astype(np.float32)
+
+
+def _dataset(root, n=3, shape=(20, 18, 8), affine=OBLIQUE, mods=("t1", "t2", "flair"), seed=0):
+    for i in range(n):
+        for j, mod in enumerate(mods):
+            (root / f"s{i:02d}").mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(_brain(shape, seed + 10 * i + j), affine), root / f"s{i:02d}" / f"{mod}.nii.gz")
+    return root
+
+
+def _tol(spec, mod):
+    """float16 storage of values in about [0, 1] (spacing <= 2**-11 below 1), in the volume's units."""
+    return spec.norm[mod].scale * 2.0**-10
+
+
+def test_round_trip_oblique_orientation_and_240_to_256_pad(tmp_path):
+    root = _dataset(tmp_path / "in", n=2, shape=(240, 240, 6))
+    out = tmp_path / "prep"
+    settings = PrepareSettings(split=(0.5, 0.5, 0.0), volume=VolumeSettings(size=256, min_foreground=0.0))
+    assert prepare(root, out, settings, ["t1", "flair"], progress=False) == "built"
+    manifest = load_manifest(out)
+    assert settings_from_manifest(manifest).size == 256
+    for split in ("train", "val"):
+        (shard,) = manifest["splits"][split]["shards"]
+        data = np.load(out / shard["file"], mmap_mode="r")
+        assert data.dtype == np.float16 and data.shape[1:] == (2, 256, 256)
+        sid = manifest["slices"][split][0][0]
+        spec = VolumeSpec.from_dict(manifest["volumes"][sid])
+        assert spec.pad == [[8, 8], [8, 8]]
+        for m, mod in enumerate(["t1", "flair"]):
+            original = nib.load(root / sid / f"{mod}.nii.gz")
+            back = slices_to_volume(data[:, m], spec, mod)
+            np.testing.assert_allclose(back, original.get_fdata(), atol=_tol(spec, mod), rtol=0)
+            written = write_like(back, root / sid / f"{mod}.nii.gz", tmp_path / "export" / f"{sid}_{mod}.nii.gz")
+            again = nib.load(written)
+            np.testing.assert_array_equal(again.affine, original.affine)
+            np.testing.assert_array_equal(again.get_fdata(dtype=np.float32), back)
+
+
+def test_canonical_slices_match_a_hand_reorientation_and_percentile_normalization():
+    # LAS (x flipped): RAS reorientation flips axis 0; axial slices are v[::-1, :, k].
+    v = _brain((12, 10, 5), 3)
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    slices, spec = volume_to_slices({"t1": v}, affine, VolumeSettings(["t1"], size=None, min_foreground=0.0))
+    assert spec.axis == 2 and slices.shape == (5, 1, 12, 10)
+    fg = v > 0.1 * np.percentile(v, 99)
+    lo, hi = np.percentile(v[fg], [0.5, 99.5])
+    expected = (np.moveaxis(v[::-1], 2, 0) - lo) / (hi - lo)  # (n, X, Y)
+    np.testing.assert_allclose(slices[:, 0], expected, rtol=1e-5, atol=1e-5)
+    assert abs(np.percentile(slices[:, 0][np.moveaxis(fg[::-1], 2, 0)], 99.5) - 1.0) < 1e-4
+
+
+def test_ct_window_zscore_context_and_foreground_selection():
+    ct = np.full((10, 10, 9), -1000.0, np.float32)
+    ct[2:8, 2:8, 3:6] = np.linspace(-200, 2000, 108).reshape(6, 6, 3)
+    mr = np.where(ct > -500, ct + 1500.0, 0.0).astype(np.float32)
+    s = VolumeSettings(["mr", "ct"], size=None, min_foreground=0.3, context=1, norm="zscore")
+    slices, spec = volume_to_slices({"mr": mr, "ct": ct}, np.eye(4), s)
+    assert spec.indices == [3, 4, 5] and slices.shape == (3, 6, 10, 10)  # 36% foreground only on slices 3..5
+    # channels: mr (k-1, k, k+1), ct (k-1, k, k+1)
+    np.testing.assert_allclose(slices[:, 4], ((ct[..., 3:6] + 1024) / 4095).transpose(2, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(slices[:, 3], ((ct[..., 2:5] + 1024) / 4095).transpose(2, 0, 1), atol=1e-6)
+    inside = mr[mr > 0]
+    z = (mr[..., 4] - inside.mean()) / (6 * inside.std()) + 0.5
+    np.testing.assert_allclose(slices[1, 1], z, atol=1e-5)
+    back = slices_to_volume(slices[:, 4], spec, "ct")
+    np.testing.assert_allclose(back[..., 3:6], ct[..., 3:6], atol=1e-3)
+    assert np.all(back[..., :3] == -1024.0)  # dropped slices come back as the window's air value
+
+
+def test_split_is_by_subject_seeded_and_a_split_file_is_obeyed(tmp_path):
+    ids = [f"s{i:02d}" for i in range(10)]
+    a, b = split_subjects(ids, (0.6, 0.2, 0.2), 0), split_subjects(ids, (0.6, 0.2, 0.2), 1)
+    assert a == split_subjects(ids, (0.6, 0.2, 0.2), 0) and a != b
+    assert sorted(a.values()).count("train") == 6 and sorted(a.values()).count("test") == 2
+    root = _dataset(tmp_path / "in", n=6, shape=(12, 12, 6))
+    out = tmp_path / "prep"
+    rc = main(["prepare", str(root), str(out), "--size", "16", "--split", "0.5", "0.25", "0.25", "--seed", "3"])
+    assert rc == 0
+    manifest = load_manifest(out)
+    owners = {}
+    for split, pairs in manifest["slices"].items():
+        assert len(pairs) == manifest["splits"][split]["n"]
+        for sid, _ in pairs:
+            owners.setdefault(sid, set()).add(split)
+    assert all(len(v) == 1 for v in owners.values()) and len(owners) == 6  # no subject in two splits
+    assert {sid: s.pop() for sid, s in owners.items()} == manifest["split"]
+    fixed = tmp_path / "split.txt"
+    fixed.write_text("\n".join(f"s{i:02d} {'test' if i < 2 else 'train'}" for i in range(6)))
+    assert main(["prepare", str(root), str(tmp_path / "p2"), "--size", "16", "--split-file", str(fixed)]) == 0
+    assert {p[0] for p in load_manifest(tmp_path / "p2")["slices"]["test"]} == {"s00", "s01"}
+
+
+def test_rerun_reuses_and_changed_input_or_settings_rebuild(tmp_path, capsys):
+    root = _dataset(tmp_path / "in", n=2, shape=(12, 12, 6))
+    out = tmp_path / "prep"
+    args = ["prepare", str(root), str(out), "--size", "16"]
+    assert main(args) == 0
+    first = (out / "manifest.json").read_bytes()
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert main(args) == 0 and "reused" in capsys.readouterr().err
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    assert main([*args, "--min-foreground", "0.2"]) == 0  # settings changed -> rebuilt
+    assert "prepared" in capsys.readouterr().err and (out / "manifest.json").read_bytes() != first
+    path = root / "s00" / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(_brain((12, 12, 6), 99), OBLIQUE), path)
+    os.utime(path, ns=(stamp, stamp))
+    before = json.loads((out / "manifest.json").read_text())["fingerprint"]
+    assert main([*args, "--min-foreground", "0.2"]) == 0  # input content changed -> rebuilt
+    assert "prepared" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["fingerprint"] != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "prep"]  # no temp folders left
+
+
+def test_dry_run_lists_subjects_and_problems_and_writes_nothing(tmp_path, capsys):
+    root = _dataset(tmp_path / "in", n=2, shape=(8, 8, 4))
+    (root / "s01" / "flair.nii.gz").unlink()
+    assert main(["prepare", str(root), str(tmp_path / "out"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "2 subjects" in text and "s00: flair t1 t2" in text and "missing modality flair" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_subject_volumes_and_the_resize_fit(tmp_path):
+    root = _dataset(tmp_path / "in", n=1, shape=(30, 20, 4), affine=np.eye(4))
+    (subject,) = find_subjects(root)
+    volumes, affine, _ = load_subject_volumes(subject, ["t2", "t1"])
+    assert list(volumes) == ["t2", "t1"] and volumes["t1"].shape == (30, 20, 4)
+    s = VolumeSettings(["t1"], size=16, fit="resize", min_foreground=0.0)
+    slices, spec = volume_to_slices(volumes, affine, s)
+    assert slices.shape == (4, 1, 16, 16) and spec.resized_from == [30, 30]
+    back = slices_to_volume(slices[:, 0], spec, "t1")
+    assert back.shape == (30, 20, 4)
+    assert np.corrcoef(back.ravel(), volumes["t1"].ravel())[0, 1] > 0.6  # lossy, but the same picture
+    with pytest.raises(ValueError, match=r"expected \(4, H, W\)"):
+        slices_to_volume(slices[:2, 0], spec, "t1")
