@@ -171,6 +171,18 @@ def _resolve(root: Path, settings: PrepareSettings, modalities: list[str] | None
     return layout, subjects, list(modalities)
 
 
+def _missing_sentence(root: Path, sub: Subject, mod: str, subjects: list[Subject]) -> str:
+    """Name the file that should exist: from the reader's problems, or by analogy with another subject's file."""
+    named = [p for p in sub.problems if f"({mod})" in p]
+    if named:
+        return named[0]
+    other = next((s for s in subjects if mod in s.paths), None)
+    if other is None:
+        return f"subject {sub.id}: missing modality file ({mod}); no subject has it."
+    expected = root / sub.id / other.paths[mod].name.replace(other.id, sub.id)
+    return f"{expected}: missing modality file ({mod}) of subject {sub.id}."
+
+
 def dry_run_report(root: Path, settings: PrepareSettings, modalities: list[str] | None) -> str:
     layout, subjects, modalities = _resolve(root, settings, modalities)
     lines = [f"{root}: layout {layout}, {len(subjects)} subjects, modalities {' '.join(modalities)}"]
@@ -196,8 +208,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     for s in subjects:  # a requested modality missing anywhere stops here, before any work
         for m in modalities:
             if m not in s.modalities:
-                named = [p for p in s.problems if f"({m})" in p]
-                raise ValueError(named[0] if named else f"subject {s.id}: missing modality file ({m}).")
+                raise ValueError(_missing_sentence(root, s, m, subjects))
     ids = [s.id for s in subjects]
     split = (read_split_file(settings.split_file, ids) if settings.split_file
              else split_subjects(ids, settings.split, settings.seed))
