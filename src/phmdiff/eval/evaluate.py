@@ -1,0 +1,247 @@
+"""`phmdiff evaluate`: metrics of predicted volumes against references, per protocol.
+
+Inputs, one of:
+- two NIfTI files: `phmdiff evaluate PRED.nii.gz REF.nii.gz`;
+- two folders of subjects, matched by subject id: `ROOT/<id>.nii.gz` or
+  `ROOT/<id>/<file>.nii.gz` (`--target flair` picks `*_flair.nii.gz` when a subject
+  folder holds several modalities);
+- a translate output folder `OUT` holding `OUT/translate.json`, written by the pipeline:
+  `{"target": "flair", "sources": ["t1", "t2"], "modality_kind": "mr" | "ct",
+    "subjects": [{"subject": id, "prediction": relpath, "std": relpath | null,
+                  "samples": [relpaths], "reference": abspath | null,
+                  "mask": abspath | null, "seg": abspath | null,
+                  "source_images": {name: abspath} (optional, for report panels)}]}`
+  (relpaths are relative to OUT; subjects without a reference are skipped).
+
+Outputs in `--out DIR`, each written atomically: `per_subject.csv`, `per_slice.csv`,
+`summary.json` (per protocol and metric: mean and std across subjects over finite
+values, `n`, and `n_inf`, the count of infinite PSNRs, which CSVs write as "inf"),
+`evaluation.json` (the inputs, read by `phmdiff report`); the summary is printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from phmdiff.eval.distribution import fid_kid, ms_swd
+from phmdiff.eval.ensemble import evaluate_ensemble
+from phmdiff.eval.metrics import format_value
+from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, normalize_pair
+from phmdiff.fsutil import atomic_write_text, check_writable_dir
+
+SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
+                   "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low", "norm_high", "ms_ssim_note")
+SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "through_plane_pred",
+                "through_plane_ref")
+_NII = (".nii.gz", ".nii")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("pred", help="predicted NIfTI file, folder of subjects, or translate output folder")
+    parser.add_argument("ref", nargs="?", help="reference NIfTI file or folder (not needed for a translate folder)")
+    parser.add_argument("--protocol", action="append", help=f"one of {', '.join(PROTOCOLS)} or 'all' (repeatable)")
+    parser.add_argument("--mask", help="foreground mask NIfTI (single-pair input); default: threshold on reference")
+    parser.add_argument("--seg", help="tumour segmentation NIfTI (single-pair input) for lesion metrics")
+    parser.add_argument("--modality", choices=("mr", "ct"), default=None, help="mr (default) or ct (HU)")
+    parser.add_argument("--target", help="modality name to pick in subject folders, e.g. flair")
+    parser.add_argument("--slice-axis", type=int, default=-1, help="axis of the slices (default: last)")
+    parser.add_argument("--inception", help="TorchScript Inception feature extractor file for FID/KID")
+    parser.add_argument("--out", default=None, help="output folder (default: PRED/evaluation or ./evaluation)")
+
+
+def _stem(path: Path) -> str:
+    return next((path.name[: -len(s)] for s in _NII if path.name.endswith(s)), path.stem)
+
+
+def _subject_files(root: Path, target: str | None) -> dict[str, Path]:
+    """Subject id -> NIfTI file, from ROOT/<id>.nii.gz or ROOT/<id>/<file>.nii.gz."""
+    found: dict[str, Path] = {}
+
+    def wanted(p: Path) -> bool:
+        return p.name.endswith(_NII) and (target is None or any(f"{c}{target}." in p.name for c in "_-"))
+
+    for entry in sorted(root.iterdir()):
+        if entry.is_file() and entry.name.endswith(_NII):
+            sid = _stem(entry)
+            found[sid[: -len(target) - 1] if target and sid.endswith(target) else sid] = entry
+        elif entry.is_dir():
+            files = sorted(p for p in entry.iterdir() if p.is_file() and wanted(p))
+            if len(files) > 1:
+                raise ValueError(f"{entry}: holds {len(files)} NIfTI files; pass --target NAME to choose one.")
+            if files:
+                found[entry.name] = files[0]
+    if not found:
+        raise ValueError(f"{root}: no NIfTI subject found (expected <id>.nii.gz or <id>/<file>.nii.gz).")
+    return found
+
+
+def collect_subjects(args) -> tuple[list[dict], str]:
+    """The subjects to evaluate as dicts of paths, and the modality kind."""
+    pred = Path(args.pred)
+    if pred.is_dir() and (pred / "translate.json").is_file():
+        meta = json.loads((pred / "translate.json").read_text())
+        subjects = []
+        for s in meta.get("subjects", []):
+            if not s.get("reference"):
+                continue
+            subjects.append({**s, "prediction": str(pred / s["prediction"]),
+                             "std": str(pred / s["std"]) if s.get("std") else None,
+                             "samples": [str(pred / p) for p in s.get("samples") or []]})
+        if not subjects:
+            raise ValueError(f"{pred / 'translate.json'}: no subject has a reference; nothing to evaluate.")
+        return subjects, args.modality or meta.get("modality_kind", "mr")
+    if args.ref is None:
+        raise ValueError(f"{pred}: give a reference (file or folder), or a folder holding translate.json.")
+    ref = Path(args.ref)
+    if pred.is_file() and ref.is_file():
+        one = {"subject": _stem(pred), "prediction": str(pred), "reference": str(ref), "mask": args.mask,
+               "seg": args.seg}
+        return [one], args.modality or "mr"
+    if pred.is_dir() and ref.is_dir():
+        preds, refs = _subject_files(pred, args.target), _subject_files(ref, args.target)
+        common = sorted(set(preds) & set(refs))
+        if not common:
+            raise ValueError(f"{pred} and {ref}: no subject id in common (e.g. {next(iter(preds))}).")
+        return [{"subject": s, "prediction": str(preds[s]), "reference": str(refs[s])} for s in common], \
+            args.modality or "mr"
+    raise ValueError(f"{pred} and {ref}: expected two NIfTI files or two folders.")
+
+
+def load_volume(path, like=None, what: str = "volume") -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (float64) and affine of a NIfTI file, checked against `like` = (shape, affine)."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float64)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: {what} file not found.") from None
+    except Exception as exc:  # nibabel raises many types for a corrupt file
+        raise ValueError(f"{path}: cannot read the {what} as NIfTI ({exc}).") from None
+    data = np.squeeze(data) if data.ndim > 3 else data
+    if like is not None:
+        shape, affine = like
+        if data.shape != shape:
+            raise ValueError(f"{path}: {what} shape {data.shape} differs from the reference's {shape}.")
+        if not np.allclose(img.affine, affine, atol=1e-3):
+            raise ValueError(f"{path}: {what} affine differs from the reference's; expected the same voxel grid.")
+    return data, img.affine
+
+
+def _protocols(values) -> list[str]:
+    chosen = []
+    for v in values or ["volume"]:
+        for name in PROTOCOLS if v == "all" else [v]:
+            if name not in PROTOCOLS:
+                raise ValueError(f"unknown protocol '{name}'; expected one of {', '.join(PROTOCOLS)} or 'all'.")
+            if name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def _csv(rows: list[dict], columns) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: format_value(row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def summarize(rows: list[dict], keys=SUMMARY_KEYS) -> dict:
+    """Mean and std (ddof 0) across subjects over finite values; infinite values are counted in n_inf."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+        if not values:
+            continue
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = {"mean": float(np.mean(finite)) if finite else None,
+                    "std": float(np.std(finite)) if finite else None,
+                    "n": len(values), "n_inf": len(values) - len(finite)}
+    return out
+
+
+def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_axis: int = -1) -> tuple:
+    """Per-subject rows, per-slice rows and the summary for every subject and protocol."""
+    subject_rows, slice_rows = [], []
+    for s in subjects:
+        ref, affine = load_volume(s["reference"], what="reference")
+        like = (ref.shape, affine)
+        pred, _ = load_volume(s["prediction"], like, "prediction")
+        mask = load_volume(s["mask"], like, "mask")[0] > 0 if s.get("mask") else None
+        seg = load_volume(s["seg"], like, "segmentation")[0] if s.get("seg") else None
+        for protocol in protocols:
+            res = evaluate_subject(pred, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
+                                   slice_axis=slice_axis)
+            slice_rows += [{"subject": s["subject"], "protocol": protocol, **r} for r in res.pop("slices")]
+            row = {"subject": s["subject"], **res}
+            if protocol == "volume" and len(s.get("samples") or []) >= 2:
+                samples = [load_volume(p, like, "sample")[0] for p in s["samples"]]
+                row.update(evaluate_ensemble(samples, ref, mask=mask, modality=modality, slice_axis=slice_axis))
+            subject_rows.append(row)
+    summary = {p: {"n_subjects": sum(r["protocol"] == p for r in subject_rows),
+                   **summarize([r for r in subject_rows if r["protocol"] == p])} for p in protocols}
+    return subject_rows, slice_rows, summary
+
+
+def distribution(subjects: list[dict], modality: str, slice_axis: int = -1, inception=None) -> dict:
+    """MS-SWD (and FID/KID with an extractor) between predicted and reference foreground slices, pooled."""
+    pred_slices, ref_slices = [], []
+    for s in subjects:
+        ref, affine = load_volume(s["reference"], what="reference")
+        pred, _ = load_volume(s["prediction"], (ref.shape, affine), "prediction")
+        if ref.ndim != 3:
+            continue
+        mask = load_volume(s["mask"], (ref.shape, affine), "mask")[0] > 0 if s.get("mask") else None
+        mask = foreground_mask(ref, modality) if mask is None else mask
+        pred_n, ref_n, _ = normalize_pair(pred, ref, mask, modality)
+        keep = np.moveaxis(mask, slice_axis, 0).any(axis=(1, 2))
+        pred_slices += list(np.clip(np.moveaxis(pred_n, slice_axis, 0)[keep], 0, 1))
+        ref_slices += list(np.clip(np.moveaxis(ref_n, slice_axis, 0)[keep], 0, 1))
+    if len({x.shape for x in ref_slices}) != 1:
+        return {"note": "MS-SWD skipped: no 3D subject, or slices of different sizes across subjects."}
+    out = {"n_slices": len(ref_slices), **ms_swd(np.stack(pred_slices), np.stack(ref_slices))}
+    if inception:
+        out.update(fid_kid(inception, np.stack(pred_slices), np.stack(ref_slices)))
+    else:
+        out["fid_note"] = "FID/KID not computed: give a TorchScript Inception feature extractor with --inception PATH."
+    return out
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{'protocol':<9} {'n':>3}  {'PSNR (dB)':>16}  {'SSIM':>15}  {'MAE':>15}"]
+    for protocol, stats in summary.items():
+        cells = []
+        for key in ("psnr", "ssim", "mae"):
+            st = stats.get(key)
+            text = "-" if not st or st["mean"] is None else f"{st['mean']:.4g} +- {st['std']:.2g}"
+            if st and st["n_inf"]:
+                text += f" ({st['n_inf']} inf)"
+            cells.append(text)
+        lines.append(f"{protocol:<9} {stats['n_subjects']:>3}  {cells[0]:>16}  {cells[1]:>15}  {cells[2]:>15}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    protocols = _protocols(args.protocol)
+    subjects, modality = collect_subjects(args)
+    default_out = Path(args.pred) / "evaluation" if Path(args.pred).is_dir() and args.ref is None else "evaluation"
+    out = check_writable_dir(args.out or default_out)
+    subject_rows, slice_rows, summary = evaluate(subjects, modality, protocols, args.slice_axis)
+    extra = sorted({k for r in subject_rows for k in r} - set(SUBJECT_COLUMNS) - {"modality"})
+    atomic_write_text(out / "per_subject.csv", _csv(subject_rows, SUBJECT_COLUMNS + tuple(extra)))
+    atomic_write_text(out / "per_slice.csv", _csv(slice_rows, ("subject", "protocol", "slice", "psnr", "ssim", "mae")))
+    summary_json = {"modality": modality, "protocols": summary,
+                    "distribution": distribution(subjects, modality, args.slice_axis, args.inception)}
+    atomic_write_text(out / "summary.json", json.dumps(summary_json, indent=2, allow_nan=False) + "\n")
+    inputs = {"modality": modality, "protocols": protocols, "slice_axis": args.slice_axis, "subjects": subjects}
+    atomic_write_text(out / "evaluation.json", json.dumps(inputs, indent=2) + "\n")
+    print(format_table(summary))
+    print(f"wrote {out}/per_subject.csv, per_slice.csv, summary.json")
+    return 0
