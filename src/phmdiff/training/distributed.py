@@ -1,0 +1,122 @@
+"""Devices, processes and mixed precision: a thin layer over Hugging Face Accelerate.
+
+One process per device. Under `torchrun` or `accelerate launch` the process group is set up by
+Accelerate (NCCL on CUDA, gloo on CPU). Only rank 0 writes files; every process ends through
+`cleanup()` so no rank exits while another still waits in a collective.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+AMP_TO_ACCELERATE = {"bf16": "bf16", "fp16": "fp16", "no": "no"}
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def choose_device(preference: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU; an explicit choice that is not available is refused with a sentence."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use train.device=auto or cpu.")
+    if preference == "mps" and not mps_available():
+        raise ValueError("device 'mps' was requested but Apple MPS is not available; use train.device=auto or cpu.")
+    if preference not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device {preference!r} is unknown; expected auto, cuda, mps or cpu.")
+    return torch.device(preference)
+
+
+def launched_distributed() -> bool:
+    """True when started by torchrun / accelerate launch with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The mixed precision Accelerate should use: fp16 needs a GPU; bf16 runs on CPU autocast too."""
+    if amp not in AMP_TO_ACCELERATE:
+        raise ValueError(f"train.amp is {amp!r}; expected bf16, fp16 or no.")
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("train.amp=fp16 needs a GPU; on the CPU use train.amp=bf16 or train.amp=no.")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use train.amp=fp16 or train.amp=no.")
+    return AMP_TO_ACCELERATE[amp]
+
+
+def setup_accelerator(amp: str = "no", grad_accum: int = 1, device: str = "auto", log_with=None, project_dir=None):
+    """An `accelerate.Accelerator` for this process: precision, gradient accumulation, DDP (gloo on CPU)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    chosen = choose_device(device)
+    cpu = chosen.type == "cpu"
+    if cpu and launched_distributed() and not dist.is_initialized():
+        # Accelerate picks gloo for multi-process CPU runs; a generous timeout covers slow validation on rank 0.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    kwargs = [InitProcessGroupKwargs(timeout=timedelta(minutes=30))]
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=resolve_amp(amp, chosen),
+        gradient_accumulation_steps=grad_accum,
+        kwargs_handlers=kwargs,
+        log_with=log_with,
+        project_dir=project_dir,
+    )
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def seed_everything(seed: int, rank_offset: int = 0) -> None:
+    """Seed Python, NumPy and torch; each rank gets its own stream so data augmentation differs."""
+    seed = seed + rank_offset
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels: needed for bit-identical resume; slower on GPUs."""
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.backends.cudnn.benchmark = not enabled
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def cleanup() -> None:
+    """Clean exit: wait for every rank, then tear the process group down (avoids hangs and NCCL warnings)."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.barrier()
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+
+from phmdiff.config import Config, add_config_arguments, config_from_args, config_from_yaml, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_validate():
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    assert cfg.model.precond == "edm"
+
+
+@pytest.mark.parametrize(
+    "name, in_size, resolution, sources, target",
+    [("BraTS240.yaml", 32, 256, ["t1", "t2"], "flair"), ("Pev512.yaml", 64, 512, ["mr"], "ct")],
+)
+def test_original_presets_keep_the_paper_settings(name, in_size, resolution, sources, target):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.model.model_type == "PHMDiff-XL/2"
+    assert (cfg.model.precond, cfg.model.mask_ratio, cfg.model.mae_loss_coef) == ("edm", 0.5, 0.1)
+    assert (cfg.model.in_size, cfg.model.in_channels, cfg.data.resolution) == (in_size, 4, resolution)
+    assert (cfg.data.sources, cfg.data.target) == (sources, target)
+
+
+def test_demo_preset_is_tiny_and_on_cpu():
+    cfg = load_config(CONFIGS / "demo.yaml")
+    assert cfg.model.model_type == "PHMDiff-T/2"
+    assert cfg.data.dataset == "phantom"
+    assert cfg.train.device == "cpu" and cfg.train.amp == "no"
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(CONFIGS / "demo.yaml", ["train.lr=3e-4", "data.sources=[t1,t2,t1ce]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert config_from_yaml((tmp_path / "config.yaml").read_text()) == cfg
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(CONFIGS / "demo.yaml", ["train.batchsize=8", "train.amp=no", "model.autoencoder.steps=7"])
+    assert cfg.train.batchsize == 8 and isinstance(cfg.train.batchsize, int)
+    assert cfg.train.amp == "no"
+    assert cfg.model.autoencoder.steps == 7
+
+
+def test_original_dit_name_maps_to_ours():
+    assert load_config(None, ["model.model_type=DiT-S/2"]).model.model_type == "PHMDiff-S/2"
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.colour=1", "unknown key 'data.colour'"),
+        ("nosuch.key=1", "unknown key 'nosuch'"),
+        ("train.batchsize=abc", "expected an integer"),
+        ("model.use_decoder=maybe", "expected true or false"),
+        ("train.amp=fp8", "expected one of bf16, fp16, no"),
+        ("model.precond=flow", "'model.precond'"),
+        ("model.mask_ratio=1.5", "in [0, 1)"),
+        ("train.lr=-1", "'train.lr'"),
+        ("train.lr=nan", "'train.lr'"),
+        ("train.max_num_steps=0", "positive"),
+        ("model.model_type=Foo-XL/2", "PHMDiff-XL/2"),
+        ("data.resolution=100", "power of two"),
+        ("model.pyramid_levels=5", "divisible"),
+        ("data.target=t1", "missing modality"),
+        ("train.grad_accum=3", "multiple"),
+        ("justtext", "section.key=value"),
+    ],
+)
+def test_bad_values_are_refused_with_a_sentence(override, needle):
+    with pytest.raises(ValueError) as info:
+        load_config(CONFIGS / "demo.yaml", [override])
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message and message.endswith(".")
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batchsize: 4\n  learning_rate: 1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown key 'train.learning_rate'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["train: [1, 2\n", "- just\n- a list\n"])
+def test_broken_yaml_is_refused(tmp_path, text):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="broken.yaml"):
+        load_config(path)
+
+
+def test_missing_file_is_a_sentence(tmp_path):
+    with pytest.raises(ValueError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--config", str(CONFIGS / "demo.yaml"), "train.lr=0.002", "--dry-run"])
+    assert config_from_args(args) is None
+    printed = capsys.readouterr().out
+    assert config_from_yaml(printed).train.lr == 0.002

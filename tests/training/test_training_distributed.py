@@ -1,0 +1,67 @@
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from phmdiff.training.distributed import choose_device, resolve_amp
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu():
+    device = choose_device("auto")
+    if torch.cuda.is_available():
+        assert device.type == "cuda"
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        assert device.type == "mps"
+    else:
+        assert device.type == "cpu"
+    assert choose_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_a_sentence():
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        choose_device("cuda")
+
+
+def test_amp_choices():
+    assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_amp("no", torch.device("cpu")) == "no"
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        resolve_amp("fp16", torch.device("cpu"))
+
+
+_SCRIPT = r"""
+import torch
+from phmdiff.training.distributed import setup_accelerator, cleanup, is_main_process, world_size
+acc = setup_accelerator("no", 1, "cpu")
+assert torch.distributed.get_backend() == "gloo" and world_size() == 2
+torch.manual_seed(0)
+net = torch.nn.Linear(3, 1)
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+net, opt = acc.prepare(net, opt)
+x = torch.randn(4, 3) * (acc.process_index + 1)  # different data per rank
+acc.backward(net(x).square().mean())
+opt.step()
+w = acc.gather(acc.unwrap_model(net).weight.detach()[None])
+assert torch.equal(w[0], w[1]), "ranks diverged"
+print("rank", acc.process_index, "main", is_main_process(), flush=True)
+cleanup()
+"""
+
+
+def test_two_process_cpu_ddp_with_gloo_exits_cleanly(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave workers behind on a hang
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "rank 0 main True" in stdout and "rank 1 main False" in stdout
