@@ -1,0 +1,1 @@
+"""Data: the phantom generator, readers of NIfTI/PNG layouts, slice preparation, datasets, latent cache."""
