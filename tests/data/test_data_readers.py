@@ -99,3 +99,16 @@ def test_empty_folder_and_unknown_layout_are_refused(tmp_path):
         find_subjects(tmp_path)
     with pytest.raises(ValueError, match="layout 'nifti' is unknown"):
         find_subjects(tmp_path, layout="nifti")
+
+
+@pytest.mark.parametrize("kind, layout, mods", [("brain", "brats2021", ["flair", "t1", "t1ce", "t2"]),
+                                                ("pelvis", "synthrad", ["ct", "mr"])])
+def test_readers_find_the_phantom_subjects(tmp_path, kind, layout, mods):
+    phantom = pytest.importorskip("phmdiff.data.phantom")
+    phantom.write_phantom(tmp_path / "ph", kind=kind, n_subjects=2, shape=(24, 24, 16), seed=0)
+    assert detect_layout(tmp_path / "ph") == layout
+    subjects = find_subjects(tmp_path / "ph")
+    assert len(subjects) == 2 and all(s.modalities == mods and s.problems == [] for s in subjects)
+    assert all(s.mask is not None and "noise_free" not in str(s.paths[mods[0]]) for s in subjects)
+    vol, _, _ = load_volume(subjects[0].paths[mods[0]])
+    assert vol.shape == (24, 24, 16)
