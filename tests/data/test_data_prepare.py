@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from phmdiff.cli import main
-from phmdiff.data.prepare import PrepareSettings, load_manifest, prepare, settings_from_manifest, split_subjects
+from phmdiff.data.prepare import (
+    PrepareSettings,
+    load_manifest,
+    prepare,
+    reference_norm,
+    settings_from_manifest,
+    split_subjects,
+)
 from phmdiff.data.readers import find_subjects
 from phmdiff.data.volume import (
     VolumeSettings,
@@ -163,3 +170,23 @@ def test_load_subject_volumes_and_the_resize_fit(tmp_path):
     assert np.corrcoef(back.ravel(), volumes["t1"].ravel())[0, 1] > 0.6  # lossy, but the same picture
     with pytest.raises(ValueError, match=r"expected \(4, H, W\)"):
         slices_to_volume(slices[:2, 0], spec, "t1")
+
+
+def test_a_synthesized_modality_is_inverted_with_the_training_median_scale(tmp_path):
+    root = _dataset(tmp_path / "in", n=4, shape=(12, 12, 6))
+    out = tmp_path / "prep"
+    prepare(root, out, PrepareSettings(split=(0.5, 0.25, 0.25), volume=VolumeSettings(size=16, min_foreground=0.0)),
+            ["t1", "flair"], progress=False)
+    manifest = load_manifest(out)
+    train = [v["norm"]["flair"] for v in manifest["volumes"].values() if v["split"] == "train"]
+    norm = reference_norm(manifest, "flair")
+    assert norm.offset == pytest.approx(np.median([p["offset"] for p in train]))
+    assert norm.scale == pytest.approx(np.median([p["scale"] for p in train]))
+    sid = manifest["slices"]["test"][0][0]
+    t1_only = VolumeSpec.from_dict(manifest["volumes"][sid])
+    t1_only.norm.pop("flair")
+    pred = np.full((6, 16, 16), 0.5, np.float32)
+    with pytest.raises(ValueError, match="reference_norm"):
+        slices_to_volume(pred, t1_only, "flair")
+    back = slices_to_volume(pred, t1_only, "flair", norm=norm)
+    np.testing.assert_allclose(back, norm.offset + 0.5 * norm.scale, rtol=1e-6)

@@ -158,6 +158,16 @@ def settings_from_manifest(manifest: dict) -> VolumeSettings:
     return VolumeSettings.from_dict(manifest["config"]["volume"])
 
 
+def reference_norm(manifest: dict, modality: str, split: str = "train") -> NormParams:
+    """Normalization for a synthesized `modality`: the median offset and scale over the split's volumes."""
+    params = [v["norm"][modality] for v in manifest["volumes"].values()
+              if v.get("split") == split and modality in v["norm"]]
+    if not params:
+        raise ValueError(f"modality '{modality}' has no {split} volumes in the manifest; cannot invert its scale.")
+    return NormParams(params[0]["kind"], float(np.median([p["offset"] for p in params])),
+                      float(np.median([p["scale"] for p in params])), bool(params[0]["clip"]))
+
+
 def prepared_id(prepared_dir: str | Path) -> str:
     """Identity of prepared data: sha256 of its manifest (which holds the input hashes and settings)."""
     return hashlib.sha256((Path(prepared_dir) / "manifest.json").read_bytes()).hexdigest()

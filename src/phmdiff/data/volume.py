@@ -246,12 +246,23 @@ def volume_to_slices(
     return slices, spec
 
 
-def slices_to_volume(slices: np.ndarray, spec: VolumeSpec, modality: str) -> np.ndarray:
-    """Invert `volume_to_slices` for one modality: (n, H, W) in [0, 1] -> original grid, orientation and units."""
+def slices_to_volume(slices: np.ndarray, spec: VolumeSpec, modality: str, norm: NormParams | None = None) -> np.ndarray:
+    """Invert `volume_to_slices` for one modality: (n, H, W) in [0, 1] -> original grid, orientation and units.
+
+    A synthesized modality has no parameters of its own in `spec`: pass `norm` (e.g. `prepare.reference_norm`).
+    """
     if isinstance(spec, dict):
         spec = VolumeSpec.from_dict(spec)
+    if norm is not None:
+        d = spec.to_dict()
+        d["norm"][modality] = asdict(norm)
+        d["background"].setdefault(modality, float(norm.inverse(np.float32(0.0))))  # normalized 0 for dropped slices
+        spec = VolumeSpec.from_dict(d)
     if modality not in spec.norm:
-        raise ValueError(f"modality '{modality}' has no normalization parameters; expected one of {list(spec.norm)}.")
+        raise ValueError(
+            f"modality '{modality}' has no normalization parameters in this volume's spec (it has "
+            f"{', '.join(spec.norm)}); pass norm=, e.g. prepare.reference_norm(manifest, '{modality}')."
+        )
     slices = np.asarray(slices, dtype=np.float32)
     if slices.ndim != 3 or slices.shape[0] != len(spec.indices):
         raise ValueError(
