@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from nibabel import orientations as nib_orient  # noqa: E402
 
 from phmdiff.eval.evaluate import load_volume  # noqa: E402
 from phmdiff.eval.protocols import CT_WINDOW  # noqa: E402
@@ -105,6 +106,14 @@ def _metric_plots(ev: Path, img_dir: Path) -> str:
     return out + f'<h2>Per slice</h2><img src="{_save(fig, img_dir, "per_slice.png")}" alt="per-slice PSNR">'
 
 
+def _to_ras(vol, affine):
+    """Reorient a 3D volume to RAS so the three views are axial, coronal and sagittal whatever the file's order."""
+    if vol is None or vol.ndim != 3:
+        return vol
+    ornt = nib_orient.ornt_transform(nib_orient.io_orientation(affine), nib_orient.axcodes2ornt("RAS"))
+    return nib_orient.apply_orientation(vol, ornt)
+
+
 def _views(vol: np.ndarray, center: tuple[int, ...]) -> list[np.ndarray]:
     """Axial, coronal and sagittal planes through `center`, transposed for origin='lower' display."""
     if vol.ndim == 2:
@@ -126,6 +135,7 @@ def _panels(ev: Path, meta: dict, img_dir: Path, count: int) -> str:
         std = load_volume(s["std"], like, "std")[0] if s.get("std") else None
         srcs = s.get("source_images") or {}
         src = load_volume(next(iter(srcs.values())), like, "source")[0] if srcs else None
+        ref, pred, std, src = (_to_ras(v, affine) for v in (ref, pred, std, src))
         row = rows.get(s["subject"], {})
         lo, hi = CT_WINDOW if ct else (_num(row.get("norm_low")), _num(row.get("norm_high")))
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
