@@ -197,17 +197,18 @@ def volume_to_slices(
         axis = 2 if np.isclose(zooms.max(), zooms[2]) else int(zooms.argmax())
     else:
         axis = int(settings.axis)
-    normalized, norm, background, fg_count = {}, {}, {}, None
+    # Pass 1: parameters and per-slice foreground only; pass 2 normalizes just the kept slices (bounded memory).
+    canonical, norm, background, fg_count = {}, {}, {}, None
     for mod in mods:
-        v = np.moveaxis(ornt_lib.apply_orientation(volumes[mod], to_canonical), axis, 0)  # (n, A, B)
+        v = np.moveaxis(ornt_lib.apply_orientation(volumes[mod], to_canonical), axis, 0)  # (n, A, B), a view
         is_ct = mod in settings.ct_modalities
         fg = _foreground(v, is_ct)
         norm[mod] = _norm_params(v, fg, mod, settings)
         background[mod] = float(settings.ct_window[0]) if is_ct else float(v.min())
         per_slice = fg.reshape(fg.shape[0], -1).mean(1)  # (n,)
         fg_count = per_slice if fg_count is None else np.maximum(fg_count, per_slice)
-        normalized[mod] = norm[mod].forward(v).astype(np.float32)
-    n_slices, plane = next(iter(normalized.values())).shape[0], next(iter(normalized.values())).shape[1:]
+        canonical[mod] = v
+    n_slices, plane = canonical[mods[0]].shape[0], canonical[mods[0]].shape[1:]
     indices = np.flatnonzero(fg_count >= settings.min_foreground)
     k = settings.context
     if settings.size is None:
@@ -221,11 +222,10 @@ def volume_to_slices(
     out_hw = (settings.size, settings.size) if resized_from else target
     slices = np.empty((len(indices), len(mods) * (2 * k + 1), *out_hw), dtype=np.float32)
     for m, mod in enumerate(mods):
-        x = normalized.pop(mod)
         fill = float(norm[mod].forward(np.float32(background[mod])))
         for j, offset in enumerate(range(-k, k + 1)):
-            picked = x[np.clip(indices + offset, 0, n_slices - 1)]  # (n_kept, A, B), edges replicate
-            picked = _apply_pad(picked, pads, fill)
+            picked = canonical[mod][np.clip(indices + offset, 0, n_slices - 1)]  # (n_kept, A, B), edges replicate
+            picked = _apply_pad(norm[mod].forward(picked).astype(np.float32, copy=False), pads, fill)
             if resized_from:
                 picked = _resize(picked, out_hw)
             slices[:, m * (2 * k + 1) + j] = picked
