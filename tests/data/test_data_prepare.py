@@ -190,3 +190,29 @@ def test_a_synthesized_modality_is_inverted_with_the_training_median_scale(tmp_p
         slices_to_volume(pred, t1_only, "flair")
     back = slices_to_volume(pred, t1_only, "flair", norm=norm)
     np.testing.assert_allclose(back, norm.offset + 0.5 * norm.scale, rtol=1e-6)
+
+
+def test_png_folders_prepare_and_invert_to_the_pixel_values(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for mod, dtype, top in (("t1", np.uint8, 255), ("t2", np.uint16, 65535)):
+        (tmp_path / "in" / mod).mkdir(parents=True)
+        for sid in ("p1", "p2"):
+            for k in range(3):
+                img = rng.integers(0, top, (12, 10)).astype(dtype)
+                pixels[(mod, sid, k)] = img
+                Image.fromarray(img).save(tmp_path / "in" / mod / f"{sid}_{k}.png")
+    out = tmp_path / "prep"
+    assert main(["prepare", str(tmp_path / "in"), str(out), "--size", "16", "--min-foreground", "0",
+                 "--split", "0.5", "0.5", "0", "--dtype", "float32"]) == 0
+    manifest = load_manifest(out)
+    assert manifest["layout"] == "png" and manifest["modalities"] == ["t1", "t2"]
+    split = manifest["volumes"]["p1"]["split"]
+    data = np.load(out / manifest["splits"][split]["shards"][0]["file"])
+    spec = VolumeSpec.from_dict(manifest["volumes"]["p1"])
+    for m, mod in enumerate(("t1", "t2")):
+        back = slices_to_volume(data[:, m], spec, mod)  # (H, W, slices), as read
+        expected = np.stack([pixels[(mod, "p1", k)] for k in range(3)], axis=-1).astype(np.float32)
+        np.testing.assert_allclose(back, expected, atol=spec.norm[mod].scale * 1e-6)
