@@ -74,7 +74,9 @@ class _Precond(nn.Module):
         s = append_dims(sigma, x.ndim)  # (N, 1, ..., 1)
         x = x.to(dtype)
         model_dtype = next((p.dtype for p in self.model.parameters()), dtype)
-        out = self.model((self.c_in(s) * x).to(model_dtype), self.c_noise(sigma), **model_kwargs)
+        # The noise label goes in float32 (float64 only for a float64 model), whatever the sampler's precision.
+        c_noise = self.c_noise(sigma).to(torch.float64 if model_dtype == torch.float64 else torch.float32)
+        out = self.model((self.c_in(s) * x).to(model_dtype), c_noise, **model_kwargs)
         F_x, rest = _split_output(out)
         D_x = self.c_skip(s) * x + self.c_out(s) * F_x.to(dtype)
         return _join_output(D_x, rest)
@@ -216,8 +218,8 @@ class EpsilonDDPMDenoiser(nn.Module):
         s = append_dims(sigma, x.ndim)
         x = x.to(dtype)
         t = self.sigma_to_t(sigma)
-        t = t if self.quantize else t.to(dtype)
         model_dtype = next((p.dtype for p in self.model.parameters()), dtype)
+        t = t if self.quantize else t.to(torch.float64 if model_dtype == torch.float64 else torch.float32)
         out = self.model((x / (s**2 + 1).sqrt()).to(model_dtype), t, **model_kwargs)
         eps, rest = _split_output(out)
         if eps.shape[1] == 2 * x.shape[1]:
