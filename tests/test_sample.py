@@ -258,3 +258,22 @@ def test_preconditioned_network_samples_2d_and_3d(shape):
     for name in ["heun", "euler", "ddim", "dpmpp_2m"]:
         out = sample(D, noise, sampler=name, num_steps=4)
         assert out.shape == shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_quantized_ddpm_network_with_edm_sampler_uses_training_sigmas():
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    seen = []
+
+    class Recording(GaussianEps):
+        def forward(self, x_t, t):
+            seen.append(t)
+            return super().forward(x_t, t)
+
+    D = EpsilonDDPMDenoiser(Recording(abar), abar, quantize=True)
+    noise = seeds((2, 1, 3, 3), 6)
+    out = edm_sampler(D, noise, num_steps=100)
+    assert all(t.dtype == torch.long for t in seen)
+    T = float(D.round_sigma(torch.tensor(80.0, dtype=torch.float64)))
+    grid = np.sqrt((1 - abar) / abar)
+    assert T == pytest.approx(grid[np.argmin(np.abs(np.log(grid) - np.log(80.0)))])
+    assert rel_err(out, ode_solution(noise, T)) < 2e-3

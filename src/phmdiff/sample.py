@@ -25,7 +25,7 @@ def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7
     if n < 1 or not 0 < sigma_min <= sigma_max:
         raise ValueError(f"get_sigmas_karras needs n >= 1 and 0 < sigma_min <= sigma_max, got n={n}, "
                          f"sigma_min={sigma_min}, sigma_max={sigma_max}.")
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64, device=device) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64, device=device)  # n = 1 gives [0]: sigma_max alone
     max_inv, min_inv = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)])

@@ -210,7 +210,8 @@ class EpsilonDDPMDenoiser(nn.Module):
             return sigma
         shape = sigma.shape
         t = self.sigma_to_t(sigma.reshape(-1).to(self.sigmas.device))
-        return self.sigmas[t].reshape(shape).to(sigma.dtype if sigma.is_floating_point() else torch.float64)
+        dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
+        return self.sigmas[t].reshape(shape).to(device=sigma.device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, sigma, **model_kwargs):
         dtype = _compute_dtype(x)
