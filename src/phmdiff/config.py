@@ -25,7 +25,7 @@ AMP_MODES = ("bf16", "fp16", "no")
 PRECONDS = ("edm", "vp", "ve", "ddpm")
 CATEGORIES = ("npy", "lmdb", "tar")
 MASK_RATIO_FNS = ("constant", "linear", "exp", "cosine2", "cosine3", "cosine4", "cosine5", "cosine6")
-SAMPLERS = ("heun", "euler", "dpmpp_2m", "ablation", "ddim", "ddpm")
+SAMPLERS = ("heun", "euler", "dpmpp_2m", "ddim")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 # Model names: our sizes (T is the tiny CPU size) with the patch size, e.g. "PHMDiff-XL/2".
 MODEL_TYPE_RE = re.compile(r"^PHMDiff-(T|S|B|L|XL)/(1|2|4|8)$")

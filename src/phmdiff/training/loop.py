@@ -1,0 +1,415 @@
+"""`phmdiff train`: one `train(cfg)` over Hugging Face Accelerate for the pyramid masked diffusion model.
+
+Per step: a global batch of latent pairs (split over processes and accumulation rounds), one random pyramid
+level, the MaskDiT loss plus the cross-granularity term, AdamW with EDM's lr ramp-up, EMA by half-life in
+images. Non-finite steps are skipped and counted. Everything random is a function of (seed, step, rank) or
+of (seed, epoch, index), and checkpoints hold the data position, so `--resume auto` continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, to_yaml
+from phmdiff.fsutil import atomic_write_text
+from phmdiff.hierarchy import build_denoiser, pyramid_loss, sample_pyramid
+from phmdiff.training import checkpoint as ckpt_lib
+from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
+from phmdiff.training.ema import EMA
+from phmdiff.training.lock import RunLock
+from phmdiff.training.schedules import lr_at, mask_ratio_at
+
+LOG_COLUMNS = ("step", "kimg", "loss", "denoise", "mae", "coarse_loss", "cross_granularity", "lr", "mask_ratio",
+               "nonfinite_total", "sec_per_step", "val_psnr", "val_ssim")
+
+
+class EpochStream(Dataset):
+    """Item k of an endless stream: epoch k // n, position k % n of that epoch's seeded permutation."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed, self.n = base, seed, len(base)
+        self._perm: tuple[int, np.ndarray] | None = None
+        if self.n == 0:
+            raise ValueError("the training split is empty; prepare more subjects or lower data.val_fraction.")
+
+    def __len__(self) -> int:  # DataLoader only needs some length; the sampler is endless
+        return self.n
+
+    def __getitem__(self, k: int):
+        epoch, pos = divmod(int(k), self.n)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        self.base.set_epoch(epoch)
+        return self.base[int(self._perm[1][pos])]
+
+
+class PositionSampler(Sampler):
+    """Stream indices of this rank from global micro-batch `start` on: the data position survives restarts."""
+
+    def __init__(self, micro_batch: int, rank: int, world: int, start: int):
+        self.micro_batch, self.rank, self.world, self.start = micro_batch, rank, world, start
+
+    def __iter__(self):
+        j = self.start
+        while True:
+            base = (j * self.world + self.rank) * self.micro_batch
+            yield from range(base, base + self.micro_batch)
+            j += 1
+
+
+def _latent_data(cfg: Config):
+    from phmdiff.data.latent_cache import LatentPairs
+
+    if not cfg.data.cache:
+        raise ValueError("data.cache is empty; set it to the latent cache written by phmdiff encode.")
+    data = LatentPairs(cfg.data.cache, "train", cfg.data.sources, cfg.data.target, seed=cfg.train.seed)
+    n_mod, c, h, w = data.meta["item_shape"]
+    if (c, h, w) != (cfg.model.in_channels, cfg.model.in_size, cfg.model.in_size):
+        raise ValueError(
+            f"{cfg.data.cache}: latents are {c}x{h}x{w} but the config expects model.in_channels x in_size x in_size "
+            f"= {cfg.model.in_channels}x{cfg.model.in_size}x{cfg.model.in_size}; fix the config or re-encode."
+        )
+    return data
+
+
+def _identity(meta: dict, cfg: Config) -> dict:
+    keys = ("autoencoder_id", "prepared_id", "latent_scale", "modalities", "prepared_dir", "item_shape")
+    return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(cfg.data.cache), "sources": cfg.data.sources,
+            "target": cfg.data.target}
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    try:
+        return list(csv.DictReader(io.StringIO(path.read_text())))
+    except OSError:
+        return []
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, LOG_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(value) -> str:
+    return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+def autoencoder_path(cfg: Config) -> Path:
+    """Where the run's autoencoder lives: model.autoencoder.path, else RUN/autoencoder."""
+    return Path(cfg.model.autoencoder.path) if cfg.model.autoencoder.path else cfg.run_dir / "autoencoder"
+
+
+def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None) -> dict:
+    """Train until `train.max_num_steps`; returns {"run_dir", "step", "nonfinite_total", "best_psnr", ...}.
+
+    `resume`: "auto" continues from the newest valid checkpoint of the run folder, "none" refuses a run
+    folder that already has checkpoints, any other value is a checkpoint folder to start from.
+    `step_hook(step, terms)` may edit the loss terms (tests inject non-finite losses with it).
+    """
+    t, m = cfg.train, cfg.model
+    accelerator = setup_accelerator(t.amp, t.grad_accum, t.device)
+    is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    run_dir = cfg.run_dir
+    lock = RunLock(run_dir).acquire() if is_main else None
+    writer = None
+    try:
+        if t.deterministic:
+            set_deterministic(True)
+        if t.tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        seed_everything(t.seed, rank)
+        per_rank = t.batchsize // t.grad_accum
+        if per_rank % world:
+            raise ValueError(f"train.batchsize / train.grad_accum = {per_rank} must be divisible by the {world} "
+                             "processes; change train.batchsize or train.grad_accum.")
+        micro = per_rank // world
+        data = _latent_data(cfg)
+        identity = _identity(data.meta, cfg)
+        num_sources = len(cfg.data.sources)
+        denoiser = build_denoiser(cfg, num_sources, len(data.meta["modalities"]))
+        optimizer = torch.optim.AdamW(denoiser.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
+                                      weight_decay=t.weight_decay)
+        ema = EMA(denoiser, t.ema_halflife_kimg, t.ema_rampup_ratio)
+        state = {"step": 0, "nonfinite_total": 0, "best_psnr": None}
+        start = _resume_from(resume, run_dir)
+        if start is not None:
+            loaded = ckpt_lib.load_checkpoint(start)
+            old = loaded.meta.get("identity", {}).get("data", {})
+            for key in ("autoencoder_id", "prepared_id"):
+                if old.get(key) and old.get(key) != identity["data"][key]:
+                    raise ValueError(f"{start}: checkpoint was trained on another latent cache ({key} differs); "
+                                     "resume with the same data.cache or start a new run folder.")
+            denoiser.load_state_dict(loaded.model_state)
+            ema.module.load_state_dict(loaded.ema_state or loaded.model_state)
+            optimizer.load_state_dict(loaded.state["optimizer"])
+            ckpt_lib.restore_rng_state(loaded.state["rng"])
+            for key in ("nonfinite_total", "best_psnr"):
+                state[key] = loaded.state.get(key, state[key])
+            state["step"] = loaded.step
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+            log_path = run_dir / "log.csv"
+            # A resumed run forgets the log rows written after its checkpoint, so the CSV has each step once.
+            _write_csv(log_path, [r for r in _csv_rows(log_path) if int(r.get("step") or 0) <= state["step"]])
+            if cfg.log.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(run_dir / "tensorboard"))
+            if cfg.wandb.enabled:
+                _init_wandb(cfg, run_dir)
+        model, optimizer = accelerator.prepare(denoiser, optimizer)
+        unwrapped = accelerator.unwrap_model(model)
+        stream = EpochStream(data, t.seed)
+        loader = DataLoader(stream, batch_size=micro, sampler=PositionSampler(micro, rank, world,
+                            state["step"] * t.grad_accum), num_workers=cfg.data.num_workers,
+                            persistent_workers=cfg.data.num_workers > 0)
+        batches = iter(loader)
+        device = accelerator.device
+        bar = None
+        if progress and is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t.max_num_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+        streak, window, tic = 0, [], time.perf_counter()
+        while state["step"] < t.max_num_steps:
+            step = state["step"]
+            lr = lr_at(step, t.batchsize, t.lr, t.lr_rampup_kimg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            mask_ratio = mask_ratio_at(step, t.max_num_steps, t.unmasked_finetune_steps, m.mask_ratio_fn,
+                                       m.mask_ratio, m.mask_ratio_min)
+            sums: dict[str, float] = {}
+            finite = True
+            for a in range(t.grad_accum):
+                batch = next(batches)
+                # One generator per (seed, step, round, rank): noise, masks, levels and dropout repeat on resume.
+                g = torch.Generator().manual_seed(
+                    int(np.random.SeedSequence([t.seed, step, a, rank]).generate_state(1)[0]))
+                with accelerator.accumulate(model), accelerator.autocast():
+                    terms = _terms(model, batch, device, m, mask_ratio, g if device.type == "cpu" else None)
+                    if step_hook is not None:
+                        terms = step_hook(step, terms)
+                    finite &= bool(torch.isfinite(terms["loss"]).item())
+                    accelerator.backward(terms["loss"])
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach()) / t.grad_accum
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                                t.grad_clip if t.grad_clip > 0 else math.inf)
+                        flag = torch.tensor([0.0 if finite and math.isfinite(float(grad_norm)) else 1.0],
+                                            device=device)
+                        finite = float(accelerator.reduce(flag, "max")) == 0.0  # every rank skips together
+                        if finite:
+                            optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+            state["step"] = step = step + 1
+            if finite:
+                streak = 0
+                ema.update(unwrapped, step * t.batchsize, t.batchsize)
+                window.append(sums)
+            else:
+                streak += 1
+                state["nonfinite_total"] += 1
+                if streak >= t.max_nonfinite_steps:
+                    raise RuntimeError(
+                        f"training stopped at step {step}: {streak} steps in a row had a non-finite loss or "
+                        f"gradient (train.max_nonfinite_steps={t.max_nonfinite_steps}); the last good checkpoint "
+                        f"is kept in {ckpt_lib.checkpoints_dir(run_dir)}."
+                    )
+            if bar is not None:
+                bar.update(1)
+                if window:
+                    bar.set_postfix(loss=f"{window[-1]['loss']:.4f}", level=int(window[-1].get("level", 0)))
+            val = None
+            if cfg.eval.every and (step % cfg.eval.every == 0 or step == t.max_num_steps):
+                val = validate(ema.module, cfg, accelerator, step, writer)
+            if step % cfg.log.log_every == 0 or step == t.max_num_steps or val is not None:
+                row = _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val)
+                window, tic = [], time.perf_counter()
+                if is_main:
+                    _append_csv(run_dir / "log.csv", row)
+                    if writer is not None:
+                        for k, v in row.items():
+                            if k != "step" and isinstance(v, float) and math.isfinite(v):
+                                writer.add_scalar(f"train/{k}", v, step)
+                    if cfg.wandb.enabled:
+                        import wandb
+
+                        wandb.log({k: v for k, v in row.items() if v is not None}, step=step)
+            best = False
+            if val is not None and (state["best_psnr"] is None or val["psnr"] > state["best_psnr"]):
+                state["best_psnr"], best = val["psnr"], True
+            if step % cfg.log.ckpt_every == 0 or step == t.max_num_steps or best:
+                _save(cfg, run_dir, unwrapped, ema, optimizer, state, identity, val, best, is_main)
+                accelerator.wait_for_everyone()
+        if bar is not None:
+            bar.close()
+        return {"run_dir": str(run_dir), "step": state["step"], "nonfinite_total": state["nonfinite_total"],
+                "best_psnr": state["best_psnr"]}
+    finally:
+        if writer is not None:
+            writer.close()
+        if lock is not None:
+            lock.release()
+        cleanup()
+
+
+def load_run_autoencoder(cfg: Config, device) -> torch.nn.Module:
+    """The autoencoder the latent cache was made with, frozen, on `device`."""
+    from phmdiff.autoencoder import load_autoencoder
+
+    path = autoencoder_path(cfg)
+    if not path.exists():
+        raise ValueError(f"{path}: autoencoder not found; run phmdiff train-ae first or set model.autoencoder.path.")
+    return load_autoencoder(path).to(device).eval().requires_grad_(False)
+
+
+def encode_sources(ae, images: torch.Tensor, latent_scale: float) -> torch.Tensor:
+    """Source images (N, n_src, H, W) in [-1, 1] -> scaled posterior means (N, n_src * C, h, w)."""
+    n, n_src = images.shape[:2]
+    z = ae.encode(images.reshape(n * n_src, 1, *images.shape[2:])).mean * latent_scale  # (N * n_src, C, h, w)
+    return z.reshape(n, n_src * z.shape[1], *z.shape[2:])  # (N, n_src * C, h, w)
+
+
+def decode_target(ae, z: torch.Tensor, latent_scale: float) -> torch.Tensor:
+    """Target latents -> images in [0, 1] (N, 1, H, W)."""
+    return ((ae.decode(z / latent_scale).float() + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict:
+    """Few-step coarse-to-fine translation of validation slices; mean PSNR/SSIM in [0, 1] units over all ranks."""
+    from phmdiff.data.datasets import PairedSlices
+    from phmdiff.data.latent_cache import load_cache_meta
+    from phmdiff.eval.metrics import psnr, ssim
+
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    meta = load_cache_meta(cfg.data.cache)
+    scale = float(meta["latent_scale"])
+    ae = load_run_autoencoder(cfg, device)
+    val = PairedSlices(meta["prepared_dir"], "val", cfg.data.sources, cfg.data.target)
+    if len(val) == 0:
+        return {"psnr": math.nan, "ssim": math.nan, "n": 0}
+    picks = np.unique(np.linspace(0, len(val) - 1, min(cfg.eval.num_val_slices, len(val))).round().astype(int))
+    mine = picks[rank::world]  # validation is split across ranks
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    denoiser.eval()
+    panel = None
+    for lo in range(0, len(mine), 16):
+        items = [val[int(i)] for i in mine[lo : lo + 16]]
+        k = val.k
+        src = torch.stack([it["source"][k // 2 :: k] for it in items]).to(device)  # centre slices (N, n_src, H, W)
+        ref = ((torch.stack([it["target"] for it in items]) + 1) / 2).clamp(0, 1)  # (N, 1, H, W)
+        cond = encode_sources(ae, src, scale)
+        avail = torch.ones(len(items), len(cfg.data.sources), device=device)
+        label = torch.full((len(items),), items[0]["target_label"], device=device)
+        z = sample_pyramid(denoiser, cond, avail, label, [int(i) for i in mine[lo : lo + 16]],
+                           cfg.model.pyramid_levels, cfg.model.in_channels, cfg.eval.sampler, cfg.eval.num_steps,
+                           cfg.eval.fine_num_steps, cfg.eval.sigma_start, cfg.eval.guidance)
+        pred = decode_target(ae, z, scale).cpu()
+        for p, r in zip(pred[:, 0].numpy(), ref[:, 0].numpy()):
+            sums += torch.tensor([psnr(p, r, data_range=1.0), ssim(p, r, data_range=1.0), 1.0],
+                                 dtype=torch.float64, device=device)
+        if panel is None:
+            panel = torch.cat([(src[:4, 0:1].cpu() + 1) / 2, ref[:4], pred[:4], (pred[:4] - ref[:4]).abs()], dim=3)
+    sums = accelerator.reduce(sums, "sum")
+    if writer is not None and panel is not None:
+        writer.add_images("val/source|target|prediction|error", panel.clamp(0, 1), step)
+    n = max(float(sums[2]), 1.0)
+    return {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n, "n": int(sums[2])}
+
+
+def _resume_from(resume: str, run_dir: Path) -> Path | None:
+    if resume == "auto":
+        return ckpt_lib.find_latest(run_dir)
+    if resume == "none":
+        if ckpt_lib.find_latest(run_dir) is not None:
+            raise ValueError(f"{run_dir}: run folder already has checkpoints; pass --resume auto to continue it "
+                             "or choose another log.run_dir.")
+        return None
+    return ckpt_lib.resolve_checkpoint(resume, "last")
+
+
+def _terms(model, batch, device, model_cfg, mask_ratio, generator) -> dict:
+    source = batch["source"].to(device, torch.float32)
+    target = batch["target"].to(device, torch.float32)
+    avail = batch["avail"].to(device, torch.float32)
+    label = torch.as_tensor(batch["target_label"], device=device)
+    return pyramid_loss(model, source, target, avail, label, model_cfg, mask_ratio, generator)
+
+
+def _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val) -> dict:
+    keys = ("loss", "denoise", "mae", "coarse_loss", "cross_granularity")
+    means = torch.tensor([np.mean([w.get(k, 0.0) for w in window]) if window else math.nan for k in keys],
+                         device=accelerator.device, dtype=torch.float64)
+    means = accelerator.reduce(means, "mean")
+    row = {"step": step, "kimg": step * t.batchsize / 1000, "lr": lr, "mask_ratio": mask_ratio,
+           "nonfinite_total": state["nonfinite_total"], "sec_per_step": (time.perf_counter() - tic) / max(
+               len(window), 1)}
+    row.update({k: float(v) for k, v in zip(keys, means.cpu())})
+    if val is not None:
+        row.update({"val_psnr": val["psnr"], "val_ssim": val["ssim"]})
+    return row
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
+
+
+def _save(cfg, run_dir, unwrapped, ema, optimizer, state, identity, val, best, is_main) -> None:
+    training_state = {"optimizer": optimizer.state_dict(), "rng": ckpt_lib.capture_rng_state(),
+                      "nonfinite_total": state["nonfinite_total"], "best_psnr": state["best_psnr"],
+                      "data_position": state["step"] * cfg.train.grad_accum}
+    meta = {"identity": identity, "validation": val, "model_type": cfg.model.model_type}
+    ckpt_lib.save_checkpoint(run_dir, state["step"], unwrapped.state_dict(), training_state, to_yaml(cfg),
+                             ema_state=ema.module.state_dict(), meta=meta, best=best,
+                             keep=cfg.log.keep_checkpoints, is_main=is_main)
+
+
+def _init_wandb(cfg: Config, run_dir: Path) -> None:
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("wandb.enabled is true but the wandb package is not installed; "
+                         "pip install 'phmdiff[wandb]' or set wandb.enabled=false.") from None
+    from omegaconf import OmegaConf
+
+    wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity or None, group=cfg.wandb.group or None,
+               name=cfg.log.tag, dir=str(run_dir), resume="allow",
+               config=OmegaConf.to_container(OmegaConf.structured(cfg)))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--resume", default="auto",
+                        help="auto (newest valid checkpoint of the run folder), none, or a checkpoint folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 0
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"{summary['run_dir']}: trained to step {summary['step']} "
+          f"({summary['nonfinite_total']} non-finite steps skipped).", file=sys.stderr)
+    return 0
