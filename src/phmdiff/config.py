@@ -27,6 +27,8 @@ CATEGORIES = ("npy", "lmdb", "tar")
 MASK_RATIO_FNS = ("constant", "linear", "exp", "cosine2", "cosine3", "cosine4", "cosine5", "cosine6")
 SAMPLERS = ("heun", "euler", "dpmpp_2m", "ddim")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+# Autoencoder presets (phmdiff.autoencoder.AE_presets) and their downsampling factors.
+AE_FACTORS = {"tiny": 4, "f4": 4, "f8": 8, "identity": 1}
 # Model names: our sizes (T is the tiny CPU size) with the patch size, e.g. "PHMDiff-XL/2".
 MODEL_TYPE_RE = re.compile(r"^PHMDiff-(T|S|B|L|XL)/(1|2|4|8)$")
 
@@ -55,8 +57,8 @@ class DataConfig:
 class AutoencoderConfig:
     """The KL autoencoder: which preset to build, where it is saved, how `train-ae` trains it."""
 
-    preset: str = "kl-f8"  # or "identity" for pixel-space diffusion
-    path: str = ""  # trained autoencoder folder; empty: RUN/autoencoder
+    preset: str = "f8"  # tiny | f4 | f8, or identity for pixel-space diffusion
+    path: str = ""  # trained autoencoder file; empty: RUN/autoencoder.safetensors
     steps: int = 20000
     batchsize: int = 16
     lr: float = 1e-4
@@ -322,12 +324,18 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         f"'data.resolution' ({d.resolution}) must be 'model.in_size' ({m.in_size}) times a power of two "
         "(the autoencoder's downsampling factor).",
     )
+    _choice(origin, "model.autoencoder.preset", m.autoencoder.preset, tuple(AE_FACTORS))
+    _check(
+        factor == AE_FACTORS[m.autoencoder.preset],
+        origin,
+        f"'data.resolution' / 'model.in_size' = {factor:g} but the {m.autoencoder.preset!r} autoencoder "
+        f"downsamples by {AE_FACTORS[m.autoencoder.preset]}.",
+    )
     if m.autoencoder.preset == "identity":
         _check(
-            factor == 1 and m.in_channels == d.num_channels,
+            m.in_channels == d.num_channels,
             origin,
-            "an 'identity' autoencoder needs 'data.resolution' == 'model.in_size' and "
-            "'model.in_channels' == 'data.num_channels'.",
+            "an 'identity' autoencoder needs 'model.in_channels' == 'data.num_channels' (pixel-space diffusion).",
         )
     return cfg
 

@@ -1,1 +1,73 @@
-"""Training: the autoencoder, the PHMDiff loop, checkpoints, EMA, schedules, devices and run locks."""
+"""Training: the autoencoder, the PHMDiff loop, checkpoints, EMA, schedules, devices and run locks.
+
+`run_pipeline(cfg)` is the whole training chain of one config (what `python main.py --config ...` runs):
+prepare -> train-ae -> encode -> train, each stage reusing its output when it is already up to date.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = ("prepare", "train-ae", "encode", "train")
+CACHE_BACKENDS = {"npy": "npy", "lmdb": "lmdb", "tar": "wds"}
+
+
+def prepare_settings(cfg):
+    """`phmdiff prepare` settings that match a run config."""
+    from phmdiff.data.prepare import PrepareSettings
+    from phmdiff.data.volume import VolumeSettings
+
+    d = cfg.data
+    split = (round(1.0 - d.val_fraction - d.test_fraction, 6), d.val_fraction, d.test_fraction)
+    volume = VolumeSettings(modalities=[*d.sources, d.target], size=d.resolution, min_foreground=d.min_foreground)
+    return PrepareSettings(split=split, seed=d.split_seed, volume=volume)
+
+
+def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
+    """Run the chosen stages of the training chain for `cfg`; returns what each stage did."""
+    from phmdiff.training.loop import autoencoder_path
+
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {', '.join(STAGES)}.")
+    done: dict = {}
+    d = cfg.data
+    if "prepare" in stages:
+        from phmdiff.data.prepare import prepare
+
+        if not d.root or not d.prepared:
+            raise ValueError("data.root and data.prepared must be set to prepare the data.")
+        if d.dataset == "phantom" and not Path(d.root).exists():
+            from phmdiff.data.phantom import write_phantom
+
+            write_phantom(d.root, "brain", progress=progress)
+        done["prepare"] = prepare(d.root, d.prepared, prepare_settings(cfg), [*d.sources, d.target],
+                                  progress=progress)
+        log(f"prepare: {d.prepared} {done['prepare']}")
+    if "train-ae" in stages:
+        if autoencoder_path(cfg).exists():
+            done["train-ae"] = "reused"
+        else:
+            from phmdiff.training.train_ae import train_autoencoder
+
+            report = train_autoencoder(cfg, progress=progress)
+            done["train-ae"] = report
+            log(f"train-ae: PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} on validation slices")
+    if "encode" in stages:
+        from phmdiff.autoencoder import load_autoencoder
+        from phmdiff.data.latent_cache import autoencoder_id, encode_prepared
+        from phmdiff.training.distributed import choose_device
+
+        path = autoencoder_path(cfg)
+        if not d.cache:
+            raise ValueError("data.cache must be set to encode the latents.")
+        done["encode"] = encode_prepared(d.prepared, load_autoencoder(path), d.cache, autoencoder_id(path),
+                                         backend=CACHE_BACKENDS[d.category],
+                                         device=str(choose_device(cfg.train.device)), progress=progress)
+        log(f"encode: {d.cache} {done['encode']}")
+    if "train" in stages:
+        from phmdiff.training.loop import train
+
+        done["train"] = train(cfg, resume="auto", progress=progress)
+        log(f"train: {done['train']['run_dir']} at step {done['train']['step']}")
+    return done

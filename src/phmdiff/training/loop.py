@@ -83,9 +83,18 @@ def _latent_data(cfg: Config):
 
 
 def _identity(meta: dict, cfg: Config) -> dict:
+    """What a checkpoint must know to be used on new volumes: data and autoencoder identity, the per-volume
+    preparation settings and the target's intensity scale (translate repeats and inverts them)."""
+    from dataclasses import asdict
+
+    from phmdiff.data.prepare import load_manifest, reference_norm
+
     keys = ("autoencoder_id", "prepared_id", "latent_scale", "modalities", "prepared_dir", "item_shape")
+    manifest = load_manifest(meta["prepared_dir"])
     return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(cfg.data.cache), "sources": cfg.data.sources,
-            "target": cfg.data.target}
+            "target": cfg.data.target, "layout": manifest.get("layout"),
+            "volume_settings": manifest["config"]["volume"],
+            "target_norm": asdict(reference_norm(manifest, cfg.data.target))}
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -108,8 +117,10 @@ def _fmt(value) -> str:
 
 
 def autoencoder_path(cfg: Config) -> Path:
-    """Where the run's autoencoder lives: model.autoencoder.path, else RUN/autoencoder."""
-    return Path(cfg.model.autoencoder.path) if cfg.model.autoencoder.path else cfg.run_dir / "autoencoder"
+    """Where the run's autoencoder lives: model.autoencoder.path, else RUN/autoencoder.safetensors."""
+    if cfg.model.autoencoder.path:
+        return Path(cfg.model.autoencoder.path)
+    return cfg.run_dir / "autoencoder.safetensors"
 
 
 def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None) -> dict:

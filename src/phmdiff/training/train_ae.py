@@ -1,0 +1,175 @@
+"""`phmdiff train-ae`: train the KL autoencoder on prepared slices of every modality (LDM, Rombach et al. 2022).
+
+Loss L1 + w (1 - SSIM) + beta KL on single-channel slices in [-1, 1]. After training: reconstruction PSNR/SSIM
+on the validation split in each volume's original intensity units, the latent scale 1 / std of training
+latents (stored in the model, never hard-coded), and a quality gate that warns when reconstructions are too
+poor for diffusion in this latent space to be worth training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from phmdiff.config import Config, add_config_arguments, config_from_args
+from phmdiff.fsutil import atomic_write_text
+
+
+def slice_datasets(cfg: Config, split: str, flip: bool = False) -> ConcatDataset:
+    """The slices of every modality of the run (sources and target) as one single-channel dataset."""
+    from phmdiff.data.datasets import TargetSlices
+
+    if not cfg.data.prepared:
+        raise ValueError("data.prepared is empty; set it to the folder written by phmdiff prepare.")
+    mods = [*cfg.data.sources, cfg.data.target]
+    return ConcatDataset([TargetSlices(cfg.data.prepared, split, target=m, flip=flip, seed=cfg.train.seed)
+                          for m in mods])
+
+
+def build_autoencoder_for(cfg: Config) -> torch.nn.Module:
+    """The autoencoder preset of the config, for `data.num_channels`-channel images."""
+    import dataclasses
+
+    from phmdiff.autoencoder import AE_presets, IdentityAutoencoder, build_autoencoder
+
+    preset = cfg.model.autoencoder.preset
+    if preset == "identity":
+        return IdentityAutoencoder(cfg.data.num_channels)
+    if preset not in AE_presets:
+        raise ValueError(f"model.autoencoder.preset is {preset!r}; expected one of {sorted(AE_presets)} or identity.")
+    return build_autoencoder(dataclasses.replace(AE_presets[preset], in_channels=cfg.data.num_channels))
+
+
+def latent_scale_of(ae, data, device, n_max: int = 512, batch: int = 32, seed: int = 0) -> float:
+    """LDM's scale factor 1 / std of posterior samples, over (up to) n_max training slices."""
+    from phmdiff.autoencoder import compute_latent_scale
+
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(data), generator=g)[:n_max].tolist()
+    batches = (torch.stack([data[i]["target"] for i in picks[lo : lo + batch]]).to(device)
+               for lo in range(0, len(picks), batch))
+    return compute_latent_scale(ae, batches, g)
+
+
+@torch.no_grad()
+def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> dict:
+    """Reconstruction PSNR/SSIM on validation slices, in each volume's original intensity units."""
+    from phmdiff.data.datasets import TargetSlices
+    from phmdiff.data.prepare import load_manifest
+    from phmdiff.data.volume import NormParams
+    from phmdiff.eval.metrics import psnr, ssim
+
+    manifest = load_manifest(cfg.data.prepared)
+    psnrs, ssims = [], []
+    mods = [*cfg.data.sources, cfg.data.target]
+    split = "val" if manifest["splits"]["val"]["n"] else "train"
+    per_mod = max(max_slices // len(mods), 1)
+    for mod in mods:
+        data = TargetSlices(cfg.data.prepared, split, target=mod)
+        picks = np.unique(np.linspace(0, len(data) - 1, min(per_mod, len(data))).round().astype(int))
+        for lo in range(0, len(picks), 32):
+            items = [data[int(i)] for i in picks[lo : lo + 32]]
+            x = torch.stack([it["target"] for it in items]).to(device)
+            recon = ae.decode(ae.encode(x).mode()).float().clamp(-1, 1).cpu().numpy()[:, 0]
+            for it, r in zip(items, recon):
+                norm = NormParams(**manifest["volumes"][it["subject"]]["norm"][mod])
+                ref_u = norm.inverse((it["target"][0].numpy() + 1) / 2)  # original units
+                rec_u = norm.inverse((r + 1) / 2)
+                psnrs.append(psnr(rec_u, ref_u, data_range=norm.scale))
+                ssims.append(ssim(rec_u, ref_u, data_range=norm.scale))
+    finite = [p for p in psnrs if math.isfinite(p)]
+    return {"split": split, "n": len(psnrs), "psnr": float(np.mean(finite)) if finite else math.inf,
+            "psnr_std": float(np.std(finite)) if finite else 0.0, "ssim": float(np.mean(ssims)),
+            "ssim_std": float(np.std(ssims))}
+
+
+def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate, scale and save the autoencoder to `autoencoder_path(cfg)`; returns the report."""
+    from phmdiff.autoencoder import save_autoencoder
+    from phmdiff.losses import ssim as ssim_loss
+    from phmdiff.training.distributed import choose_device, seed_everything
+    from phmdiff.training.loop import autoencoder_path
+
+    a = cfg.model.autoencoder
+    out = autoencoder_path(cfg)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out}: an autoencoder already exists; pass --overwrite to train a new one.")
+    device = choose_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = slice_datasets(cfg, "train", flip=True)
+    if len(data) == 0:
+        raise ValueError(f"{cfg.data.prepared}: the training split has no slices.")
+    ae = build_autoencoder_for(cfg).to(device)
+    params = list(ae.parameters())
+    steps = a.steps if params else 0  # the identity autoencoder has nothing to train
+    optimizer = torch.optim.Adam(params, lr=a.lr, betas=(0.5, 0.9)) if params else None
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    loader = DataLoader(data, batch_size=min(a.batchsize, len(data)), shuffle=True, drop_last=True, generator=g,
+                        num_workers=cfg.data.num_workers)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="train-ae", unit="step", file=sys.stderr, dynamic_ncols=True)
+    step, tic, ae = 0, time.perf_counter(), ae.train()
+    while step < steps:
+        for batch in loader:
+            x = batch["target"].to(device)
+            posterior = ae.encode(x)
+            recon = ae.decode(posterior.sample(g))
+            l1 = (recon.float() - x).abs().mean()
+            s = ssim_loss(recon, x, data_range=2.0)
+            kl = posterior.kl().mean()
+            loss = l1 + a.ssim_weight * (1 - s) + a.kl_weight * kl
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"autoencoder training stopped at step {step}: the loss is not finite; "
+                                   "lower model.autoencoder.lr.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(l1=f"{float(l1):.4f}", ssim=f"{float(s):.3f}")
+            if step >= steps:
+                break
+    if bar is not None:
+        bar.close()
+    ae.eval()
+    scale = latent_scale_of(ae, slice_datasets(cfg, "train"), device, seed=cfg.train.seed)
+    ae.latent_scale.fill_(scale)
+    report = {"steps": step, "seconds": round(time.perf_counter() - tic, 1), "latent_scale": scale,
+              "preset": a.preset, **evaluate_reconstruction(ae, cfg, device)}
+    report["quality_gate"] = "pass" if report["psnr"] >= a.min_psnr else "warn"
+    save_autoencoder(ae.cpu(), out)
+    atomic_write_text(out.with_name("autoencoder_report.json"), json.dumps(report, indent=1))
+    if report["quality_gate"] == "warn":
+        print(f"warning: autoencoder reconstruction PSNR {report['psnr']:.2f} dB is below model.autoencoder.min_psnr"
+              f" = {a.min_psnr} dB; diffusion in this latent space will be limited by the autoencoder. Train longer "
+              "(model.autoencoder.steps) or use a larger preset.", file=sys.stderr)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing autoencoder")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg is None:
+        return 0
+    report = train_autoencoder(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"autoencoder: validation PSNR {report['psnr']:.2f} +- {report['psnr_std']:.2f} dB, SSIM "
+          f"{report['ssim']:.4f} (original units, {report['n']} slices); latent scale {report['latent_scale']:.4f}.",
+          file=sys.stderr)
+    return 0
+

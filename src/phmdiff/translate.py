@@ -1,0 +1,234 @@
+"""`phmdiff translate`: synthesize the missing modality of NIfTI subjects with a trained PHMDiff run.
+
+Each subject goes through the same per-volume steps as training (`phmdiff.data.volume`), its source slices
+are encoded with the run's autoencoder, the target latents are sampled coarse to fine, decoded, and the
+slices are put back on the input's grid, orientation and intensity units. Every random draw is seeded by
+(seed, subject, sample, slice), so reruns are identical and the batch size does not matter. Each NIfTI is
+written atomically; nothing is overwritten without `--overwrite`. OUT/translate.json lists the outputs in
+the format `phmdiff evaluate` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phmdiff.fsutil import atomic_write_text, check_writable_dir
+
+NII = ".nii.gz"
+
+
+@dataclass
+class TrainedRun:
+    """A trained run ready for inference: EMA denoiser, autoencoder, config and data identity."""
+
+    denoiser: torch.nn.Module
+    autoencoder: torch.nn.Module
+    cfg: object
+    identity: dict
+    checkpoint: Path
+    device: torch.device
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.identity["data"]["latent_scale"])
+
+
+def load_trained(run: str | Path, device: str = "auto", which: str = "best") -> TrainedRun:
+    """Load the EMA weights of a run's best (or last) checkpoint and the autoencoder it was trained with."""
+    from phmdiff.config import config_from_yaml
+    from phmdiff.data.latent_cache import autoencoder_id
+    from phmdiff.hierarchy import build_denoiser
+    from phmdiff.training.checkpoint import load_checkpoint, resolve_checkpoint
+    from phmdiff.training.distributed import choose_device
+    from phmdiff.training.loop import autoencoder_path, load_run_autoencoder
+
+    path = resolve_checkpoint(run, which)
+    ckpt = load_checkpoint(path)
+    cfg = config_from_yaml(ckpt.config_yaml, origin=str(path / "config.yaml"))
+    identity = ckpt.meta.get("identity")
+    if not identity:
+        raise ValueError(f"{path}: checkpoint has no data identity; it was not written by phmdiff train.")
+    if not cfg.model.autoencoder.path:  # the autoencoder lives beside the checkpoints of its run
+        beside = path.parent.parent / "autoencoder.safetensors"
+        cfg.model.autoencoder.path = str(beside) if beside.exists() else ""
+    ae_path = autoencoder_path(cfg)
+    if ae_path.exists() and autoencoder_id(ae_path) != identity["data"]["autoencoder_id"]:
+        raise ValueError(f"{ae_path}: this autoencoder is not the one the checkpoint {path} was trained with "
+                         "(its sha256 differs); point model.autoencoder.path at the right one.")
+    dev = choose_device(device)
+    denoiser = build_denoiser(cfg, len(identity["sources"]), len(identity["data"]["modalities"]))
+    denoiser.load_state_dict(ckpt.ema_state or ckpt.model_state)
+    denoiser = denoiser.to(dev).eval().requires_grad_(False)
+    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, identity, path, dev)
+
+
+def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
+    """The seed of one slice of one sample of one subject: independent of batching and of other subjects."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(subject.encode()), sample, index]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], steps: int | None = None,
+                     sampler: str | None = None, guidance: float | None = None, batch_size: int = 16) -> np.ndarray:
+    """Source slices (n, n_src, H, W) in [0, 1] -> predicted target slices (n, H, W) in [0, 1]."""
+    from phmdiff.hierarchy import sample_pyramid
+    from phmdiff.training.loop import decode_target, encode_sources
+
+    cfg, dev = trained.cfg, trained.device
+    e = cfg.eval
+    target_label = trained.identity["data"]["modalities"].index(trained.identity["target"])
+    out = np.empty((src.shape[0], *src.shape[2:]), dtype=np.float32)
+    for lo in range(0, src.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(src[lo : lo + batch_size], dtype=np.float32)).to(dev) * 2 - 1
+        n = x.shape[0]
+        cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
+        z = sample_pyramid(
+            trained.denoiser, cond, torch.ones(n, x.shape[1], device=dev), torch.full((n,), target_label, device=dev),
+            seeds[lo : lo + n], cfg.model.pyramid_levels, cfg.model.in_channels, sampler or e.sampler,
+            steps or e.num_steps, min(e.fine_num_steps, steps or e.fine_num_steps), e.sigma_start,
+            e.guidance if guidance is None else guidance,
+        )
+        out[lo : lo + n] = decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy()
+    return out
+
+
+def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]):
+    """Subjects under a dataset root, or the one subject whose folder is `path`."""
+    from phmdiff.data.readers import LAYOUTS, find_subjects
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: input folder not found; expected a subject folder or a folder of subjects.")
+    layout = layout if layout in LAYOUTS and layout != "png" else "auto"
+    single = any(p.name.endswith((".nii", ".nii.gz")) for p in path.iterdir() if p.is_file())
+    root = path.parent if single else path
+    subjects = find_subjects(root, layout)
+    if single:
+        subjects = [s for s in subjects if s.id == path.name]
+    usable = [s for s in subjects if all(m in s.paths for m in sources)]
+    if not usable:
+        missing = sorted({m for s in subjects for m in sources if m not in s.paths})
+        raise ValueError(f"{path}: no subject has all source modalities {sources} (missing {missing}).")
+    return usable
+
+
+def _outputs(out: Path, sid: str, target: str, n_samples: int) -> dict:
+    folder = out / sid
+    files = {"prediction": folder / f"{sid}_{target}{NII}"}
+    if n_samples > 1:
+        files["std"] = folder / f"{sid}_{target}_std{NII}"
+        files["samples"] = [folder / "samples" / f"{sid}_{target}_sample{j}{NII}" for j in range(n_samples)]
+    return files
+
+
+def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
+              sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
+              overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True) -> dict:
+    """Translate every subject under `input_path`; returns the translate.json content."""
+    from phmdiff.data.volume import (
+        NormParams,
+        VolumeSettings,
+        load_subject_volumes,
+        slices_to_volume,
+        volume_to_slices,
+        write_like,
+    )
+
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps is {steps}; expected a positive number of sampling steps.")
+    if n_samples < 1:
+        raise ValueError(f"--n-samples is {n_samples}; expected 1 or more.")
+    if seed < 0:
+        raise ValueError(f"--seed is {seed}; expected a whole number of at least 0.")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
+    out = Path(out)
+    trained = load_trained(run, device)
+    ident = trained.identity
+    sources, target = list(ident["sources"]), ident["target"]
+    subjects = find_input_subjects(input_path, ident.get("layout"), sources)
+    check_writable_dir(out)
+    planned = {s.id: _outputs(out, s.id, target, n_samples) for s in subjects}
+    if not overwrite:  # refuse before any work, so nothing is half replaced
+        for files in planned.values():
+            for f in [files["prediction"], files.get("std"), *files.get("samples", [])]:
+                if f is not None and f.exists():
+                    raise ValueError(f"{f}: output exists; pass --overwrite to replace it.")
+    settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
+    target_norm = NormParams(**ident["target_norm"])
+    kind = "ct" if target in settings.ct_modalities else "mr"
+    entries = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(subjects) * n_samples, desc="translate", unit="volume", file=sys.stderr)
+    for sub in subjects:
+        volumes, affine, _ = load_subject_volumes(sub, sources)
+        slices, spec = volume_to_slices(volumes, affine, settings)
+        del volumes
+        k = 2 * spec.context + 1
+        src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
+        reference = sub.paths[sources[0]]
+        files = planned[sub.id]
+        samples = []
+        for j in range(n_samples):
+            seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
+            pred = translate_slices(trained, src, seeds, steps, sampler, guidance, batch_size)
+            samples.append(slices_to_volume(pred, spec, target, norm=target_norm))
+            if n_samples > 1:
+                write_like(samples[-1], reference, files["samples"][j])
+            if bar is not None:
+                bar.update(1)
+        stack = np.stack(samples)  # (n_samples, X, Y, Z)
+        write_like(stack.mean(0), reference, files["prediction"])
+        if n_samples > 1:
+            write_like(stack.std(0), reference, files["std"])
+        is_brats = (sub.layout or "").startswith("brats")
+        entries.append({
+            "subject": sub.id,
+            "prediction": str(files["prediction"].relative_to(out)),
+            "std": str(files["std"].relative_to(out)) if n_samples > 1 else None,
+            "samples": [str(p.relative_to(out)) for p in files.get("samples", [])],
+            "reference": str(sub.paths[target].resolve()) if target in sub.paths else None,
+            "mask": str(sub.mask.resolve()) if sub.mask and not is_brats else None,
+            "seg": str(sub.mask.resolve()) if sub.mask and is_brats else None,
+            "source_images": {m: str(sub.paths[m].resolve()) for m in sources},
+            "seeds": {"seed": seed, "n_samples": n_samples},
+        })
+    if bar is not None:
+        bar.close()
+    meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
+            "sampler": sampler or trained.cfg.eval.sampler, "steps": steps or trained.cfg.eval.num_steps,
+            "guidance": trained.cfg.eval.guidance if guidance is None else guidance, "subjects": entries}
+    atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
+    return meta
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run folder (its best checkpoint) or a checkpoint folder")
+    parser.add_argument("--input", required=True, help="a subject folder or a folder of subjects")
+    parser.add_argument("--out", required=True, help="output folder for NIfTI volumes and translate.json")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps at the coarsest level")
+    parser.add_argument("--sampler", choices=("heun", "dpmpp_2m", "euler", "ddim"), default=None)
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    parser.add_argument("--n-samples", type=int, default=1, help="samples per subject: mean and std volumes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch (results do not depend on it)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def run(args: argparse.Namespace) -> int:
+    meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
+                     args.seed, args.overwrite, args.batch_size, args.device)
+    print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {meta['target']}.", file=sys.stderr)
+    return 0
