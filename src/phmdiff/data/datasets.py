@@ -54,10 +54,14 @@ class _PreparedSplit(Dataset):
     def _flip(self, i: int) -> bool:
         return self.flip and bool(np.random.default_rng([self.seed, self.epoch, i]).random() < 0.5)
 
-    def _channels(self, row: np.ndarray, mod: int, centre_only: bool, flip: bool) -> torch.Tensor:
-        lo = mod * self.k
-        x = row[lo + self.k // 2 : lo + self.k // 2 + 1] if centre_only else row[lo : lo + self.k]
-        x = np.asarray(x, dtype=np.float32) * 2.0 - 1.0
+    def _channels(self, row: np.ndarray, mods: list[int], centre_only: bool, flip: bool) -> torch.Tensor:
+        """The channels of `mods` (all context slices, or only the centre one) as float32 in [-1, 1]."""
+        if centre_only:
+            picks = [m * self.k + self.k // 2 for m in mods]
+        else:
+            picks = [m * self.k + j for m in mods for j in range(self.k)]
+        x = row[picks] if picks != list(range(picks[0], picks[-1] + 1)) else row[picks[0] : picks[-1] + 1]
+        x = np.asarray(x, dtype=np.float32) * 2.0 - 1.0  # (C, H, W); numpy, not torch.cat: no thread-pool overhead
         return torch.from_numpy(np.ascontiguousarray(x[..., ::-1] if flip else x))
 
     def _meta(self, i: int) -> dict:
@@ -81,10 +85,9 @@ class PairedSlices(_PreparedSplit):
 
     def __getitem__(self, i: int) -> dict:
         row, flip = self._row(i), self._flip(i)
-        source = torch.cat([self._channels(row, m, False, flip) for m in self.source_idx])
         return {
-            "source": source,
-            "target": self._channels(row, self.target_label, True, flip),
+            "source": self._channels(row, self.source_idx, False, flip),
+            "target": self._channels(row, [self.target_label], True, flip),
             "avail": torch.ones(len(self.sources)),
             "target_label": self.target_label,
             **self._meta(i),
@@ -101,7 +104,7 @@ class TargetSlices(_PreparedSplit):
     def __getitem__(self, i: int) -> dict:
         row = self._row(i)
         return {
-            "target": self._channels(row, self.target_label, True, self._flip(i)),
+            "target": self._channels(row, [self.target_label], True, self._flip(i)),
             "target_label": self.target_label,
             **self._meta(i),
         }
