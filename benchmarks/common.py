@@ -1,0 +1,189 @@
+"""Shared benchmark helpers: machine description, result JSON, robust statistics, interleaved timing and the
+matmul peak that achieved FLOP/s are compared with.
+
+Timing follows the usual rules for noisy shared machines: warm-up calls first, then `repeats` rounds in which
+every variant runs once, in turn, so that a burst of load from another process slows all variants alike;
+medians and inter-quartile ranges instead of means.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "src"))  # a fresh clone runs the scripts without installing
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    """The commit the benchmark ran at, with '+dirty' when tracked files differ from it."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine(device: str = "cpu") -> dict:
+    """What ran the benchmark: CPU model, cores, threads, torch version and accelerator name."""
+    info = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name()
+    else:
+        info["device_name"] = info["cpu_model"]
+    try:
+        info["load_average"] = list(os.getloadavg())  # the machine is shared: say how busy it was
+    except OSError:
+        pass
+    return info
+
+
+def write_result(name: str, results: dict, device: str = "cpu", out_dir: str | Path | None = None) -> Path:
+    """Write benchmarks/results/NAME.json with the machine, date, git commit and command line beside `results`."""
+    from phmdiff.fsutil import atomic_write_text
+
+    out_dir = Path(out_dir) if out_dir else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(device),
+               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "git_commit": git_commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "results": results}
+    path = out_dir / f"{name}.json"
+    atomic_write_text(path, json.dumps(payload, indent=1, default=float) + "\n")
+    return path
+
+
+def median_iqr(values) -> dict:
+    """Median and inter-quartile range (q75 - q25, inclusive method) of a list of numbers."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("median_iqr needs at least one value, got an empty list.")
+    if len(values) == 1:
+        return {"median": values[0], "iqr": 0.0, "n": 1}
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": statistics.median(values), "iqr": q3 - q1, "n": len(values)}
+
+
+def synchronize(device: str | torch.device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     device: str = "cpu", min_seconds: float = 0.0) -> dict[str, dict]:
+    """Seconds per call of each variant: `warmup` untimed calls each, then `repeats` rounds of one call each.
+
+    Within a round the variants run one after the other (the order rotates every round), so machine noise is
+    spread over all of them. Returns {name: median_iqr(seconds) + "times"}; stops early after `min_seconds`
+    of total timing only once at least three rounds are in.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
+    names = list(variants)
+    for name in names:
+        for _ in range(warmup):
+            variants[name]()
+        synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            synchronize(device)
+            tic = time.perf_counter()
+            variants[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - tic)
+        if min_seconds and r >= 2 and time.perf_counter() - start > min_seconds:
+            break
+    return {name: {**median_iqr(t), "times": t} for name, t in times.items()}
+
+
+def matmul_peak(dtypes=(torch.float32, torch.bfloat16), size: int = 2048, repeats: int = 5,
+                device: str = "cpu") -> dict[str, dict]:
+    """Measured matmul throughput (FLOP/s, 2 n^3 per product) of large square products per dtype.
+
+    This is the practical peak a training step is compared with; the best repeat is reported beside the
+    median because the peak is what the hardware can do when nothing else is running.
+    """
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for dtype in dtypes:
+        a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+        b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+        stats = time_interleaved({"mm": lambda a=a, b=b: torch.mm(a, b)}, repeats=repeats, warmup=2,
+                                 device=device)["mm"]
+        flops = 2.0 * size**3
+        out[str(dtype).replace("torch.", "")] = {
+            "size": size, "flops_per_s_median": flops / stats["median"],
+            "flops_per_s_best": flops / min(stats["times"]), "seconds_median": stats["median"],
+            "seconds_iqr": stats["iqr"]}
+    return out
+
+
+def peak_rss_child(argv: list[str], env: dict | None = None, cwd: str | Path | None = None,
+                   timeout: float | None = None) -> dict:
+    """Run `argv` in a child process and return its peak resident memory (ru_maxrss of the waited child).
+
+    Each measurement gets its own process, so memory freed by an earlier step cannot hide a later peak.
+    """
+    code = ("import resource, subprocess, sys, json, time\n"
+            "t = time.perf_counter()\n"
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(json.dumps({'rc': p.returncode, 'maxrss_kb': ru.ru_maxrss, 'seconds': time.perf_counter() - t,"
+            " 'stderr_tail': p.stderr[-2000:]}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed to run {argv}: {proc.stderr[-500:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["peak_rss_bytes"] = int(out.pop("maxrss_kb")) * 1024  # Linux reports kilobytes
+    return out
+
+
+def set_threads(n: int | None) -> int:
+    """Use `n` intra-op threads (default: all cores); benchmarks only, never the library."""
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A plain aligned text table on stdout."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))

@@ -1,0 +1,291 @@
+"""Training-step time, peak memory and FLOP utilization of PHMDiff's masked DiT (MaskDiT, Zheng et al. 2023)
+against diffusers' DiTTransformer2DModel (Peebles & Xie 2023) of the same width, depth, heads and patch size,
+plus sampling throughput per sampler at equal NFE.
+
+    python benchmarks/speed.py                 # PHMDiff-S/2, 32x32x4 latents, batch 8, CPU, fp32 and bf16
+    python benchmarks/speed.py --quick         # tiny model, seconds (smoke test)
+    python benchmarks/speed.py --model PHMDiff-XL/2 --device cuda --compile --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import subprocess
+import sys
+import time
+
+import common  # noqa: F401  (puts src/ on the path)
+import torch
+import torch.nn.functional as F
+from common import matmul_peak, print_table, set_threads, time_interleaved, write_result
+
+from phmdiff.diffusion.edm import EDMPrecond
+from phmdiff.losses import masked_denoising_loss
+from phmdiff.masked_dit import build_masked_dit, masked_dit_config
+from phmdiff.sample import SAMPLERS, get_sigmas_karras
+
+MASK_RATIOS = (0.0, 0.5, 0.75)
+TARGETS = {"mask0.5_over_unmasked": 0.6, "phmdiff_over_diffusers": 1.0, "bf16_peak_fraction_S2": 0.40,
+           "gpu_mfu_XL2": 0.35}
+
+
+def phmdiff_setup(model_name: str, size: int, batch: int, device: str, seed: int = 0):
+    """PHMDiff denoiser with two source modalities and the coarse condition, as the pipeline trains it."""
+    torch.manual_seed(seed)
+    net = build_masked_dit(model_name, input_size=size, latent_channels=4, num_sources=2)
+    denoiser = EDMPrecond(net).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, size, size, generator=gen).to(device)
+    kwargs = {"cond": torch.randn(batch, 8, size, size, generator=gen).to(device),
+              "avail": torch.ones(batch, 2, device=device),
+              "coarse": torch.randn(batch, 4, size, size, generator=gen).to(device),
+              "level": 0, "target_label": torch.zeros(batch, dtype=torch.long, device=device)}
+    return denoiser, x, kwargs
+
+
+def diffusers_setup(model_name: str, size: int, batch: int, device: str, seed: int = 0):
+    """diffusers' DiT with PHMDiff's encoder width, depth, heads and patch size (no decoder, no masking)."""
+    from diffusers import DiTTransformer2DModel
+
+    cfg = masked_dit_config(model_name)
+    torch.manual_seed(seed)
+    net = DiTTransformer2DModel(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.hidden_size // cfg.num_heads,
+                                in_channels=4, num_layers=cfg.depth, sample_size=size, patch_size=cfg.patch_size,
+                                num_embeds_ada_norm=1000).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, size, size, generator=gen).to(device)
+    return net, x, torch.zeros(batch, dtype=torch.long, device=device)
+
+
+def make_step(kind: str, model_name: str, size: int, batch: int, device: str, mask_ratio: float = 0.0,
+              dtype: str = "fp32", compile_model: bool = False):
+    """One closure = forward + loss + backward + AdamW step; returns (step, model)."""
+    amp = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if dtype == "bf16" else None
+    gen = torch.Generator().manual_seed(1)
+    if kind == "phmdiff":
+        model, x, kwargs = phmdiff_setup(model_name, size, batch, device)
+        fwd = torch.compile(model) if compile_model else model
+
+        def loss_fn():
+            terms, _ = masked_denoising_loss(fwd, x, kwargs, mask_ratio=mask_ratio, generator=gen)
+            return terms["loss"]
+    else:
+        model, x, labels = diffusers_setup(model_name, size, batch, device)
+        fwd = torch.compile(model) if compile_model else model
+
+        def loss_fn():
+            # The same EDM-sampled noise level and MSE as PHMDiff's denoising term, on diffusers' timestep axis.
+            t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+            noise = torch.randn(x.shape, generator=gen).to(device)
+            out = fwd(x + noise, timestep=t, class_labels=labels).sample
+            return F.mse_loss(out.float(), noise)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with amp if amp is not None else contextlib.nullcontext():
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        return loss
+    return step, model
+
+
+@contextlib.contextmanager
+def count_attention_flops(counter: list):
+    """Count the FLOPs of F.scaled_dot_product_attention (FlopCounterMode misses the CPU kernel): 4 B H Tq Tk d
+    forward, twice that backward when a gradient is needed."""
+    original = F.scaled_dot_product_attention
+
+    def counted(q, k, v, *args, **kwargs):
+        fwd = 4.0 * math.prod(q.shape[:-1]) * k.shape[-2] * q.shape[-1]
+        counter[0] += fwd * (3.0 if q.requires_grad else 1.0)
+        return original(q, k, v, *args, **kwargs)
+    F.scaled_dot_product_attention = counted
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def step_flops(step) -> float:
+    """FLOPs of one training step: matmuls/convolutions from FlopCounterMode plus attention counted by hand."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    attention = [0.0]
+    with count_attention_flops(attention), FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops()) + attention[0]
+
+
+def probe_memory(spec: dict) -> dict:
+    """Run in a child process: build one variant, take 3 steps, report peak and pre-step resident memory."""
+    import resource
+
+    import psutil
+
+    step, _ = make_step(spec["kind"], spec["model"], spec["size"], spec["batch"], "cpu", spec["mask_ratio"],
+                        spec["dtype"])
+    before = psutil.Process().memory_info().rss
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_rss_bytes": peak, "rss_before_step_bytes": before, "step_peak_bytes": peak - before}
+
+
+def cpu_memory(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--probe-memory", json.dumps(spec), "--threads",
+                           str(torch.get_num_threads())], capture_output=True,
+                          text=True, timeout=900)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "probe failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def training_variants(args) -> list[dict]:
+    out = []
+    for dtype in args.dtypes:
+        out.append({"kind": "diffusers", "mask_ratio": 0.0, "dtype": dtype})
+        out += [{"kind": "phmdiff", "mask_ratio": r, "dtype": dtype} for r in MASK_RATIOS]
+    return out
+
+
+def bench_training(args, peaks: dict) -> list[dict]:
+    rows = []
+    variants = training_variants(args)
+    steps = {}
+    for v in variants:
+        name = f"{v['kind']}-m{v['mask_ratio']}-{v['dtype']}"
+        steps[name] = make_step(v["kind"], args.model, args.size, args.batch, args.device, v["mask_ratio"], v["dtype"],
+                                args.compile)[0]
+        v["name"] = name
+    timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=args.device)
+    for v in variants:
+        t = timings[v["name"]]
+        flops = step_flops(steps[v["name"]])
+        row = {**v, "step_s": t["median"], "step_iqr_s": t["iqr"], "n": t["n"], "flops_per_step": flops,
+               "achieved_flops_per_s": flops / t["median"], "slices_per_s": args.batch / t["median"]}
+        for peak_dtype, peak in peaks.items():
+            row[f"fraction_of_{peak_dtype}_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s_median"]
+        # --quick probes one variant only: each probe is a fresh process (seconds of imports).
+        probe = not args.no_memory and (not args.quick or (v["kind"], v["mask_ratio"]) == ("phmdiff", 0.5))
+        if args.device == "cpu" and probe:
+            row["memory"] = cpu_memory({"kind": v["kind"], "model": args.model, "size": args.size,
+                                        "batch": args.batch, "mask_ratio": v["mask_ratio"], "dtype": v["dtype"]})
+        elif args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            steps[v["name"]]()
+            torch.cuda.synchronize()
+            row["memory"] = {"peak_allocated_bytes": torch.cuda.max_memory_allocated()}
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def bench_sampling(args) -> list[dict]:
+    """Slices per second of each sampler on the unmasked model at (about) the same number of network calls."""
+    model, x, kwargs = phmdiff_setup(args.model, args.size, args.batch, args.device)
+    model.eval()
+    calls = {}
+
+    def counting(name):
+        def denoiser(x_, sigma, **kw):
+            calls[name] += 1
+            return model(x_, sigma, **kw)
+        return denoiser
+    nfe = args.nfe
+    # Heun's last step (to sigma = 0) is Euler, so n steps cost 2n - 1 calls; the others cost one per step.
+    plans = {"heun": (nfe + 1) // 2, "dpmpp_2m": nfe, "euler": nfe, "ddim": nfe}
+    variants = {}
+    for name, n_steps in plans.items():
+        sigmas = get_sigmas_karras(n_steps, 0.002, 80.0, device=args.device).float()
+        calls[name] = 0
+
+        def run(name=name, sigmas=sigmas):
+            return SAMPLERS[name](counting(name), x * sigmas[0], sigmas, extra_args=kwargs, disable=True)
+        variants[name] = run
+    rounds = max(2, args.repeats // 3)
+    timings = time_interleaved(variants, repeats=rounds, warmup=0, device=args.device)
+    return [{"sampler": name, "steps": plans[name], "nfe": calls[name] / timings[name]["n"],
+             "seconds": timings[name]["median"], "iqr_s": timings[name]["iqr"],
+             "slices_per_s": args.batch / timings[name]["median"]} for name in plans]
+
+
+def summarize(rows: list[dict], model: str, device: str) -> dict:
+    """Each target against its measured value."""
+    by = {(r["kind"], r["mask_ratio"], r["dtype"]): r for r in rows}
+    out = {}
+    for dtype in sorted({r["dtype"] for r in rows}):
+        base = by[("phmdiff", 0.0, dtype)]["step_s"]
+        ratio = by[("phmdiff", 0.5, dtype)]["step_s"] / base
+        out[f"mask0.5_over_unmasked_{dtype}"] = {"target": f"<= {TARGETS['mask0.5_over_unmasked']}",
+                                                "value": ratio, "met": ratio <= TARGETS["mask0.5_over_unmasked"]}
+        vs = base / by[("diffusers", 0.0, dtype)]["step_s"]
+        out[f"phmdiff_over_diffusers_{dtype}"] = {"target": f"<= {TARGETS['phmdiff_over_diffusers']}", "value": vs,
+                                                 "met": vs <= TARGETS["phmdiff_over_diffusers"]}
+    if ("phmdiff", 0.0, "bf16") in by:
+        r = by[("phmdiff", 0.0, "bf16")]
+        key, goal = ("gpu_mfu", TARGETS["gpu_mfu_XL2"]) if device.startswith("cuda") else \
+            ("bf16_peak_fraction", TARGETS["bf16_peak_fraction_S2"])
+        frac = r.get("fraction_of_bfloat16_peak")
+        if frac is not None:
+            out[f"{key}_{model}"] = {"target": f">= {goal}", "value": frac, "met": frac >= goal,
+                                     "applies": model in ("PHMDiff-S/2", "PHMDiff-XL/2")}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny model and few repeats (smoke test)")
+    p.add_argument("--model", default=None, help="PHMDiff preset (default PHMDiff-S/2; --quick: PHMDiff-T/2)")
+    p.add_argument("--size", type=int, default=None, help="latent grid (default 32; --quick: 8)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 8; --quick: 2)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (GPU runs)")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--nfe", type=int, default=None, help="network calls per sampler (default 11; --quick: 3)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory child processes")
+    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--probe-memory", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    # --quick uses one thread: on a loaded 2-core machine two OpenMP threads wait on each other for seconds.
+    threads = set_threads(args.threads or (1 if args.quick else None))
+    if args.probe_memory:
+        print(json.dumps(probe_memory(json.loads(args.probe_memory))))
+        return 0
+    args.model = args.model or ("PHMDiff-T/2" if args.quick else "PHMDiff-S/2")
+    args.size = args.size or (8 if args.quick else 32)
+    args.batch = args.batch or (2 if args.quick else 8)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.warmup = 1 if args.quick else args.warmup
+    args.nfe = args.nfe or (3 if args.quick else 11)
+    tic = time.perf_counter()
+    peaks = matmul_peak(size=512 if args.quick else 2048, repeats=2 if args.quick else 7, device=args.device)
+    training = bench_training(args, peaks)
+    sampling = bench_sampling(args)
+    targets = summarize(training, args.model, args.device)
+    gpu = ("run on " + args.device) if args.device.startswith("cuda") else \
+        "not run: no GPU was lent to this session (run `--model PHMDiff-XL/2 --device cuda --compile` on one)"
+    results = {"model": args.model, "latent": [4, args.size, args.size], "batch": args.batch, "device": args.device,
+               "threads": threads, "compile": args.compile, "quick": args.quick, "matmul_peak": peaks,
+               "training": training, "sampling": sampling, "targets": targets, "gpu_section": gpu,
+               "wall_s": time.perf_counter() - tic}
+    path = write_result("speed", results, args.device, args.out_dir)
+    print_table(training, ["kind", "mask_ratio", "dtype", "step_s", "step_iqr_s", "achieved_flops_per_s",
+                           "fraction_of_float32_peak", "fraction_of_bfloat16_peak"])
+    print_table(sampling, ["sampler", "steps", "nfe", "seconds", "slices_per_s"])
+    for name, t in targets.items():
+        print(f"{name}: {t['value']:.3f} (target {t['target']}) {'met' if t['met'] else 'MISSED'}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
