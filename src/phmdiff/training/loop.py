@@ -187,7 +187,10 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         stream = EpochStream(data, t.seed)
         loader = DataLoader(stream, batch_size=micro, sampler=PositionSampler(micro, rank, world,
                             state["step"] * t.grad_accum), num_workers=cfg.data.num_workers,
-                            persistent_workers=cfg.data.num_workers > 0)
+                            persistent_workers=cfg.data.num_workers > 0,
+                            # Its own generator: iter() would otherwise draw a worker seed from the global RNG
+                            # after a resume restored it, and the global stream (used on GPUs) would drift.
+                            generator=torch.Generator().manual_seed(t.seed))
         batches = iter(loader)
         device = accelerator.device
         bar = None
