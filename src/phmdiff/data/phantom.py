@@ -110,20 +110,25 @@ def write_phantom(root, kind: str = "brain", n_subjects: int = 6, shape=None, se
 
         bar = tqdm(total=n_subjects, desc=f"phantom {kind}", unit="subject")
     first: list[dict[str, np.ndarray]] = []
+    pending: list = []
     with atomic_dir(root) as tmp, ThreadPoolExecutor(workers) as pool:
         for sid, sub_seed in zip(ids, seeds):
             if kind == "brain":
                 volumes = make_brain_subject(sub_seed, shape, tumour=tumour, noise=noise)
             else:
                 volumes = make_pelvis_subject(sub_seed, shape, noise=noise)
-            # gzip dominates the time and releases the GIL: write the files of a subject in parallel
-            files = _subject_files(kind, sid, volumes)
-            for future in [pool.submit(_save_nifti, tmp / rel, arr, affine) for rel, arr in files.items()]:
+            # gzip releases the GIL: the files of this subject are compressed while the next one is made;
+            # waiting for the previous subject first keeps at most two subjects in memory
+            for future in pending:
                 future.result()
+            files = _subject_files(kind, sid, volumes)
+            pending = [pool.submit(_save_nifti, tmp / rel, arr, affine) for rel, arr in files.items()]
             if preview and len(first) < 3:
                 first.append({k: v[:, :, shape[2] // 2].copy() for k, v in volumes.items() if k != "tissue"})
             if bar is not None:
                 bar.update(1)
+        for future in pending:
+            future.result()
         meta = {
             "generator": "phmdiff.data.phantom", "version": PHANTOM_VERSION, "phmdiff_version": __version__,
             "kind": kind, "seed": int(seed), "shape": list(shape), "noise": float(noise),

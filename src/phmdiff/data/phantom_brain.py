@@ -67,9 +67,24 @@ def null_inversion_time(t1: float, tr: float) -> float:
 
 def rician(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of a complex signal with Gaussian noise of std sigma in each channel (Rician)."""
-    real = clean + sigma * rng.standard_normal(clean.shape, dtype=np.float32)
-    imag = sigma * rng.standard_normal(clean.shape, dtype=np.float32)
-    return np.sqrt(real * real + imag * imag).astype(np.float32)
+    real = rng.standard_normal(clean.shape, dtype=np.float32)
+    real *= sigma
+    real += clean
+    np.square(real, out=real)
+    imag = rng.standard_normal(clean.shape, dtype=np.float32)
+    imag *= sigma
+    np.square(imag, out=imag)
+    real += imag
+    return np.sqrt(real, out=real)
+
+
+def quantize(noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Store noisy magnitudes as whole numbers, as scanners do, and the noise-free image to 1/16.
+
+    Rounding adds noise of std 0.29 (1/16: 0.018) units, far below the Rician sigma, and lets gzip
+    compress the volumes about 2.5x better and faster than full float32 mantissas would.
+    """
+    return np.rint(noisy).astype(np.float32), (np.rint(clean * 16.0) / 16.0).astype(np.float32)
 
 
 def smooth_field(rng: np.random.Generator, shape, n_freq: int, min_freq: int = 0) -> np.ndarray:
@@ -87,7 +102,8 @@ def smooth_field(rng: np.random.Generator, shape, n_freq: int, min_freq: int = 0
     field = np.tensordot(field, bases[1], axes=(1, 1))  # (X, K, Y)
     field = np.tensordot(field, bases[2], axes=(1, 1))  # (X, Y, Z)
     std = float(np.sqrt(np.square(coef).sum() / 8.0)) or 1.0  # variance of a cosine series, no extra pass
-    return (field / std).astype(np.float32)
+    field *= np.float32(1.0 / std)
+    return field
 
 
 def blur3(image: np.ndarray) -> np.ndarray:
@@ -101,7 +117,8 @@ def grid_coordinates(shape, linear: np.ndarray):
     """Millimetre coordinates of voxel centres relative to the grid centre, through `linear` (3x3, mm/voxel)."""
     axes = [np.arange(n, dtype=np.float32) - (n - 1) / 2.0 for n in shape]
     ii, jj, kk = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
-    return [linear[r, 0] * ii + linear[r, 1] * jj + linear[r, 2] * kk for r in range(3)]
+    lin = [[float(v) for v in row] for row in linear]  # python floats keep the arrays float32
+    return [lin[r][0] * ii + lin[r][1] * jj + lin[r][2] * kk for r in range(3)]
 
 
 def brain_linear(shape) -> np.ndarray:
@@ -128,16 +145,16 @@ def brain_anatomy(seed, shape, tumour: bool = True) -> tuple[np.ndarray, dict]:
     """Tissue label map (TISSUES) of one random head, and the drawn parameters."""
     rng = np.random.default_rng(seed)
     # every anatomical draw happens here, in a fixed order, so the anatomy does not depend on the grid
-    scale = rng.uniform(0.93, 1.07, 3)
-    yaw, pitch = np.deg2rad(rng.uniform(-4.0, 4.0, 2))
+    scale = [float(v) for v in rng.uniform(0.93, 1.07, 3)]
+    yaw, pitch = (math.radians(v) for v in rng.uniform(-4.0, 4.0, 2))
     disp_seed, fold_seed, tex_seed = rng.integers(0, 2**31, 3)
-    vent = rng.uniform(0.8, 1.4)
+    vent = float(rng.uniform(0.8, 1.4))
     t_side = rng.choice([-1.0, 1.0])
-    t_centre = np.array([t_side * rng.uniform(15, 40), rng.uniform(-45, 40), rng.uniform(-5, 35)])
-    t_radius = rng.uniform(10.0, 24.0)
-    t_core = rng.uniform(0.0, 0.6)  # necrotic fraction of the radius; small values leave no necrosis
-    t_edema = rng.uniform(1.5, 2.4)
-    params = {"scale": scale.round(4).tolist(), "tumour": None}
+    t_centre = [float(t_side * rng.uniform(15, 40)), float(rng.uniform(-45, 40)), float(rng.uniform(-5, 35))]
+    t_radius = float(rng.uniform(10.0, 24.0))
+    t_core = float(rng.uniform(0.0, 0.6))  # necrotic fraction of the radius; small values leave no necrosis
+    t_edema = float(rng.uniform(1.5, 2.4))
+    params = {"scale": [round(v, 4) for v in scale], "tumour": None}
 
     linear = brain_linear(shape)
     x, y, z = grid_coordinates(shape, linear)  # RAS millimetres from the grid centre
@@ -200,8 +217,8 @@ def brain_anatomy(seed, shape, tumour: bool = True) -> tuple[np.ndarray, dict]:
             TISSUES["edema"])
         lab[inside & (r < 1.0)] = TISSUES["enhancing"]
         lab[inside & (r < t_core)] = TISSUES["necrosis"]
-        params["tumour"] = {"centre_mm": t_centre.round(2).tolist(), "radius_mm": round(float(t_radius), 2),
-                            "core": round(float(t_core), 3), "edema": round(float(t_edema), 3)}
+        params["tumour"] = {"centre_mm": [round(v, 2) for v in t_centre], "radius_mm": round(t_radius, 2),
+                            "core": round(t_core, 3), "edema": round(t_edema, 3)}
     return labels, params
 
 
@@ -224,7 +241,8 @@ def brain_signals() -> dict[str, np.ndarray]:
 def make_brain_subject(seed, shape=(96, 96, 64), tumour: bool = True, noise: float = 0.03) -> dict[str, np.ndarray]:
     """One brain subject: t1, t1ce, t2, flair (Rician noise), their `<m>_noise_free`, `seg` (BraTS), `tissue`.
 
-    Noise is Rician with sigma = noise x the mean noise-free white-matter signal of each modality.
+    Noise is Rician with sigma = noise x the mean noise-free white-matter signal of each modality; noisy images
+    hold whole numbers and noise-free ones multiples of 1/16 (see `quantize`).
     """
     shape = tuple(int(s) for s in shape)
     labels, _ = brain_anatomy(seed, shape, tumour)
@@ -237,8 +255,8 @@ def make_brain_subject(seed, shape=(96, 96, 64), tumour: bool = True, noise: flo
         bias = np.exp(0.12 * coil + 0.04 * smooth_field(rng, shape, 3))  # smooth multiplicative bias
         clean = blur3(table[labels] * texture * bias)
         sigma = noise * float(clean[wm].mean()) if wm.any() else noise * float(table[TISSUES["wm"]])
-        out[name] = rician(clean, sigma, rng) if noise > 0 else clean.copy()
-        out[f"{name}_noise_free"] = clean
+        noisy, clean = quantize(rician(clean, sigma, rng) if noise > 0 else clean, clean)
+        out[name], out[f"{name}_noise_free"] = (noisy if noise > 0 else clean.copy()), clean
     seg = np.zeros(shape, np.uint8)
     for name, value in BRATS_LABELS.items():
         seg[labels == TISSUES[name]] = value

@@ -11,7 +11,16 @@ import math
 
 import numpy as np
 
-from phmdiff.data.phantom_brain import SIGNAL_SCALE, blur3, box, grid_coordinates, rician, smooth_field, spin_echo
+from phmdiff.data.phantom_brain import (
+    SIGNAL_SCALE,
+    blur3,
+    box,
+    grid_coordinates,
+    quantize,
+    rician,
+    smooth_field,
+    spin_echo,
+)
 
 PELVIS_FOV_MM = (480.0, 360.0, 160.0)  # SynthRAD pelvis: about 1 x 1 x 2.5 mm at 480 x 360 x 64
 PELVIS_ROTATION_DEG = 2.0  # a slightly rotated slice prescription, about the z axis
@@ -58,11 +67,12 @@ def _bone(labels, x, y, z, shape, linear, centre, axes, angle_deg, cortex_mm):
 def pelvis_anatomy(seed, shape) -> np.ndarray:
     """Tissue label map (PELVIS_TISSUES) of one random pelvis."""
     rng = np.random.default_rng(seed)
-    body = rng.uniform(0.85, 1.1, 2) * (170.0, 115.0)
-    fat_mm = rng.uniform(12.0, 35.0)
-    bladder = rng.uniform(0.5, 1.1)
-    air = rng.uniform(0.2, 0.8)
-    bone_scale = rng.uniform(0.92, 1.08)
+    # python floats, not numpy scalars, so every full-size array stays float32
+    body = [float(v) for v in rng.uniform(0.85, 1.1, 2) * (170.0, 115.0)]
+    fat_mm = float(rng.uniform(12.0, 35.0))
+    bladder = float(rng.uniform(0.5, 1.1))
+    air = float(rng.uniform(0.2, 0.8))
+    bone_scale = float(rng.uniform(0.92, 1.08))
     disp_seed = int(rng.integers(0, 2**31))
     linear = pelvis_linear(shape)
     x, y, z = grid_coordinates(shape, linear)
@@ -79,7 +89,7 @@ def pelvis_anatomy(seed, shape) -> np.ndarray:
     labels[cavity] = PELVIS_TISSUES["fat"]  # pelvic fat around the organs
     del outline, inner, cavity
     s = bone_scale
-    spacing = np.abs(np.linalg.svd(linear, compute_uv=False)).max()
+    spacing = float(np.abs(np.linalg.svd(linear, compute_uv=False)).max())
     cortex = max(3.0, 1.5 * spacing)  # at least a voxel and a half, so every grid shows the shell
     for side in (-1.0, 1.0):
         # iliac wing, acetabulum / femoral head, femoral neck and shaft, pubic ramus, ischium
@@ -105,7 +115,8 @@ def make_pelvis_subject(seed, shape=(128, 96, 40), noise: float = 0.03, ct_noise
                         mr_weighting: str = "t2") -> dict[str, np.ndarray]:
     """One pelvis subject: `mr`, `ct` (HU, float32), `mask` (body, uint8), `mr_noise_free`, `ct_noise_free`, `tissue`.
 
-    MR noise is Rician with sigma = noise x the mean noise-free muscle signal; CT noise is Gaussian in HU.
+    MR noise is Rician with sigma = noise x the mean noise-free muscle signal (stored as in `quantize`); CT noise
+    is Gaussian in HU; CT is written to NIfTI as int16 whole HU.
     """
     if mr_weighting not in MR_WEIGHTING:
         raise ValueError(f"MR weighting {mr_weighting!r} is not known; expected one of {sorted(MR_WEIGHTING)}.")
@@ -123,6 +134,7 @@ def make_pelvis_subject(seed, shape=(128, 96, 40), noise: float = 0.03, ct_noise
     mr_clean = blur3(table[labels] * (1.0 + 0.03 * tex) * bias)
     muscle = labels == PELVIS_TISSUES["muscle"]
     sigma = noise * float(mr_clean[muscle].mean() if muscle.any() else table[PELVIS_TISSUES["muscle"]])
-    mr = rician(mr_clean, sigma, rng) if noise > 0 else mr_clean.copy()
+    mr, mr_clean = quantize(rician(mr_clean, sigma, rng) if noise > 0 else mr_clean, mr_clean)
+    mr = mr if noise > 0 else mr_clean.copy()
     return {"mr": mr, "ct": ct.astype(np.float32), "mask": (labels != PELVIS_TISSUES["air"]).astype(np.uint8),
             "mr_noise_free": mr_clean, "ct_noise_free": ct_clean, "tissue": labels}
