@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,3 +188,45 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def test_subjects(phantom_root: str | Path, prepared_dir: str | Path, sources: list[str], split: str = "test"):
+    """The held-out subjects of a prepared folder, as reader Subjects with all `sources`."""
+    from phmdiff.data.prepare import load_manifest
+    from phmdiff.data.readers import find_subjects
+
+    manifest = load_manifest(prepared_dir)
+    ids = {sid for sid, s in manifest["split"].items() if s == split}
+    subjects = [s for s in find_subjects(phantom_root) if s.id in ids and all(m in s.paths for m in sources)]
+    if not subjects:
+        raise ValueError(f"{prepared_dir}: no {split} subject with modalities {sources} under {phantom_root}.")
+    return sorted(subjects, key=lambda s: s.id)
+
+
+def apply_slicewise(predict, prepared_dir: str | Path, subjects, sources: list[str], target: str,
+                    out_dir: str | Path, seed: int = 0) -> list[dict]:
+    """Apply a slice predictor to whole volumes with the per-volume functions `phmdiff translate` uses.
+
+    `predict(src (n, n_src, H, W) in [0, 1], seeds list[int]) -> (n, H, W) in [0, 1]`. Each subject's
+    prediction is written as OUT/<id>/<id>_<target>.nii.gz on the input's grid and in its units; returns
+    one row per subject with the prediction path and the seconds it took.
+    """
+    from phmdiff.data.prepare import load_manifest, reference_norm, settings_from_manifest
+    from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume, volume_to_slices, write_like
+    from phmdiff.translate import subject_seed
+
+    manifest = load_manifest(prepared_dir)
+    settings = VolumeSettings.from_dict({**settings_from_manifest(manifest).__dict__, "modalities": sources})
+    norm = reference_norm(manifest, target)
+    rows = []
+    for sub in subjects:
+        tic = time.perf_counter()
+        volumes, affine, _ = load_subject_volumes(sub, sources)
+        slices, spec = volume_to_slices(volumes, affine, settings)
+        src = slices[:, spec.context :: 2 * spec.context + 1]  # centre slice of each source (n, n_src, H, W)
+        seeds = [subject_seed(seed, sub.id, 0, int(i)) for i in spec.indices]
+        pred = predict(np.ascontiguousarray(src, dtype=np.float32), seeds)
+        path = Path(out_dir) / sub.id / f"{sub.id}_{target}.nii.gz"
+        write_like(slices_to_volume(pred, spec, target, norm=norm), sub.paths[sources[0]], path)
+        rows.append({"subject": sub.id, "prediction": str(path), "seconds": time.perf_counter() - tic})
+    return rows

@@ -1,0 +1,273 @@
+"""Image quality of PHMDiff against the systems a user would pick instead, on a fixed phantom benchmark with
+held-out subjects and the same CPU wall-clock training budget per method:
+
+(a) PHMDiff (autoencoder + masked pyramid DiT, through the pipeline functions; single sample and n-sample mean),
+(b) a U-Net regression baseline (MONAI BasicUNet, L1), (c) MONAI's conditional DDPM (DiffusionModelUNet, DDIM
+sampling), (d) copying the source modality (intensity-matched) and the noise-free ceiling.
+Scored with phmdiff.eval.protocols, protocol "volume": PSNR, SSIM, MAE (HU for CT), NFE, seconds per volume.
+
+    python benchmarks/quality.py                # all three tasks, default budget
+    python benchmarks/quality.py --quick        # one tiny task, seconds (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import common  # noqa: F401  (puts src/ and benchmarks/ on the path)
+import nibabel as nib
+import numpy as np
+import torch
+from baselines.monai_ddpm import predict_ddpm, train_ddpm
+from baselines.unet_regression import predict_unet, train_unet
+from common import RESULTS, apply_slicewise, print_table, set_threads, test_subjects, write_result
+
+DEFAULT_BUDGET_S = 120.0
+DEFAULT_WORK = Path("bench_out") / "quality"
+TARGETS = {"vs_regression_db": -0.3, "vs_monai_ddpm_db": 0.0, "vs_ceiling_db": -1.5}
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # phantom kind: brain | pelvis
+    sources: list[str]
+    target: str
+
+
+TASKS = [Task("brain_t1t2_to_flair", "brain", ["t1", "t2"], "flair"),
+         Task("brain_t1_to_t2", "brain", ["t1"], "t2"),
+         Task("pelvis_mr_to_ct", "pelvis", ["mr"], "ct")]
+
+
+def _load(path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float64)
+
+
+def matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The source modality in the reference's units: foreground 0.5/99.5 percentiles mapped onto the reference's."""
+    s_lo, s_hi = np.percentile(source[mask], (0.5, 99.5))
+    r_lo, r_hi = np.percentile(ref[mask], (0.5, 99.5))
+    return (source - s_lo) / max(s_hi - s_lo, 1e-12) * (r_hi - r_lo) + r_lo
+
+
+def score(pred_path_or_array, subject, task: Task) -> dict:
+    """Volume-protocol PSNR/SSIM/MAE of one prediction against the subject's (noisy) target."""
+    from phmdiff.eval.protocols import evaluate_subject
+
+    ref = _load(subject.paths[task.target])
+    pred = pred_path_or_array if isinstance(pred_path_or_array, np.ndarray) else _load(pred_path_or_array)
+    kind = "ct" if task.target == "ct" else "mr"
+    r = evaluate_subject(pred, ref, protocol="volume", modality=kind)
+    return {"psnr": r["psnr"], "ssim": r["ssim"], "mae": r["mae"], "mae_units": "HU" if kind == "ct" else "[0,1]"}
+
+
+def config_for(task: Task, work: Path, quick: bool, overrides: list[str]):
+    """The demo config (PHMDiff-T/2 in a tiny-f4 latent space) pointed at this task's folders."""
+    from phmdiff.config import load_config
+    from phmdiff.demo import DEMO_CONFIG
+
+    paths = [f"data.root={work / 'phantom'}", f"data.prepared={work / 'prepared'}", f"data.cache={work / 'latents'}",
+             f"log.run_dir={work / 'run'}", f"data.sources=[{','.join(task.sources)}]", f"data.target={task.target}",
+             "log.tensorboard=false", "eval.every=0", "data.val_fraction=0.2", "data.test_fraction=0.2"]
+    if quick:
+        paths += ["data.resolution=32", "model.in_size=8", "train.batchsize=8", "model.autoencoder.batchsize=8",
+                  "eval.num_steps=2", "eval.fine_num_steps=2", "data.val_fraction=0.34", "data.test_fraction=0.34",
+                  "model.cross_granularity_weight=0"]  # a 2x2-token coarse grid leaves the MMD nothing to compare
+    return load_config(DEMO_CONFIG, [*paths, *overrides])
+
+
+def autoencoder_pace(cfg, steps: int = 3) -> float:
+    """Seconds per autoencoder training step (L1 + SSIM + KL, Adam) on random images of the run's size."""
+    from phmdiff.losses import ssim as ssim_loss
+    from phmdiff.training.train_ae import build_autoencoder_for
+
+    ae = build_autoencoder_for(cfg)
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-4)
+    x = torch.rand(cfg.model.autoencoder.batchsize, 1, cfg.data.resolution, cfg.data.resolution) * 2 - 1
+    times = []
+    for _ in range(steps + 1):
+        tic = time.perf_counter()
+        post = ae.encode(x)
+        recon = ae.decode(post.sample())
+        loss = (recon - x).abs().mean() + (1 - ssim_loss(recon, x, data_range=2.0)) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - tic)
+    return float(np.median(times[1:]))
+
+
+def train_phmdiff(cfg, budget_s: float, ae_share: float = 0.3, finetune_share: float = 0.1) -> dict:
+    """Autoencoder, latent cache and PHMDiff training inside `budget_s` seconds of wall clock in total.
+
+    The autoencoder gets about `ae_share` of the budget (its step count from a measured pace); the diffusion
+    model gets what is left: its step count is set from the pace of its first steps (the loop re-reads
+    train.max_num_steps), ending with `finetune_share` of the steps unmasked, as MaskDiT does.
+    """
+    from phmdiff.training import run_pipeline
+    from phmdiff.training.loop import train
+
+    tic = time.perf_counter()
+    cfg.model.autoencoder.steps = max(5, int(ae_share * budget_s / autoencoder_pace(cfg)))
+    done = run_pipeline(cfg, stages=("train-ae", "encode"), progress=False, log=lambda *_: None)
+    t = cfg.train
+    t.max_num_steps, t.unmasked_finetune_steps = 10**9, 0
+    deadline = tic + budget_s
+    probe = 5
+    start = {}
+
+    def after_step(step, model, accelerator):
+        now = time.perf_counter()
+        if step == 1:
+            start["t"] = now  # the first step carries one-off costs; the pace is measured after it
+        elif step == 1 + probe:
+            pace = (now - start["t"]) / probe
+            t.max_num_steps = max(step + 1, step + int((deadline - now) / pace))
+            t.unmasked_finetune_steps = int(finetune_share * t.max_num_steps)
+        elif now > deadline and t.max_num_steps > step + 1:
+            t.max_num_steps = step + 1  # running late: stop at the next step, which saves the checkpoint
+
+    result = train(cfg, resume="auto", progress=False, after_step=after_step)
+    return {"train_seconds": time.perf_counter() - tic, "diffusion_steps": result["step"],
+            "autoencoder": done.get("train-ae"), "unmasked_finetune_steps": t.unmasked_finetune_steps}
+
+
+def phmdiff_nfe(cfg) -> dict:
+    """Network calls per slice of coarse-to-fine sampling: Heun's n steps cost 2n - 1, the others n."""
+    e, levels = cfg.eval, cfg.model.pyramid_levels
+    calls = (lambda n: 2 * n - 1) if e.sampler == "heun" else (lambda n: n)
+    per_level = [calls(e.num_steps)] + [calls(e.fine_num_steps)] * (levels - 1)
+    return {"total": sum(per_level), "coarsest_first": per_level}
+
+
+def run_task(task: Task, args) -> dict:
+    from phmdiff.data.phantom import write_phantom
+    from phmdiff.training import run_pipeline
+    from phmdiff.translate import translate
+
+    work = Path(args.work) / task.name
+    if work.exists():
+        shutil.rmtree(work)  # every run starts from nothing, so the budget covers all training
+    work.mkdir(parents=True)
+    cfg = config_for(task, work, args.quick, args.set or [])
+    shape = (32, 32, 16) if args.quick else ((64, 64, 40) if task.kind == "brain" else (64, 64, 32))
+    write_phantom(cfg.data.root, task.kind, n_subjects=3 if args.quick else args.subjects, shape=shape, seed=args.seed)
+    run_pipeline(cfg, stages=("prepare",), progress=False, log=lambda *_: None)
+    subjects = test_subjects(cfg.data.root, cfg.data.prepared, task.sources)
+    methods: dict[str, dict] = {}
+
+    def evaluate(name: str, paths: dict, extra: dict) -> None:
+        rows = [{"subject": s.id, **score(paths[s.id], s, task)} for s in subjects]
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "mae")}
+        std = {k: float(np.std([r[k] for r in rows])) for k in ("psnr", "ssim", "mae")}
+        methods[name] = {**mean, "std": std, "subjects": rows, **extra}
+
+    # (a) PHMDiff through the pipeline functions and translate.
+    info = train_phmdiff(cfg, args.budget)
+    tic = time.perf_counter()
+    entries = {}
+    for s in subjects:  # one subject folder at a time, as a user would translate a new patient
+        meta = translate(cfg.run_dir, Path(cfg.data.root) / s.id, work / "translate_phmdiff",
+                         n_samples=args.n_samples, seed=args.seed, overwrite=True, progress=False)
+        entries.update({e["subject"]: e for e in meta["subjects"]})
+    per_volume = (time.perf_counter() - tic) / len(subjects)
+    out = work / "translate_phmdiff"
+    nfe = phmdiff_nfe(cfg)
+    common_info = {"nfe": nfe["total"], "nfe_per_level": nfe["coarsest_first"], **info}
+    single = {sid: out / (entries[sid]["samples"][0] if args.n_samples > 1 else entries[sid]["prediction"])
+              for sid in entries}
+    evaluate("phmdiff_single", single, {**common_info, "seconds_per_volume": per_volume / args.n_samples})
+    evaluate(f"phmdiff_mean{args.n_samples}", {sid: out / e["prediction"] for sid, e in entries.items()},
+             {**common_info, "seconds_per_volume": per_volume, "n_samples": args.n_samples})
+
+    # (b) U-Net regression and (c) MONAI DDPM, same budget, applied with translate's per-volume functions.
+    for name, fit, predict, nfe_b in (
+            ("unet_regression", train_unet, predict_unet, 1),
+            ("monai_ddpm", train_ddpm, lambda m, s, seeds: predict_ddpm(m, s, seeds, num_steps=args.ddim_steps),
+             args.ddim_steps)):
+        model, fit_info = fit(cfg.data.prepared, task.sources, task.target, args.budget,
+                              batch=cfg.train.batchsize if args.quick else 16, seed=args.seed)
+        rows = apply_slicewise(lambda s, seeds, m=model, p=predict: p(m, s, seeds), cfg.data.prepared, subjects,
+                               task.sources, task.target, work / f"translate_{name}", seed=args.seed)
+        evaluate(name, {r["subject"]: r["prediction"] for r in rows},
+                 {"nfe": nfe_b, "seconds_per_volume": float(np.mean([r["seconds"] for r in rows])), **fit_info})
+
+    # (d) copy the source modality, and the noise-free target: the best any method can reach.
+    from phmdiff.eval.protocols import foreground_mask
+
+    copies, ceiling = {}, {}
+    for s in subjects:
+        ref = _load(s.paths[task.target])
+        mask = foreground_mask(ref, "ct" if task.target == "ct" else "mr")
+        copies[s.id] = matched_copy(_load(s.paths[task.sources[-1]]), ref, mask)
+        ceiling[s.id] = s.paths[task.target].parent / "noise_free" / s.paths[task.target].name
+    evaluate(f"copy_{task.sources[-1]}", copies, {"nfe": 0, "seconds_per_volume": 0.0})
+    if all(p.exists() for p in ceiling.values()):
+        evaluate("noise_free_ceiling", ceiling, {"nfe": 0, "seconds_per_volume": 0.0})
+    return {"task": task.name, "sources": task.sources, "target": task.target,
+            "test_subjects": [s.id for s in subjects], "methods": methods,
+            "targets": task_targets(methods, args.n_samples)}
+
+
+def task_targets(methods: dict, n_samples: int) -> dict:
+    """PHMDiff's n-sample mean against each quality target of the issue."""
+    mean = methods.get(f"phmdiff_mean{n_samples}")
+    out = {}
+    if mean is None:
+        return out
+    for key, other, offset in (("vs_regression", "unet_regression", TARGETS["vs_regression_db"]),
+                               ("vs_monai_ddpm", "monai_ddpm", TARGETS["vs_monai_ddpm_db"]),
+                               ("vs_ceiling", "noise_free_ceiling", TARGETS["vs_ceiling_db"])):
+        if other in methods:
+            gap = mean["psnr"] - methods[other]["psnr"]
+            out[key] = {"target": f"PSNR(PHMDiff mean) - PSNR({other}) >= {offset} dB", "value_db": gap,
+                        "met": gap >= offset}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one tiny task, seconds of training (smoke test)")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"training seconds per method per task (default {DEFAULT_BUDGET_S:g}; --quick: 4)")
+    p.add_argument("--tasks", nargs="+", default=None, choices=[t.name for t in TASKS])
+    p.add_argument("--subjects", type=int, default=10, help="phantom subjects per task (20%% held out)")
+    p.add_argument("--n-samples", type=int, default=None, help="PHMDiff samples averaged (default 4; --quick: 2)")
+    p.add_argument("--ddim-steps", type=int, default=None, help="MONAI DDIM steps (default 50; --quick: 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--work", default=str(DEFAULT_WORK), help="scratch folder (phantoms, runs, predictions)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="PHMDiff config overrides, e.g. train.lr=1e-3")
+    p.add_argument("--out-dir", default=None, help=f"results folder (default {RESULTS})")
+    args = p.parse_args(argv)
+    threads = set_threads(args.threads or (1 if args.quick else None))
+    args.budget = args.budget or (4.0 if args.quick else DEFAULT_BUDGET_S)
+    args.n_samples = args.n_samples or (2 if args.quick else 4)
+    args.ddim_steps = args.ddim_steps or (3 if args.quick else 50)
+    names = args.tasks or ([TASKS[0].name] if args.quick else [t.name for t in TASKS])
+    if args.budget <= 0 or args.n_samples < 1 or args.ddim_steps < 1:
+        raise ValueError("--budget, --n-samples and --ddim-steps must be positive.")
+    tic = time.perf_counter()
+    tasks = [run_task(t, args) for t in TASKS if t.name in names]
+    results = {"budget_s_per_method_per_task": args.budget, "threads": threads, "quick": args.quick,
+               "n_samples": args.n_samples, "protocol": "volume", "tasks": tasks, "work": str(args.work),
+               "wall_s": time.perf_counter() - tic}
+    path = write_result("quality", results, "cpu", args.out_dir)
+    for t in tasks:
+        print(f"\n{t['task']} ({'+'.join(t['sources'])} -> {t['target']}), held-out {', '.join(t['test_subjects'])}")
+        print_table([{"method": k, **v} for k, v in t["methods"].items()],
+                    ["method", "psnr", "ssim", "mae", "nfe", "seconds_per_volume", "train_seconds"])
+        for k, v in t["targets"].items():
+            print(f"  {k}: {v['value_db']:+.2f} dB ({v['target']}) {'met' if v['met'] else 'MISSED'}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""PSNR against the number of network calls (NFE) for EDM Heun (Karras et al. 2022, Alg. 2), DPM-Solver++(2M)
+(Lu et al. 2022), DDIM (Song et al. 2021) and the pyramid's coarse-to-fine start, on held-out phantom slices,
+to find the fewest NFE within 0.1 dB of the best PSNR.
+
+The plain samplers run every pyramid level from pure noise (sigma_max) with the same number of steps; the
+pyramid start runs the coarsest level from noise and refines the finer level from the upsampled coarse result
+re-noised to sigma_start, with fewer steps. Reuses the PHMDiff run of quality.py when present.
+
+    python benchmarks/sampling.py              # reuse bench_out/quality/... or train one briefly
+    python benchmarks/sampling.py --quick      # tiny run (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (puts src/ and benchmarks/ on the path)
+import numpy as np
+import torch
+from common import print_table, set_threads, write_result
+from torch import nn
+
+QUALITY_RUN = Path("bench_out") / "quality" / "brain_t1t2_to_flair"
+TARGET_NFE, TOLERANCE_DB = 20, 0.1
+
+
+class CountingDenoiser(nn.Module):
+    """Counts the batched network calls a sampler makes; forwards everything else to the denoiser."""
+
+    def __init__(self, denoiser: nn.Module):
+        super().__init__()
+        self.inner, self.calls = denoiser, 0
+        self.sigma_min = getattr(denoiser, "sigma_min", 0.0)
+        self.sigma_max = getattr(denoiser, "sigma_max", float("inf"))
+
+    def forward(self, x, sigma, **kwargs):
+        self.calls += 1
+        return self.inner(x, sigma, **kwargs)
+
+
+def ensure_run(args) -> Path:
+    """A trained PHMDiff folder (work folder with phantom/, prepared/, run/): quality.py's, or a brief new one."""
+    import quality
+
+    from phmdiff.data.phantom import write_phantom
+    from phmdiff.training import run_pipeline
+
+    if args.run:
+        return Path(args.run)
+    if not args.quick and (QUALITY_RUN / "run" / "checkpoints").exists():
+        return QUALITY_RUN
+    work = Path(args.work)
+    task = quality.TASKS[0]
+    cfg = quality.config_for(task, work, args.quick, [])
+    if not (work / "run" / "checkpoints").exists():
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        shape = (32, 32, 16) if args.quick else (64, 64, 40)
+        write_phantom(cfg.data.root, "brain", n_subjects=3 if args.quick else 10, shape=shape, seed=0)
+        run_pipeline(cfg, stages=("prepare",), progress=False, log=lambda *_: None)
+        quality.train_phmdiff(cfg, args.budget)
+    return work
+
+
+@torch.no_grad()
+def curve(trained, counter: CountingDenoiser, source: torch.Tensor, target: np.ndarray, mask: np.ndarray,
+          seeds: list[int], plan: list[dict], batch: int = 64) -> list[dict]:
+    """PSNR (prepared [0, 1] units, data range 1, foreground) of each sampling setting in `plan`."""
+    from phmdiff.eval.metrics import psnr
+    from phmdiff.hierarchy import sample_pyramid
+    from phmdiff.training.loop import decode_target, encode_sources
+
+    cfg, dev = trained.cfg, trained.device
+    label = trained.identity["data"]["modalities"].index(trained.identity["target"])
+    rows = []
+    for p in plan:
+        counter.calls, pred, tic = 0, [], time.perf_counter()
+        for lo in range(0, source.shape[0], batch):
+            x = source[lo : lo + batch].to(dev)
+            n = x.shape[0]
+            cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
+            z = sample_pyramid(counter, cond, torch.ones(n, x.shape[1], device=dev),
+                               torch.full((n,), label, device=dev), seeds[lo : lo + n], cfg.model.pyramid_levels,
+                               cfg.model.in_channels, p["sampler"], p["num_steps"], p["fine_num_steps"],
+                               p["sigma_start"])
+            pred.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
+            calls_per_slice = counter.calls  # every batch makes the same calls
+            counter.calls = 0
+        image = np.concatenate(pred)
+        rows.append({**p, "nfe": calls_per_slice, "psnr": float(psnr(image, target, 1.0, mask)),
+                     "seconds": time.perf_counter() - tic})
+    return rows
+
+
+def plans(levels: int, steps: list[int], sigma_start: float, sigma_max: float = 80.0) -> list[dict]:
+    out = []
+    for n in steps:
+        for sampler in ("heun", "dpmpp_2m", "ddim"):
+            out.append({"curve": sampler, "sampler": sampler, "num_steps": n, "fine_num_steps": n,
+                        "sigma_start": sigma_max})
+        # Coarse-to-fine start: the finer levels take half the steps from sigma_start (Heun).
+        out.append({"curve": "pyramid_heun", "sampler": "heun", "num_steps": n,
+                    "fine_num_steps": max(1, n // 2), "sigma_start": sigma_start})
+    return out
+
+
+def fewest_within(rows: list[dict], tol: float = TOLERANCE_DB) -> dict:
+    """The row with the fewest NFE whose PSNR is within `tol` dB of the best PSNR among `rows`."""
+    best = max(r["psnr"] for r in rows)
+    good = [r for r in rows if r["psnr"] >= best - tol]
+    pick = min(good, key=lambda r: (r["nfe"], -r["psnr"]))
+    return {"best_psnr": best, "nfe": pick["nfe"], "psnr": pick["psnr"], "curve": pick["curve"],
+            "num_steps": pick["num_steps"], "fine_num_steps": pick["fine_num_steps"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny run and two step counts (smoke test)")
+    p.add_argument("--run", default=None, help="work folder of a trained run (has run/ and prepared/)")
+    p.add_argument("--work", default=None, help="where to train one when none is found")
+    p.add_argument("--budget", type=float, default=None, help="training seconds when a run must be trained")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 1 2 3 4 6 8 12 18)")
+    p.add_argument("--max-slices", type=int, default=None, help="held-out slices scored (default all; --quick 8)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out-dir", default=None)
+    args = p.parse_args(argv)
+    threads = set_threads(args.threads or (1 if args.quick else None))
+    args.work = args.work or str(Path("bench_out") / ("sampling_quick" if args.quick else "sampling"))
+    args.budget = args.budget or (4.0 if args.quick else 120.0)
+    steps = args.steps or ([1, 2] if args.quick else [1, 2, 3, 4, 6, 8, 12, 18])
+    tic = time.perf_counter()
+    work = ensure_run(args)
+
+    from phmdiff.data.datasets import PairedSlices
+    from phmdiff.translate import load_trained, subject_seed
+
+    trained = load_trained(work / "run", device="cpu")
+    ident = trained.identity
+    data = PairedSlices(ident["data"]["prepared_dir"], "test", ident["sources"], ident["target"])
+    n = len(data) if args.max_slices is None and not args.quick else min(len(data), args.max_slices or 8)
+    items = [data[i] for i in range(n)]
+    source = torch.stack([it["source"] for it in items])  # (n, n_src, H, W) in [-1, 1]
+    target = (torch.stack([it["target"][0] for it in items]).numpy() + 1) / 2  # (n, H, W) in [0, 1]
+    mask = target > 0.02  # foreground of the normalized reference
+    seeds = [subject_seed(0, it["subject"], 0, it["index"]) for it in items]
+    counter = CountingDenoiser(trained.denoiser)
+    rows = curve(trained, counter, source, target, mask, seeds,
+                 plans(trained.cfg.model.pyramid_levels, steps, trained.cfg.eval.sigma_start))
+    summary = {"overall": fewest_within(rows)}
+    for name in sorted({r["curve"] for r in rows}):
+        summary[name] = fewest_within([r for r in rows if r["curve"] == name])
+    o = summary["overall"]
+    target_row = {"target": f"within {TOLERANCE_DB} dB of the best PSNR at <= {TARGET_NFE} NFE",
+                  "value_nfe": o["nfe"], "met": o["nfe"] <= TARGET_NFE}
+    results = {"run": str(work), "slices": n, "threads": threads, "quick": args.quick, "rows": rows,
+               "fewest_nfe_within_0.1db": summary, "target": target_row, "wall_s": time.perf_counter() - tic}
+    path = write_result("sampling", results, "cpu", args.out_dir)
+    print_table(rows, ["curve", "num_steps", "fine_num_steps", "nfe", "psnr", "seconds"])
+    print_table([{"summary": k, **v} for k, v in summary.items()], ["summary", "curve", "best_psnr", "nfe", "psnr"])
+    print(f"fewest NFE within {TOLERANCE_DB} dB of the best: {o['nfe']} ({o['curve']}), target <= {TARGET_NFE}: "
+          f"{'met' if target_row['met'] else 'MISSED'}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

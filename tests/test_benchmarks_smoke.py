@@ -1,0 +1,98 @@
+"""Smoke test of the benchmark scripts at their --quick sizes: each runs end to end and writes the JSON fields
+that docs/benchmarks.md reads (machine, date, commit, command, results with targets)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _load(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    for key in ("benchmark", "machine", "date", "git_commit", "command", "results"):
+        assert key in data, key
+    for key in ("cpu_model", "cores", "torch_version", "device_name"):
+        assert data["machine"][key], key
+    return data["results"]
+
+
+def test_common_statistics():
+    import common
+
+    s = common.median_iqr([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["median"] == 3.0 and s["iqr"] == pytest.approx(2.0) and s["n"] == 5
+    with pytest.raises(ValueError, match="at least one"):
+        common.median_iqr([])
+    calls = []
+    out = common.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+                                  warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rotating rounds
+    assert out["a"]["n"] == 3 and len(out["b"]["times"]) == 3
+
+
+def test_attention_flops_match_closed_form():
+    import speed
+    import torch.nn.functional as F
+
+    q = torch.randn(2, 3, 5, 4, requires_grad=True)
+    counter = [0.0]
+    with speed.count_attention_flops(counter):
+        F.scaled_dot_product_attention(q, q, q)
+    assert counter[0] == 3 * 4 * 2 * 3 * 5 * 5 * 4  # forward 4 B H T^2 d, backward twice that
+
+
+def test_quick_benchmarks_write_their_fields(tmp_path, restore_threads):
+    import memory
+    import quality
+    import sampling
+    import speed
+
+    out = tmp_path / "results"
+    assert quality.main(["--quick", "--out-dir", str(out), "--work", str(tmp_path / "q")]) == 0
+    q = _load(out / "quality.json")
+    task = q["tasks"][0]
+    for method in ("phmdiff_single", "phmdiff_mean2", "unet_regression", "monai_ddpm", "copy_t2",
+                   "noise_free_ceiling"):
+        m = task["methods"][method]
+        assert math.isfinite(m["psnr"]) and 0 <= m["ssim"] <= 1 and m["mae"] >= 0 and "nfe" in m, method
+    assert task["methods"]["noise_free_ceiling"]["psnr"] > task["methods"]["copy_t2"]["psnr"]
+    assert set(task["targets"]) == {"vs_regression", "vs_monai_ddpm", "vs_ceiling"}
+
+    run = tmp_path / "q" / "brain_t1t2_to_flair"
+    assert sampling.main(["--quick", "--out-dir", str(out), "--run", str(run)]) == 0
+    s = _load(out / "sampling.json")
+    assert {r["curve"] for r in s["rows"]} == {"heun", "dpmpp_2m", "ddim", "pyramid_heun"}
+    heun = {r["num_steps"]: r["nfe"] for r in s["rows"] if r["curve"] == "heun"}
+    assert heun == {1: 2, 2: 6}  # 2n - 1 calls per level, two levels
+    assert s["fewest_nfe_within_0.1db"]["overall"]["psnr"] >= s["fewest_nfe_within_0.1db"]["overall"]["best_psnr"] - 0.1
+
+    assert speed.main(["--quick", "--out-dir", str(out), "--no-memory"]) == 0
+    r = _load(out / "speed.json")
+    kinds = {(t["kind"], t["mask_ratio"], t["dtype"]) for t in r["training"]}
+    assert ("diffusers", 0.0, "bf16") in kinds and ("phmdiff", 0.75, "fp32") in kinds
+    assert all(t["step_s"] > 0 and t["flops_per_step"] > 0 for t in r["training"])
+    assert {x["sampler"] for x in r["sampling"]} == {"heun", "dpmpp_2m", "euler", "ddim"}
+    assert all(x["nfe"] == 3 for x in r["sampling"])
+    assert r["matmul_peak"]["bfloat16"]["flops_per_s_median"] > 0
+    assert "mask0.5_over_unmasked_fp32" in r["targets"] and "no GPU" in r["gpu_section"]
+
+    assert memory.main(["--quick", "--out-dir", str(out), "--work", str(tmp_path / "m")]) == 0
+    mem = _load(out / "memory.json")
+    assert mem["prepare"]["rc"] == 0 and mem["translate"]["rc"] == 0
+    assert 10 * 2**20 < mem["translate"]["peak_rss_bytes"] < 8 * 2**30
+    assert (tmp_path / "m" / "translate").exists()
