@@ -7,6 +7,7 @@ sampling.py comes after quality.py so that it reuses quality.py's trained PHMDif
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -16,12 +17,101 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = ("speed", "quality", "sampling", "memory")
 
 
+def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, bool):
+        return "met" if v else "**missed**"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:.3e}"
+    return str(v)
+
+
+def _targets(rows: dict, command: str) -> list[str]:
+    out = ["| target | measured | result | reproduce |", "|---|---|---|---|"]
+    for name, t in rows.items():
+        value = next(t[k] for k in t if k.startswith("value"))
+        out.append(f"| {name}: {t['target']} | {_fmt(value)} | {_fmt(t['met'])} | `{command}` |")
+    return out
+
+
+def markdown(results_dir: Path) -> str:
+    """Tables for docs/benchmarks.md, read from the result JSON files only (nothing typed by hand)."""
+    lines = []
+    for name in SCRIPTS:
+        path = results_dir / f"{name}.json"
+        if not path.exists():
+            lines += [f"### {name}", "", f"No result yet: run `python benchmarks/{name}.py`.", ""]
+            continue
+        data = json.loads(path.read_text())
+        r, m = data["results"], data["machine"]
+        cmd = data["command"].replace("python3 ", "python ").split(" --out-dir")[0]
+        lines += [f"### {name}", "", f"{data['date']}, commit `{data['git_commit'][:12]}`, {m['cpu_model']}, "
+                  f"{m['cores']} cores ({r.get('threads', m['torch_threads'])} threads), torch {m['torch_version']}, "
+                  f"load average {', '.join(f'{x:.1f}' for x in m.get('load_average', []))} (shared machine).", ""]
+        if name == "speed":
+            lines += _targets(r["targets"], cmd) + [""]
+            lines += ["| model | mask ratio | dtype | step s (median, IQR) | GFLOP/step | achieved GFLOP/s | "
+                      "% fp32 peak | % bf16 peak | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|"]
+            for t in r["training"]:
+                mem = t.get("memory", {}).get("peak_rss_bytes")
+                lines.append(f"| {t['kind']} | {t['mask_ratio']} | {t['dtype']} | {t['step_s']:.3f} "
+                             f"({t['step_iqr_s']:.3f}) | {t['flops_per_step'] / 1e9:.1f} | "
+                             f"{t['achieved_flops_per_s'] / 1e9:.1f} | "
+                             f"{100 * t['fraction_of_float32_peak']:.1f} | "
+                             f"{100 * t['fraction_of_bfloat16_peak']:.1f} | "
+                             f"{'' if mem is None else f'{mem / 2**30:.2f}'} |")
+            pk = r["matmul_peak"]
+            lines += ["", f"Matmul peak ({pk['float32']['size']}^2): fp32 "
+                      f"{pk['float32']['flops_per_s_median'] / 1e9:.0f} GFLOP/s, bf16 "
+                      f"{pk['bfloat16']['flops_per_s_median'] / 1e9:.0f} GFLOP/s (medians).", "",
+                      "| sampler | steps | NFE | s per batch | slices/s |", "|---|---|---|---|---|"]
+            lines += [f"| {x['sampler']} | {x['steps']} | {x['nfe']:g} | {x['seconds']:.3f} | "
+                      f"{x['slices_per_s']:.2f} |" for x in r["sampling"]]
+            lines += ["", f"GPU: {r['gpu_section']}."]
+        elif name == "quality":
+            for task in r["tasks"]:
+                lines += [f"**{task['task']}** ({' + '.join(task['sources'])} -> {task['target']}; held out: "
+                          f"{', '.join(task['test_subjects'])}; budget {r['budget_s_per_method_per_task']:g} s)", ""]
+                lines += _targets(task["targets"], cmd) + [""]
+                lines += ["| method | PSNR dB | SSIM | MAE | NFE | s/volume | train s |",
+                          "|---|---|---|---|---|---|---|"]
+                for k, v in task["methods"].items():
+                    train = v.get("train_seconds")
+                    lines.append(f"| {k} | {v['psnr']:.2f} +- {v['std']['psnr']:.2f} | {v['ssim']:.4f} | "
+                                 f"{v['mae']:.4g} {v.get('mae_units', '')} | {v['nfe']} | "
+                                 f"{v['seconds_per_volume']:.2f} | {'' if train is None else f'{train:.0f}'} |")
+                lines.append("")
+        elif name == "sampling":
+            lines += _targets({"sampling": r["target"]}, cmd) + [""]
+            lines += ["| curve | best PSNR dB | fewest NFE within 0.1 dB | its PSNR |", "|---|---|---|---|"]
+            for k, v in r["fewest_nfe_within_0.1db"].items():
+                lines.append(f"| {k} ({v['curve']}) | {v['best_psnr']:.2f} | {v['nfe']} | {v['psnr']:.2f} |")
+            lines += ["", "| curve | steps (coarse, fine) | NFE | PSNR dB |", "|---|---|---|---|"]
+            lines += [f"| {x['curve']} | {x['num_steps']}, {x['fine_num_steps']} | {x['nfe']} | {x['psnr']:.2f} |"
+                      for x in r["rows"]]
+        elif name == "memory":
+            lines += _targets({"memory": r["target"]}, cmd) + [""]
+            lines += ["| command | peak RSS GB | seconds |", "|---|---|---|"]
+            for k in ("prepare", "translate"):
+                lines.append(f"| phmdiff {k} ({'x'.join(map(str, r['volume_shape']))}) | "
+                             f"{r[k]['peak_rss_bytes'] / 2**30:.2f} | {r[k]['seconds']:.0f} |")
+            lines += ["", "Translate estimate per backbone (measured RSS with "
+                      f"{r['model']}, minus its weights, plus each preset's fp32 weights): "
+                      + ", ".join(f"{k} {v / 2**30:.2f} GB"
+                                  for k, v in r["translate_estimate_by_backbone_bytes"].items()) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute each on 2 cores)")
     p.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS))
     p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--markdown", action="store_true", help="print the docs tables from the result JSON and exit")
     args, rest = p.parse_known_args(argv)
+    if args.markdown:
+        print(markdown(Path(args.out_dir) if args.out_dir else HERE / "results"))
+        return 0
     failed = []
     for name in [s for s in SCRIPTS if s in args.only]:
         cmd = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if args.quick else []),
