@@ -145,6 +145,25 @@ def save_checkpoint(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     _cleanup_temporaries(ckpt_dir)
     name = step_name(step)
+    try:
+        _write_folder(ckpt_dir, name, step, model_state, training_state, config_yaml, ema_state, meta, best)
+    except (OSError, RuntimeError, SafetensorError) as exc:  # full disk, folder gone: a sentence, old ones kept
+        raise _write_failure(ckpt_dir / name, exc) from None
+    _prune(ckpt_dir, keep)
+    return ckpt_dir / name
+
+
+def _write_failure(target: Path, exc: BaseException) -> ValueError:
+    """A failed checkpoint write as one sentence; the disk's free space is named since it is the usual cause."""
+    reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+    try:
+        free = f"; {shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free on that disk"
+    except OSError:
+        free = ""
+    return ValueError(f"{target}: could not write the checkpoint ({reason}{free}); the earlier checkpoints are kept.")
+
+
+def _write_folder(ckpt_dir, name, step, model_state, training_state, config_yaml, ema_state, meta, best) -> None:
     with atomic_dir(ckpt_dir / name) as tmp:
         save_file(_plain_tensors(model_state), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         if ema_state is not None:
@@ -159,8 +178,6 @@ def save_checkpoint(
     atomic_write_text(ckpt_dir / "last", name + "\n")
     if best:
         atomic_write_text(ckpt_dir / "best", name + "\n")
-    _prune(ckpt_dir, keep)
-    return ckpt_dir / name
 
 
 def _pointer(ckpt_dir: Path, which: str) -> str | None:
