@@ -215,3 +215,26 @@ def checkpoint_differences(a: Path, b: Path) -> list[str]:
     walk(ca.ema_state, cb.ema_state, "ema")
     walk({k: v for k, v in ca.state.items()}, {k: v for k, v in cb.state.items()}, "state")
     return diffs
+
+
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny run trained in this process for 2 steps (one checkpoint), shared by the tests of a session."""
+    if "run" not in _BUILT:
+        import torch
+
+        from phmdiff.config import load_config
+        from phmdiff.training.loop import train
+
+        data = shared(tmp_path_factory)
+        run = tmp_path_factory.mktemp("reliability-run") / "run"
+        try:
+            train(load_config(write_config(data, run), ["train.max_num_steps=2"]), progress=False)
+        finally:
+            torch.use_deterministic_algorithms(False)  # the loop sets it process-wide
+        _BUILT["run"] = run
+    return _BUILT["run"]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden ones included) by relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
