@@ -153,16 +153,37 @@ def training_variants(args) -> list[dict]:
     return out
 
 
-def bench_training(args, peaks: dict) -> list[dict]:
+def matmul_variant(dtype: torch.dtype, size: int, reps: int, device: str):
+    """`reps` square products of one dtype, timed beside the training steps so that both meet the same load."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
+
+    def run():
+        for _ in range(reps):
+            torch.mm(a, b)
+    return run, 2.0 * size**3 * reps
+
+
+def bench_training(args) -> tuple[list[dict], dict]:
+    """Training steps and the matmul peaks, in the same interleaved rounds; returns (rows, peaks)."""
     rows = []
     variants = training_variants(args)
-    steps = {}
+    steps, peak_flops = {}, {}
     for v in variants:
         name = f"{v['kind']}-m{v['mask_ratio']}-{v['dtype']}"
         steps[name] = make_step(v["kind"], args.model, args.size, args.batch, args.device, v["mask_ratio"], v["dtype"],
                                 args.compile)[0]
         v["name"] = name
+    size = 512 if args.quick else 2048
+    for dtype, reps in ((torch.float32, 2), (torch.bfloat16, 8)):
+        key = str(dtype).replace("torch.", "")
+        steps[f"matmul-{key}"], peak_flops[key] = matmul_variant(dtype, size, reps, args.device)
     timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=args.device)
+    peaks = {key: {"size": size, "flops_per_s_median": f / timings[f"matmul-{key}"]["median"],
+                   "flops_per_s_best": f / min(timings[f"matmul-{key}"]["times"]),
+                   "seconds_median": timings[f"matmul-{key}"]["median"], "seconds_iqr": timings[f"matmul-{key}"]["iqr"]}
+             for key, f in peak_flops.items()}
     for v in variants:
         t = timings[v["name"]]
         flops = step_flops(steps[v["name"]])
@@ -181,7 +202,7 @@ def bench_training(args, peaks: dict) -> list[dict]:
             torch.cuda.synchronize()
             row["memory"] = {"peak_allocated_bytes": torch.cuda.max_memory_allocated()}
         rows.append(row)
-    return rows
+    return rows, peaks
 
 
 @torch.no_grad()
@@ -266,14 +287,16 @@ def main(argv=None) -> int:
     args.warmup = 1 if args.quick else args.warmup
     args.nfe = args.nfe or (3 if args.quick else 11)
     tic = time.perf_counter()
-    peaks = matmul_peak(size=512 if args.quick else 2048, repeats=2 if args.quick else 7, device=args.device)
-    training = bench_training(args, peaks)
+    # The peak alone, first, and again interleaved with the steps (the fractions use the interleaved one).
+    peaks_alone = matmul_peak(size=512 if args.quick else 2048, repeats=2 if args.quick else 5, device=args.device)
+    training, peaks = bench_training(args)
     sampling = bench_sampling(args)
     targets = summarize(training, args.model, args.device)
     gpu = ("run on " + args.device) if args.device.startswith("cuda") else \
         "not run: no GPU was lent to this session (run `--model PHMDiff-XL/2 --device cuda --compile` on one)"
     results = {"model": args.model, "latent": [4, args.size, args.size], "batch": args.batch, "device": args.device,
                "threads": threads, "compile": args.compile, "quick": args.quick, "matmul_peak": peaks,
+               "matmul_peak_alone": peaks_alone,
                "training": training, "sampling": sampling, "targets": targets, "gpu_section": gpu,
                "wall_s": time.perf_counter() - tic}
     path = write_result("speed", results, args.device, args.out_dir)
