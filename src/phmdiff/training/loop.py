@@ -184,6 +184,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 _init_wandb(cfg, run_dir)
         model, optimizer = accelerator.prepare(denoiser, optimizer)
         unwrapped = accelerator.unwrap_model(model)
+        if start is None:  # DDP broadcast rank 0's initial weights; the EMA copy was taken from this rank's own
+            ema.module.load_state_dict(unwrapped.state_dict())
         stream = EpochStream(data, t.seed)
         loader = DataLoader(stream, batch_size=micro, sampler=PositionSampler(micro, rank, world,
                             state["step"] * t.grad_accum), num_workers=cfg.data.num_workers,
