@@ -59,6 +59,8 @@ class AutoencoderConfig:
 
     preset: str = "f8"  # tiny | f4 | f8, or identity for pixel-space diffusion
     path: str = ""  # trained autoencoder file; empty: RUN/autoencoder.safetensors
+    channels: list[int] = field(default_factory=list)  # widths per resolution; empty: the preset's
+    crop: int = 0  # train on random crops of this size (the network is convolutional); 0: whole slices
     steps: int = 20000
     batchsize: int = 16
     lr: float = 1e-4
@@ -325,6 +327,11 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         "(the autoencoder's downsampling factor).",
     )
     _choice(origin, "model.autoencoder.preset", m.autoencoder.preset, tuple(AE_FACTORS))
+    _check(
+        m.autoencoder.crop == 0 or (8 <= m.autoencoder.crop <= d.resolution and m.autoencoder.crop % 8 == 0),
+        origin,
+        f"'model.autoencoder.crop' is {m.autoencoder.crop}; expected 0 or a multiple of 8 up to data.resolution.",
+    )
     _check(
         factor == AE_FACTORS[m.autoencoder.preset],
         origin,

@@ -26,7 +26,7 @@ def demo_config(out: Path, overrides: list[str] | None = None, config: str | Pat
 
     path = Path(config) if config else DEMO_CONFIG
     paths = [f"data.root={out / 'phantom'}", f"data.prepared={out / 'prepared'}", f"data.cache={out / 'latents'}",
-             f"log.run_dir={out / 'run'}", "model.autoencoder.path="]
+             f"log.run_dir={out / 'run'}"]
     return load_config(path, [*paths, *(overrides or [])])
 
 

@@ -94,12 +94,18 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
     coarse_x = coarse_kw = None
     if level + 1 < levels and model_cfg.cross_granularity_weight > 0:
         coarse_x, coarse_kw = tgt_pyr[level + 1], kwargs_at(level + 1)
-    terms, _ = phmdiff_loss(
-        denoiser, tgt_pyr[level], kwargs_at(level), mask_ratio=mask_ratio, mae_loss_coef=model_cfg.mae_loss_coef,
-        coarse_x_start=coarse_x, coarse_kwargs=coarse_kw,
-        cross_granularity_weight=model_cfg.cross_granularity_weight, generator=generator,
-        P_mean=model_cfg.P_mean, P_std=model_cfg.P_std,
-    )
+    fine_kw = kwargs_at(level)
+    options = dict(mask_ratio=mask_ratio, mae_loss_coef=model_cfg.mae_loss_coef, generator=generator,
+                   P_mean=model_cfg.P_mean, P_std=model_cfg.P_std)
+    try:
+        terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, coarse_x_start=coarse_x, coarse_kwargs=coarse_kw,
+                                cross_granularity_weight=model_cfg.cross_granularity_weight, **options)
+    except ValueError as exc:
+        # On small token grids random masks can leave too few positions seen at both levels for the MMD;
+        # that batch then trains without the cross-granularity term instead of stopping the run.
+        if coarse_x is None or "Cross-granularity" not in str(exc):
+            raise
+        terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, **options)
     terms["level"] = torch.tensor(float(level))
     return terms
 

@@ -123,12 +123,13 @@ def autoencoder_path(cfg: Config) -> Path:
     return cfg.run_dir / "autoencoder.safetensors"
 
 
-def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None) -> dict:
+def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None, after_step=None) -> dict:
     """Train until `train.max_num_steps`; returns {"run_dir", "step", "nonfinite_total", "best_psnr", ...}.
 
     `resume`: "auto" continues from the newest valid checkpoint of the run folder, "none" refuses a run
     folder that already has checkpoints, any other value is a checkpoint folder to start from.
-    `step_hook(step, terms)` may edit the loss terms (tests inject non-finite losses with it).
+    `step_hook(step, terms)` may edit the loss terms (tests inject non-finite losses with it);
+    `after_step(step, model, accelerator)` is called on every rank after each step (tests check replicas).
     """
     t, m = cfg.train, cfg.model
     accelerator = setup_accelerator(t.amp, t.grad_accum, t.device)
@@ -152,7 +153,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         num_sources = len(cfg.data.sources)
         denoiser = build_denoiser(cfg, num_sources, len(data.meta["modalities"]))
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
-                                      weight_decay=t.weight_decay)
+                                      weight_decay=t.weight_decay, foreach=True)
         ema = EMA(denoiser, t.ema_halflife_kimg, t.ema_rampup_ratio)
         state = {"step": 0, "nonfinite_total": 0, "best_psnr": None}
         start = _resume_from(resume, run_dir)
@@ -246,6 +247,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                         f"gradient (train.max_nonfinite_steps={t.max_nonfinite_steps}); the last good checkpoint "
                         f"is kept in {ckpt_lib.checkpoints_dir(run_dir)}."
                     )
+            if after_step is not None:
+                after_step(step, unwrapped, accelerator)
             if bar is not None:
                 bar.update(1)
                 if window:
@@ -269,7 +272,10 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             best = False
             if val is not None and (state["best_psnr"] is None or val["psnr"] > state["best_psnr"]):
                 state["best_psnr"], best = val["psnr"], True
-            if step % cfg.log.ckpt_every == 0 or step == t.max_num_steps or best:
+            # A skipped step changed nothing, but its checkpoint would hide which step was the last good one;
+            # the final step is saved even when skipped, or the good steps since the last checkpoint are lost.
+            if (finite or step == t.max_num_steps) and (step % cfg.log.ckpt_every == 0 or step == t.max_num_steps
+                                                        or best):
                 _save(cfg, run_dir, unwrapped, ema, optimizer, state, identity, val, best, is_main)
                 accelerator.wait_for_everyone()
         if bar is not None:

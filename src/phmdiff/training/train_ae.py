@@ -44,7 +44,18 @@ def build_autoencoder_for(cfg: Config) -> torch.nn.Module:
         return IdentityAutoencoder(cfg.data.num_channels)
     if preset not in AE_presets:
         raise ValueError(f"model.autoencoder.preset is {preset!r}; expected one of {sorted(AE_presets)} or identity.")
-    return build_autoencoder(dataclasses.replace(AE_presets[preset], in_channels=cfg.data.num_channels))
+    changes = {"in_channels": cfg.data.num_channels}
+    if cfg.model.autoencoder.channels:
+        changes["channels"] = tuple(cfg.model.autoencoder.channels)
+    return build_autoencoder(dataclasses.replace(AE_presets[preset], **changes))
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random size x size window per image (N, C, H, W) -> (N, C, size, size)."""
+    n, _, h, w = x.shape
+    top = torch.randint(h - size + 1, (n,), generator=generator).tolist()
+    left = torch.randint(w - size + 1, (n,), generator=generator).tolist()
+    return torch.stack([x[i, :, t : t + size, l : l + size] for i, (t, l) in enumerate(zip(top, left))])
 
 
 def latent_scale_of(ae, data, device, n_max: int = 512, batch: int = 32, seed: int = 0) -> float:
@@ -121,7 +132,8 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
     step, tic, ae = 0, time.perf_counter(), ae.train()
     while step < steps:
         for batch in loader:
-            x = batch["target"].to(device)
+            x = batch["target"]
+            x = (random_crop(x, a.crop, g) if a.crop else x).to(device)
             posterior = ae.encode(x)
             recon = ae.decode(posterior.sample(g))
             l1 = (recon.float() - x).abs().mean()
@@ -137,7 +149,7 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(l1=f"{float(l1):.4f}", ssim=f"{float(s):.3f}")
+                bar.set_postfix(l1=f"{l1.item():.4f}", ssim=f"{s.item():.3f}")
             if step >= steps:
                 break
     if bar is not None:

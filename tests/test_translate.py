@@ -1,0 +1,115 @@
+"""translate on a tiny trained run: the input's grid and header, determinism, n-samples, refusals."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from phmdiff import cli
+from phmdiff.config import load_config
+from phmdiff.training import run_pipeline
+from phmdiff.translate import translate
+
+TINY = Path(__file__).parent / "training" / "tiny.yaml"
+# Pixel space (identity autoencoder) keeps these tests fast; the demo test covers the learned autoencoder.
+PIXEL = ["data.resolution=16", "model.in_size=16", "model.in_channels=1", "model.autoencoder.preset=identity"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from phmdiff.data.phantom import write_phantom
+
+    root = tmp_path_factory.mktemp("translate")
+    write_phantom(root / "ph", "brain", n_subjects=4, shape=(16, 16, 16), seed=1)
+    cfg = load_config(TINY, [*PIXEL, f"data.root={root / 'ph'}", f"data.prepared={root / 'prep'}",
+                             f"data.cache={root / 'lat'}", f"log.run_dir={root / 'run'}"])
+    run_pipeline(cfg, progress=False, log=lambda m: None)
+    return root
+
+
+def test_outputs_keep_the_input_grid_header_and_translate_json(trained, tmp_path):
+    subject = trained / "ph" / "PHANTOM_00002"
+    meta = translate(trained / "run", subject, tmp_path, progress=False)
+    ref = nib.load(subject / "PHANTOM_00002_t1.nii.gz")
+    pred = nib.load(tmp_path / meta["subjects"][0]["prediction"])
+    assert pred.shape == ref.shape
+    np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-6)
+    assert pred.header.get_zooms() == ref.header.get_zooms()
+    assert np.isfinite(pred.get_fdata()).all()
+    entry = meta["subjects"][0]
+    assert entry["reference"].endswith("PHANTOM_00002_flair.nii.gz") and entry["seg"].endswith("_seg.nii.gz")
+    assert json.loads((tmp_path / "translate.json").read_text())["target"] == "flair"
+    assert cli.main(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev")]) == 0  # phmdiff evaluate reads it
+
+
+def test_same_seed_same_bytes_and_batch_size_does_not_matter(trained, tmp_path):
+    subject = trained / "ph" / "PHANTOM_00001"
+    a = translate(trained / "run", subject, tmp_path / "a", batch_size=16, seed=3, progress=False)
+    translate(trained / "run", subject, tmp_path / "a2", batch_size=16, seed=3, progress=False)
+    translate(trained / "run", subject, tmp_path / "b", batch_size=3, seed=3, progress=False)
+    translate(trained / "run", subject, tmp_path / "c", batch_size=16, seed=4, progress=False)
+    rel = a["subjects"][0]["prediction"]
+    assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "a2" / rel).read_bytes()
+    vol = {d: nib.load(tmp_path / d / rel).get_fdata() for d in ("a", "b", "c")}
+    # Per-slice seeds make the batch irrelevant up to float rounding of batched matrix products.
+    scale = np.abs(vol["a"]).max()
+    np.testing.assert_allclose(vol["b"], vol["a"], rtol=0, atol=1e-4 * scale)
+    assert np.abs(vol["c"] - vol["a"]).max() > 1e-2 * scale, "a different seed must give a different sample"
+
+
+def test_n_samples_writes_mean_and_std(trained, tmp_path):
+    meta = translate(trained / "run", trained / "ph" / "PHANTOM_00000", tmp_path, n_samples=2, progress=False)
+    entry = meta["subjects"][0]
+    samples = np.stack([nib.load(tmp_path / p).get_fdata() for p in entry["samples"]])
+    mean = nib.load(tmp_path / entry["prediction"]).get_fdata()
+    std = nib.load(tmp_path / entry["std"]).get_fdata()
+    np.testing.assert_allclose(mean, samples.mean(0), atol=1e-4)
+    np.testing.assert_allclose(std, samples.std(0), atol=1e-4)
+    assert std.max() > 0
+
+
+def test_existing_outputs_are_not_overwritten_without_the_flag(trained, tmp_path):
+    subject = trained / "ph" / "PHANTOM_00003"
+    meta = translate(trained / "run", subject, tmp_path, progress=False)
+    target = tmp_path / meta["subjects"][0]["prediction"]
+    before = target.read_bytes()
+    with pytest.raises(ValueError, match="output exists; pass --overwrite"):
+        translate(trained / "run", subject, tmp_path, seed=9, progress=False)
+    assert target.read_bytes() == before
+    translate(trained / "run", subject, tmp_path, seed=9, overwrite=True, progress=False)
+    assert target.read_bytes() != before
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--steps", "0"], "--steps is 0"),
+    (["--n-samples", "0"], "--n-samples is 0"),
+    (["--seed", "-1"], "--seed is -1"),
+])
+def test_bad_command_line_values_are_one_sentence(trained, tmp_path, capsys, extra, needle):
+    args = ["translate", "--run", str(trained / "run"), "--input", str(trained / "ph"), "--out", str(tmp_path / "o")]
+    assert cli.main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "translate.json").exists()
+
+
+def test_subject_without_a_source_modality_is_refused(trained, tmp_path):
+    subject = tmp_path / "in" / "PHANTOM_00000"
+    shutil.copytree(trained / "ph" / "PHANTOM_00000", subject)
+    (subject / "PHANTOM_00000_t2.nii.gz").unlink()
+    with pytest.raises(ValueError, match=r"no subject has all source modalities \['t1', 't2'\]"):
+        translate(trained / "run", subject, tmp_path / "out", progress=False)
+
+
+def test_a_damaged_checkpoint_is_refused(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    for ckpt in (run / "checkpoints").glob("step-*"):
+        data = bytearray((ckpt / "ema.safetensors").read_bytes())
+        data[-10] ^= 0xFF
+        (ckpt / "ema.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        translate(run, trained / "ph" / "PHANTOM_00000", tmp_path / "out", progress=False)

@@ -1,0 +1,155 @@
+"""The training loop on a real (tiny) latent cache: exact resume after SIGKILL, non-finite steps, lock, DDP."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from phmdiff.config import load_config
+from phmdiff.training import run_pipeline
+from phmdiff.training.checkpoint import find_latest, load_checkpoint
+from phmdiff.training.lock import RunLock
+from phmdiff.training.loop import train
+
+TINY = Path(__file__).with_name("tiny.yaml")
+# Pixel-space (identity autoencoder) keeps these tests to seconds: 16x16 slices, 8x8 and 4x4 token grids.
+PIXEL = ["data.resolution=16", "model.in_size=16", "model.in_channels=1", "model.autoencoder.preset=identity",
+         "model.cross_granularity_weight=0.0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from phmdiff.data.phantom import write_phantom
+
+    root = tmp_path_factory.mktemp("loop")
+    write_phantom(root / "ph", "brain", n_subjects=4, shape=(16, 16, 16), seed=0)
+    paths = [f"data.root={root / 'ph'}", f"data.prepared={root / 'prep'}", f"data.cache={root / 'lat'}",
+             f"model.autoencoder.path={root / 'ae.safetensors'}", f"log.run_dir={root / 'run0'}"]
+    cfg = load_config(TINY, PIXEL + paths)
+    run_pipeline(cfg, stages=("prepare", "train-ae", "encode"), progress=False, log=lambda m: None)
+    return root, PIXEL + paths[:-1]
+
+
+def _cfg(data, run, *extra):
+    root, overrides = data
+    return load_config(TINY, [*overrides, f"log.run_dir={root / run}", *extra])
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _optimizer_tensors(state):
+    return {f"{i}.{k}": v for i, s in state["optimizer"]["state"].items() for k, v in s.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def test_resume_after_sigkill_is_bit_identical(data):
+    straight = train(_cfg(data, "straight", "train.max_num_steps=4"), progress=False)
+    assert straight["step"] == 4
+    root, overrides = data
+    killed = root / "killed"
+    # The killed run is told to go on for long; it is killed as soon as its step-2 checkpoint is complete.
+    cmd = [sys.executable, "-m", "phmdiff", "train", "--config", str(TINY), *overrides, f"log.run_dir={killed}",
+           "train.max_num_steps=100000", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step-000002" / "manifest.json").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the run never wrote its step-2 checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train(_cfg(data, "killed", "train.max_num_steps=4"), resume="auto", progress=False)
+    assert resumed["step"] == 4
+    a = load_checkpoint(root / "straight" / "checkpoints" / "step-000004")
+    b = load_checkpoint(root / "killed" / "checkpoints" / "step-000004")
+    assert _same(a.model_state, b.model_state)
+    assert _same(a.ema_state, b.ema_state)
+    assert _same(_optimizer_tensors(a.state), _optimizer_tensors(b.state))
+    # The log has each step once, whatever was written before the kill.
+    steps = [line.split(",")[0] for line in (killed / "log.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps), key=int)
+
+
+def test_isolated_nonfinite_step_is_skipped_and_counted(data):
+    def hook(step, terms):
+        return {**terms, "loss": terms["loss"] * math.nan} if step == 1 else terms
+
+    summary = train(_cfg(data, "nan1", "train.max_num_steps=3"), progress=False, step_hook=hook)
+    assert summary["nonfinite_total"] == 1 and summary["step"] == 3
+    ckpt = load_checkpoint(find_latest(data[0] / "nan1"))
+    assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
+    assert ckpt.state["nonfinite_total"] == 1
+
+
+def test_nonfinite_streak_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(data):
+    def hook(step, terms):
+        return {**terms, "loss": terms["loss"] + math.inf} if step >= 2 else terms
+
+    cfg = _cfg(data, "nanrun", "train.max_num_steps=10", "train.max_nonfinite_steps=3")
+    with pytest.raises(RuntimeError, match=r"stopped at step 5: 3 steps in a row had a non-finite"):
+        train(cfg, progress=False, step_hook=hook)
+    latest = find_latest(data[0] / "nanrun")
+    assert latest.name == "step-000002"
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(latest).model_state.values())
+
+
+def test_a_locked_run_folder_is_refused(data):
+    cfg = _cfg(data, "locked", "train.max_num_steps=1")
+    with RunLock(cfg.run_dir), pytest.raises(ValueError, match=f"in use by process {os.getpid()}"):
+        train(cfg, progress=False)
+
+
+def test_resume_none_refuses_a_run_with_checkpoints(data):
+    cfg = _cfg(data, "once", "train.max_num_steps=2")
+    train(cfg, progress=False)
+    assert (cfg.run_dir / "config.yaml").is_file() and (cfg.run_dir / "log.csv").is_file()
+    with pytest.raises(ValueError, match="already has checkpoints"):
+        train(cfg, resume="none", progress=False)
+
+
+def test_cache_that_does_not_match_the_model_is_refused(data):
+    with pytest.raises(ValueError, match="latents are 1x16x16"):
+        train(_cfg(data, "mismatch", "model.in_size=8", "data.resolution=8"), progress=False)
+
+
+_DDP = r"""
+import sys, torch
+from phmdiff.config import load_config
+from phmdiff.training.loop import train
+
+def after_step(step, model, accelerator):
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    both = accelerator.gather(flat[None])
+    assert torch.equal(both[0], both[1]), f"ranks differ after step {step}"
+    print(f"step {step} rank {accelerator.process_index} identical", flush=True)
+
+train(load_config(sys.argv[1], sys.argv[2:]), progress=False, after_step=after_step)
+"""
+
+
+def test_two_process_cpu_ddp_keeps_ranks_identical_and_only_rank_zero_writes(data, tmp_path):
+    root, overrides = data
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_DDP)
+    run = root / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(TINY), *overrides, f"log.run_dir={run}", "train.max_num_steps=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("identical") == 4  # 2 steps x 2 ranks
+    assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))] == ["step-000002"]
+    assert load_checkpoint(run / "checkpoints" / "step-000002").step == 2
