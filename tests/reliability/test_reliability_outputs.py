@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,14 +70,17 @@ def _same_volume(path_a: Path, path_b: Path) -> None:
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-6 * max(np.ptp(x), 1e-12), err_msg=str(path_a))
 
 
-def test_sigkill_during_translate_leaves_no_partial_nifti(tmp_path_factory, tmp_path):
+def test_sigkill_during_translate_leaves_no_partial_nifti(tmp_path_factory, tmp_path, capsys):
     data, run = fx.shared(tmp_path_factory), fx.trained_run(tmp_path_factory)
-    reference = tmp_path / "reference"
-    assert _translate(run, data, reference, "--seed", 1, subject=None) == 0
-    expected = fx.files_of(reference)
-    rng, out = random.Random(5), tmp_path / "killed"
-    args = ["translate", "--run", run, "--input", data / "phantom", "--out", out, "--steps", 2, "--seed", 1,
+    subjects = tmp_path / "subjects"  # three subjects: the kill lands among several volumes being written
+    for sid in ("PHANTOM_00001", "PHANTOM_00002", "PHANTOM_00003"):
+        shutil.copytree(data / "phantom" / sid, subjects / sid)
+    rng, reference, out = random.Random(5), tmp_path / "reference", tmp_path / "killed"
+    args = ["translate", "--run", run, "--input", subjects, "--out", reference, "--steps", 2, "--seed", 1,
             "--device", "cpu"]
+    assert main([str(a) for a in args]) == 0
+    expected = fx.files_of(reference)
+    args[6] = out
     proc = fx.popen(args)
     deadline = time.monotonic() + 180
     while not list(out.glob("*/*.nii.gz")) and proc.poll() is None:
@@ -93,9 +97,11 @@ def test_sigkill_during_translate_leaves_no_partial_nifti(tmp_path_factory, tmp_
     if (out / "translate.json").exists():
         assert (out / "translate.json").read_bytes() == expected["translate.json"]
     # A rerun refuses to overwrite; with --overwrite it completes to exactly the reference.
-    code = subprocess.run([fx.PYTHON, "-m", "phmdiff", *map(str, args)], capture_output=True, text=True,
-                          timeout=180)
-    assert code.returncode == 2 and "--overwrite" in code.stderr and "Traceback" not in code.stderr
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    if visible:
+        assert code == 2 and "--overwrite" in err and "Traceback" not in err, err
     assert main([*map(str, args), "--overwrite"]) == 0
     got = {k: v for k, v in fx.files_of(out).items() if not Path(k).name.startswith(".")}
     assert got == expected
