@@ -153,3 +153,17 @@ def test_two_process_cpu_ddp_keeps_ranks_identical_and_only_rank_zero_writes(dat
     assert out.count("identical") == 4  # 2 steps x 2 ranks
     assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))] == ["step-000002"]
     assert load_checkpoint(run / "checkpoints" / "step-000002").step == 2
+
+
+def test_validation_logs_psnr_ssim_and_keeps_the_best_checkpoint(data):
+    cfg = _cfg(data, "val", "train.max_num_steps=4", "eval.every=2", "log.tensorboard=true")
+    train(cfg, progress=False)
+    rows = (cfg.run_dir / "log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    values = [dict(zip(header, r.split(","))) for r in rows[1:]]
+    psnrs = [float(v["val_psnr"]) for v in values if v["val_psnr"]]
+    assert len(psnrs) == 2 and all(math.isfinite(p) and 0 < p < 100 for p in psnrs)
+    best = (cfg.run_dir / "checkpoints" / "best").read_text().strip()
+    meta = load_checkpoint(cfg.run_dir / "checkpoints" / best).meta
+    assert meta["validation"]["psnr"] == pytest.approx(max(psnrs), rel=1e-5)
+    assert any((cfg.run_dir / "tensorboard").iterdir())
