@@ -62,6 +62,7 @@ def ensure_run(args) -> Path:
         shape = (32, 32, 16) if args.quick else (64, 64, 40)
         write_phantom(cfg.data.root, "brain", n_subjects=3 if args.quick else 10, shape=shape, seed=0)
         run_pipeline(cfg, stages=("prepare",), progress=False, log=lambda *_: None)
+        quality.train_autoencoder(cfg, 5 if args.quick else 400)
         quality.train_phmdiff(cfg, args.budget)
     return work
 

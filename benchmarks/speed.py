@@ -122,7 +122,7 @@ def step_flops(step) -> float:
 
 
 def probe_memory(spec: dict) -> dict:
-    """Run in a child process: build one variant, take 3 steps, report peak and pre-step resident memory."""
+    """Run in a child process: build one variant, take 2 steps, report peak and pre-step resident memory."""
     import resource
 
     import psutil
@@ -130,7 +130,7 @@ def probe_memory(spec: dict) -> dict:
     step, _ = make_step(spec["kind"], spec["model"], spec["size"], spec["batch"], "cpu", spec["mask_ratio"],
                         spec["dtype"])
     before = psutil.Process().memory_info().rss
-    for _ in range(3):
+    for _ in range(2):  # the first step allocates AdamW's moments, the second runs with them in place
         step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"peak_rss_bytes": peak, "rss_before_step_bytes": before, "step_peak_bytes": peak - before}
@@ -186,7 +186,9 @@ def bench_training(args) -> tuple[list[dict], dict]:
              for key, f in peak_flops.items()}
     for v in variants:
         t = timings[v["name"]]
-        flops = step_flops(steps[v["name"]])
+        # Every operation is per sample, so the FLOPs of a batch are batch x those of one sample: count on one.
+        one = make_step(v["kind"], args.model, args.size, 1, args.device, v["mask_ratio"], v["dtype"])[0]
+        flops = args.batch * step_flops(one)
         row = {**v, "step_s": t["median"], "step_iqr_s": t["iqr"], "n": t["n"], "flops_per_step": flops,
                "achieved_flops_per_s": flops / t["median"], "slices_per_s": args.batch / t["median"]}
         for peak_dtype, peak in peaks.items():
@@ -228,7 +230,7 @@ def bench_sampling(args) -> list[dict]:
         def run(name=name, sigmas=sigmas):
             return SAMPLERS[name](counting(name), x * sigmas[0], sigmas, extra_args=kwargs, disable=True)
         variants[name] = run
-    rounds = max(2, args.repeats // 3)
+    rounds = max(1, args.repeats // 3)
     timings = time_interleaved(variants, repeats=rounds, warmup=0, device=args.device)
     return [{"sampler": name, "steps": plans[name], "nfe": calls[name] / timings[name]["n"],
              "seconds": timings[name]["median"], "iqr_s": timings[name]["iqr"],
