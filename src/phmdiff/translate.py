@@ -78,7 +78,7 @@ def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
 @torch.no_grad()
 def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], steps: int | None = None,
                      sampler: str | None = None, guidance: float | None = None, batch_size: int = 16) -> np.ndarray:
-    """Source slices (n, n_src, H, W) in [0, 1] -> predicted target slices (n, H, W) in [0, 1]."""
+    """Source slices (n, n_src, H, W) -> predicted target slices (n, H, W), both in normalized units (about [0, 1])."""
     from phmdiff.hierarchy import sample_pyramid
     from phmdiff.training.loop import decode_target, encode_sources
 

@@ -308,8 +308,9 @@ def encode_sources(ae, images: torch.Tensor, latent_scale: float) -> torch.Tenso
 
 
 def decode_target(ae, z: torch.Tensor, latent_scale: float) -> torch.Tensor:
-    """Target latents -> images in [0, 1] (N, 1, H, W)."""
-    return ((ae.decode(z / latent_scale).float() + 1) / 2).clamp(0, 1)
+    """Target latents -> images in normalized units (N, 1, H, W); not clipped to [0, 1], since prepared slices
+    keep intensities beyond the normalization percentiles (background and bright tails invert exactly)."""
+    return (ae.decode(z / latent_scale).float() + 1) / 2
 
 
 @torch.no_grad()
@@ -335,7 +336,7 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
         items = [val[int(i)] for i in mine[lo : lo + 16]]
         k = val.k
         src = torch.stack([it["source"][k // 2 :: k] for it in items]).to(device)  # centre slices (N, n_src, H, W)
-        ref = ((torch.stack([it["target"] for it in items]) + 1) / 2).clamp(0, 1)  # (N, 1, H, W)
+        ref = (torch.stack([it["target"] for it in items]) + 1) / 2  # (N, 1, H, W)
         cond = encode_sources(ae, src, scale)
         avail = torch.ones(len(items), len(cfg.data.sources), device=device)
         label = torch.full((len(items),), items[0]["target_label"], device=device)

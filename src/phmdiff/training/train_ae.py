@@ -88,7 +88,7 @@ def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> d
         for lo in range(0, len(picks), 32):
             items = [data[int(i)] for i in picks[lo : lo + 32]]
             x = torch.stack([it["target"] for it in items]).to(device)
-            recon = ae.decode(ae.encode(x).mode()).float().clamp(-1, 1).cpu().numpy()[:, 0]
+            recon = ae.decode(ae.encode(x).mode()).float().cpu().numpy()[:, 0]
             for it, r in zip(items, recon):
                 norm = NormParams(**manifest["volumes"][it["subject"]]["norm"][mod])
                 ref_u = norm.inverse((it["target"][0].numpy() + 1) / 2)  # original units
