@@ -32,7 +32,7 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 stress: setup
-	PHMDIFF_STRESS=1 $(PY) -m pytest -q tests -k "reliability or stress"
+	PHMDIFF_STRESS=1 $(PY) -m pytest -q -s tests -k "reliability or stress"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out
