@@ -86,7 +86,7 @@ def test_sigkill_during_translate_leaves_no_partial_nifti(tmp_path_factory, tmp_
     while not list(out.glob("*/*.nii.gz")) and proc.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.6))  # somewhere among the later subjects' sampling and writing
+    time.sleep(rng.uniform(0.0, 0.2))  # somewhere among the later subjects' sampling and writing
     proc.send_signal(signal.SIGKILL)
     fx.finish(proc)
     visible = sorted(p for p in out.rglob("*.nii.gz") if not p.name.startswith("."))
