@@ -159,7 +159,9 @@ def run_task(task: Task, args, autoencoders: dict) -> dict:
     # every modality of the first task of that anatomy), reused by the later tasks, as a user would.
     if task.kind not in autoencoders:
         ae = train_autoencoder(cfg, args.ae_steps)
-        autoencoders[task.kind] = {**ae, "path": str(Path(cfg.run_dir) / "autoencoder"), "trained_for": task.name}
+        from phmdiff.training.loop import autoencoder_path
+
+        autoencoders[task.kind] = {**ae, "path": str(autoencoder_path(cfg)), "trained_for": task.name}
     else:
         cfg.model.autoencoder.path = autoencoders[task.kind]["path"]
     ae = autoencoders[task.kind]
@@ -227,6 +229,12 @@ def task_targets(methods: dict, n_samples: int) -> dict:
     return out
 
 
+def summary(args, threads: int, tasks: list, autoencoders: dict, tic: float) -> dict:
+    return {"budget_s_per_method_per_task": args.budget, "autoencoder_steps": args.ae_steps,
+            "autoencoders": autoencoders, "threads": threads, "quick": args.quick, "n_samples": args.n_samples,
+            "protocol": "volume", "tasks": tasks, "work": str(args.work), "wall_s": time.perf_counter() - tic}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one tiny task, seconds of training (smoke test)")
@@ -254,12 +262,11 @@ def main(argv=None) -> int:
         raise ValueError("--budget, --n-samples and --ddim-steps must be positive.")
     tic = time.perf_counter()
     autoencoders: dict = {}
-    tasks = [run_task(t, args, autoencoders) for t in TASKS if t.name in names]
-    results = {"budget_s_per_method_per_task": args.budget, "autoencoder_steps": args.ae_steps,
-               "autoencoders": autoencoders, "threads": threads, "quick": args.quick,
-               "n_samples": args.n_samples, "protocol": "volume", "tasks": tasks, "work": str(args.work),
-               "wall_s": time.perf_counter() - tic}
-    path = write_result("quality", results, "cpu", args.out_dir)
+    tasks = []
+    for t in [t for t in TASKS if t.name in names]:
+        tasks.append(run_task(t, args, autoencoders))
+        write_result("quality", summary(args, threads, tasks, autoencoders, tic), "cpu", args.out_dir)  # so far
+    path = write_result("quality", summary(args, threads, tasks, autoencoders, tic), "cpu", args.out_dir)
     for t in tasks:
         print(f"\n{t['task']} ({'+'.join(t['sources'])} -> {t['target']}), held-out {', '.join(t['test_subjects'])}")
         print_table([{"method": k, **v} for k, v in t["methods"].items()],
