@@ -103,10 +103,8 @@ def build(out: str | os.PathLike) -> Path:
     in_process("prepare", out / "phantom", out / "prepared", "--size", str(SIZE), "--fit", "resize",
                "--split", "0.5", "0.25", "0.25", "--modalities", "t1", "t2", "flair", "--dtype", "float32")
     ae = out / "autoencoder"
-    if write_autoencoder(ae):
-        in_process("encode", out / "prepared", ae, out / "latents", "--dtype", "float32")
-    else:
-        _encode_identity(out / "prepared", ae, out / "latents")
+    write_autoencoder(ae)
+    in_process("encode", out / "prepared", ae, out / "latents", "--dtype", "float32")
     return out
     write_config(out, out / "run")
     return out / "tiny.yaml"
@@ -122,48 +120,11 @@ def write_config(data: Path, run_dir: Path, path: Path | None = None, cache: Pat
     return path
 
 
-def write_autoencoder(path: Path) -> bool:
-    """Save the project's identity autoencoder; False while phmdiff.autoencoder does not exist yet."""
-    try:
-        from phmdiff.autoencoder import IdentityAutoencoder, save_autoencoder
-    except ImportError:
-        return False
+def write_autoencoder(path: Path) -> None:
+    """Save the project's identity autoencoder where the config points (pixel-space diffusion)."""
+    from phmdiff.autoencoder import IdentityAutoencoder, save_autoencoder
+
     save_autoencoder(IdentityAutoencoder(), path)
-    return True
-
-
-class _IdentityPosterior:
-    """Stand-in for the identity autoencoder's encode(): the image itself with a negligible variance."""
-
-    downsample_factor, latent_channels, in_channels = 1, 1, 1
-
-    def __init__(self):
-        import torch
-
-        self.latent_scale = torch.tensor(1.0)
-
-    def to(self, device):
-        return self
-
-    def eval(self):
-        return self
-
-    def encode(self, x):
-        import torch
-
-        return type("Posterior", (), {"mean": x, "logvar": torch.full_like(x, -30.0)})()
-
-
-def _encode_identity(prepared: Path, ae: Path, cache: Path) -> None:
-    from phmdiff.data.latent_cache import autoencoder_id, encode_prepared
-
-    ae.write_bytes(b"identity stand-in\n")
-    encode_prepared(prepared, _IdentityPosterior(), cache, autoencoder_id(ae), dtype="float32", progress=False)
-
-
-if __name__ == "__main__":
-    built = build(sys.argv[1])
-    print(write_config(built, built / "run", built / "tiny.yaml"))
 
 
 def popen(args: list, env: dict | None = None, script: str | None = None):
