@@ -96,8 +96,13 @@ def write_panel(meta: dict, out: Path, path: Path) -> None:
 
 def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, subjects: int = 8,
              shape: tuple[int, int, int] = (64, 64, 40), config: str | Path | None = None, progress: bool = True,
-             log=print) -> dict:
+             log=print, threads: int | None = None) -> dict:
     """Run the demo; returns the scores and timings (also written to OUT/demo.json)."""
+    if threads:
+        # The demo's tensors are small: one thread loses little, and a busy machine's thread pool can cost 10x.
+        import torch
+
+        torch.set_num_threads(threads)
     from phmdiff.data.phantom import write_phantom
     from phmdiff.training import run_pipeline
     from phmdiff.translate import translate
@@ -155,12 +160,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", type=int, default=8, help="phantom subjects (default 8)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.max_num_steps=500")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; 0 = torch's)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.subjects < 3:
         raise ValueError(f"--subjects is {args.subjects}; the demo needs at least 3 (train, validation, test).")
+    if args.threads < 0:
+        raise ValueError(f"--threads is {args.threads}; expected 0 (torch's default) or more.")
     run_demo(args.out, args.overrides, args.subjects, config=args.config, progress=not args.no_progress,
-             log=lambda msg: print(msg, flush=True))
+             log=lambda msg: print(msg, flush=True), threads=args.threads)
     return 0
