@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from monai.metrics.regression import compute_ssim_and_cs
 from torch import nn
 
 from phmdiff.diffusion.edm import edm_sigma_and_weight
@@ -185,6 +184,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, win_size: in
     if dims not in (2, 3) or x.shape != y.shape:
         raise ValueError(f"ssim expects two tensors of one shape (N, C, H, W) or (N, C, D, H, W), "
                          f"got {tuple(x.shape)} and {tuple(y.shape)}.")
+    from monai.metrics.regression import compute_ssim_and_cs  # here: importing monai costs seconds at start-up
+
     win = min(win_size, *x.shape[2:])
     win -= 1 - win % 2  # odd window that fits the smallest side
     value, _ = compute_ssim_and_cs(x.float(), y.float(), spatial_dims=dims, kernel_size=[win] * dims,

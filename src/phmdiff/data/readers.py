@@ -49,8 +49,9 @@ class Subject:
 
 
 def _nifti_stem(path: Path) -> str | None:
+    """The name without .nii(.gz); None for other files and hidden ones (an interrupted atomic write's temp)."""
     match = _NIFTI.match(path.name)
-    return match.group("stem") if match and path.is_file() else None
+    return match.group("stem") if match and path.is_file() and not path.name.startswith(".") else None
 
 
 def _subject_dirs(root: Path) -> list[Path]:
@@ -116,7 +117,7 @@ def _png_subjects(root: Path) -> list[Subject]:
     numbered: dict[tuple[str, str], list[tuple[int, Path]]] = {}
     for mod_dir in _subject_dirs(root):
         for path in sorted(mod_dir.iterdir()):
-            if path.suffix.lower() != ".png":
+            if path.suffix.lower() != ".png" or path.name.startswith("."):
                 continue
             match = _PNG_SLICE.match(path.stem)
             sid, number = (match.group("subject"), int(match.group("number"))) if match else (path.stem, 0)

@@ -65,9 +65,13 @@ def _subject_files(root: Path, target: str | None) -> dict[str, Path]:
     found: dict[str, Path] = {}
 
     def wanted(p: Path) -> bool:
-        return p.name.endswith(_NII) and (target is None or any(f"{c}{target}." in p.name for c in "_-"))
+        if p.name.startswith(".") or not p.name.endswith(_NII):
+            return False
+        return target is None or any(f"{c}{target}." in p.name for c in "_-")
 
     for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):  # hidden: an interrupted atomic write's temp file
+            continue
         if entry.is_file() and entry.name.endswith(_NII):
             sid = _stem(entry)
             found[sid[: -len(target) - 1] if target and sid.endswith(target) else sid] = entry
