@@ -29,3 +29,21 @@ def test_no_arguments_prints_usage_and_fails(capsys):
 def test_module_entry_point_runs(entry):
     out = subprocess.run([sys.executable, *entry], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("phmdiff ")
+
+
+def test_safetensors_errors_are_one_sentence(tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    class Boom:
+        @staticmethod
+        def add_arguments(parser):
+            pass
+
+        @staticmethod
+        def run(args):
+            raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(cli, "build_parser", lambda command: (__import__("argparse").ArgumentParser(), Boom))
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err

@@ -13,6 +13,8 @@ import argparse
 import importlib
 import sys
 
+from safetensors import SafetensorError  # a full disk or corrupt file inside safetensors raises this
+
 # command -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("phmdiff.data.phantom", "write a synthetic brain or pelvis dataset as NIfTI"),
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"phmdiff {command}: interrupted.", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError) as exc:  # user-facing failures: one sentence
+    except (ValueError, OSError, RuntimeError, SafetensorError) as exc:  # user-facing failures: one sentence
         print(f"phmdiff {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
