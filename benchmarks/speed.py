@@ -121,18 +121,26 @@ def step_flops(step) -> float:
     return float(counter.get_total_flops()) + attention[0]
 
 
+def _status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status (Linux), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line.")
+
+
 def probe_memory(spec: dict) -> dict:
-    """Run in a child process: build one variant, take 2 steps, report peak and pre-step resident memory."""
-    import resource
+    """Run in a child process: build one variant, take 2 steps, report peak and pre-step resident memory.
 
-    import psutil
-
+    The peak is VmHWM, which starts afresh at exec; ru_maxrss would carry the forking parent's peak.
+    """
     step, _ = make_step(spec["kind"], spec["model"], spec["size"], spec["batch"], "cpu", spec["mask_ratio"],
                         spec["dtype"])
-    before = psutil.Process().memory_info().rss
+    before = _status_bytes("VmRSS")
     for _ in range(2):  # the first step allocates AdamW's moments, the second runs with them in place
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     return {"peak_rss_bytes": peak, "rss_before_step_bytes": before, "step_peak_bytes": peak - before}
 
 
