@@ -113,3 +113,11 @@ def test_a_damaged_checkpoint_is_refused(trained, tmp_path):
         (ckpt / "ema.safetensors").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="no complete checkpoint"):
         translate(run, trained / "ph" / "PHANTOM_00000", tmp_path / "out", progress=False)
+
+
+def test_one_write_like_lives_in_data_volume():
+    import phmdiff.translate as translate_module
+    from phmdiff.data import volume
+
+    assert not hasattr(translate_module, "write_like")  # translate writes through volume.write_like only
+    assert "mtime 0" in volume.write_like.__doc__

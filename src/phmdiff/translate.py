@@ -120,30 +120,6 @@ def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]
     return usable
 
 
-def write_like(array: np.ndarray, reference: Path, out_path: Path) -> None:
-    """NIfTI with the reference's affine and header (float32), atomically and byte-reproducibly.
-
-    gzip is written with mtime 0 and no file name, so the same array always gives the same bytes (a plain
-    nibabel save would record the random temporary file name in the gzip header).
-    """
-    import gzip
-
-    import nibabel as nib
-
-    from phmdiff.fsutil import atomic_write_bytes
-
-    ref = nib.load(reference)
-    if tuple(array.shape) != tuple(ref.shape[:3]):
-        raise ValueError(f"{reference}: reference has shape {ref.shape}; the volume to write has {array.shape}.")
-    header = ref.header.copy()
-    header.set_data_dtype(np.float32)
-    img = type(ref)(np.asarray(array, dtype=np.float32), ref.affine, header)
-    img.header.set_slope_inter(1.0, 0.0)
-    data = img.to_bytes()
-    atomic_write_bytes(out_path, gzip.compress(data, compresslevel=6, mtime=0) if out_path.name.endswith(".gz")
-                       else data)
-
-
 def _outputs(out: Path, sid: str, target: str, n_samples: int) -> dict:
     folder = out / sid
     files = {"prediction": folder / f"{sid}_{target}{NII}"}

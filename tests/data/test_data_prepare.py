@@ -216,3 +216,19 @@ def test_png_folders_prepare_and_invert_to_the_pixel_values(tmp_path):
         back = slices_to_volume(data[:, m], spec, mod)  # (H, W, slices), as read
         expected = np.stack([pixels[(mod, "p1", k)] for k in range(3)], axis=-1).astype(np.float32)
         np.testing.assert_allclose(back, expected, atol=spec.norm[mod].scale * 1e-6)
+
+
+def test_write_like_is_byte_reproducible_with_a_clean_gzip_header(tmp_path):
+    ref = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(_brain((6, 5, 4), 1), OBLIQUE), ref)
+    arr = _brain((6, 5, 4), 2)
+    first = write_like(arr, ref, tmp_path / "a" / "out.nii.gz").read_bytes()
+    os.utime(ref)  # a later second, another temporary name: neither may reach the bytes
+    second = write_like(arr, ref, tmp_path / "b" / "other.nii.gz").read_bytes()
+    assert first == second
+    # gzip header (RFC 1952): flags byte 3 without FNAME (0x08), mtime bytes 4..8 zero.
+    assert first[:2] == b"\x1f\x8b" and first[3] & 0x08 == 0 and first[4:8] == b"\0\0\0\0"
+    np.testing.assert_array_equal(nib.load(tmp_path / "b" / "other.nii.gz").get_fdata(dtype=np.float32), arr)
+    plain = write_like(arr, ref, tmp_path / "c" / "out.nii")
+    assert plain.read_bytes()[:2] != b"\x1f\x8b"
+    np.testing.assert_array_equal(nib.load(plain).get_fdata(dtype=np.float32), arr)

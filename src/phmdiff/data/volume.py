@@ -9,6 +9,7 @@ orientation and intensity units. `translate` calls both, so training and inferen
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 from nibabel import orientations as ornt_lib
 
 from phmdiff.data.readers import Subject, load_png_stack, load_volume
-from phmdiff.fsutil import atomic_path
+from phmdiff.fsutil import atomic_write_bytes
 
 CANONICAL = ornt_lib.axcodes2ornt(("R", "A", "S"))
 
@@ -283,7 +284,11 @@ def slices_to_volume(slices: np.ndarray, spec: VolumeSpec, modality: str, norm: 
 
 
 def write_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path) -> Path:
-    """Write `array` as NIfTI with the reference's affine and header (float32), atomically."""
+    """Write `array` as NIfTI with the reference's affine and header (float32), atomically and byte-reproducibly.
+
+    A `.nii.gz` is compressed with gzip mtime 0 and no file name, so the same array always gives the same bytes
+    (a plain nibabel save records the time and the random temporary file name in the gzip header).
+    """
     ref = nib.load(reference_path)
     if tuple(array.shape) != tuple(ref.shape[: array.ndim]) or array.ndim != 3:
         raise ValueError(f"{reference_path}: reference has shape {ref.shape}; the array to write has {array.shape}.")
@@ -292,6 +297,8 @@ def write_like(array: np.ndarray, reference_path: str | Path, out_path: str | Pa
     img = type(ref)(np.asarray(array, dtype=np.float32), ref.affine, header)
     img.header.set_slope_inter(1.0, 0.0)
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        nib.save(img, tmp)
+    data = img.to_bytes()
+    if out_path.name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    atomic_write_bytes(out_path, data)
     return out_path
