@@ -73,6 +73,29 @@ def test_cross_granularity_zero_for_consistent_levels_and_masks():
     assert torch.allclose(cross_granularity_loss(fine + 1.0, coarse, (8, 8), weight=0.5), 0.5 * shifted)
 
 
+def _children(coarse_ids):
+    """Fine token ids (4x4 grid) of coarse positions (2x2 grid)."""
+    return [(2 * (c // 2) + dy) * 4 + 2 * (c % 2) + dx for c in coarse_ids for dy in (0, 1) for dx in (0, 1)]
+
+
+def test_cross_granularity_skips_examples_without_two_shared_positions_and_keeps_the_graph():
+    g = torch.Generator().manual_seed(0)
+    mask_c = torch.zeros(2, 4, dtype=torch.bool)
+    mask_c[:, :2] = True  # coarse positions 2 and 3 visible in both examples
+    mask_f = torch.zeros(2, 16, dtype=torch.bool)
+    mask_f[0, _children([2, 3])] = True  # example 0: nothing seen at both levels
+    mask_f[1, _children([0, 1])] = True  # example 1: positions 2 and 3 seen at both levels
+    fine = torch.randn(2, 8, 5, generator=g, requires_grad=True)  # (N, visible fine tokens, D)
+    coarse = torch.randn(2, 2, 5, generator=g, requires_grad=True)  # (N, visible coarse tokens, D)
+    none = cross_granularity_loss(fine[:1], coarse[:1], (4, 4), mask_f[:1], mask_c[:1])
+    assert none == 0 and none.requires_grad
+    none.backward()
+    assert fine.grad.abs().sum() == 0 and coarse.grad.abs().sum() == 0
+    mixed = cross_granularity_loss(fine, coarse, (4, 4), mask_f, mask_c, weight=0.5)
+    alone = cross_granularity_loss(fine[1:], coarse[1:], (4, 4), mask_f[1:], mask_c[1:], weight=0.5)
+    assert torch.allclose(mixed, alone) and alone.abs() > 0
+
+
 def test_masked_loss_closed_form_with_zero_backbone():
     """A fresh MaskedDiT outputs F = 0 (adaLN-Zero), so D = c_skip x_noisy and the loss has a closed form."""
     net = build_masked_dit("PHMDiff-T/2", **TINY)

@@ -97,15 +97,8 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
     fine_kw = kwargs_at(level)
     options = dict(mask_ratio=mask_ratio, mae_loss_coef=model_cfg.mae_loss_coef, generator=generator,
                    P_mean=model_cfg.P_mean, P_std=model_cfg.P_std)
-    try:
-        terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, coarse_x_start=coarse_x, coarse_kwargs=coarse_kw,
-                                cross_granularity_weight=model_cfg.cross_granularity_weight, **options)
-    except ValueError as exc:
-        # On small token grids random masks can leave too few positions seen at both levels for the MMD;
-        # that batch then trains without the cross-granularity term instead of stopping the run.
-        if coarse_x is None or "Cross-granularity" not in str(exc):
-            raise
-        terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, **options)
+    terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, coarse_x_start=coarse_x, coarse_kwargs=coarse_kw,
+                            cross_granularity_weight=model_cfg.cross_granularity_weight, **options)
     terms["level"] = torch.tensor(float(level))
     return terms
 

@@ -129,7 +129,10 @@ def cross_granularity_loss(feat_fine: torch.Tensor, feat_coarse: torch.Tensor, g
     feat_fine (N, T_f or visible, D) on the token grid `grid_fine` (h, w); feat_coarse (N, T_f/4 or visible, D).
     Masks (True = masked) say which tokens the features belong to when the encoder ran on visible tokens only;
     pooling averages the visible children, and only positions seen at both levels are compared.
-    Per-example MMD^2, weighted by `weight`, averaged over the batch.
+    Per-example MMD^2, weighted by `weight`, averaged over the examples with at least 2 positions seen at both
+    levels (the U-statistic needs 2 pairs). On small token grids independent random masks at the two levels can
+    leave fewer for every example; the term is then a zero that keeps the graph (gradient 0 for the features),
+    so such a batch trains on its denoising terms instead of stopping the run.
     """
     if weight == 0:
         return feat_fine.new_zeros(()).float()
@@ -144,10 +147,10 @@ def cross_granularity_loss(feat_fine: torch.Tensor, feat_coarse: torch.Tensor, g
     coarse, valid_c = _token_grid(feat_coarse.float(), mask_coarse, h * w // 4)
     # Positions seen at both levels: the two sets are paired token by token (same example, same place).
     both = (count.reshape(n, -1) > 0) & (valid_c > 0)  # (N, T_c)
-    if int(both.sum(dim=1).min()) < 2:
-        raise ValueError("Cross-granularity MMD needs at least 2 token positions visible at both levels per example; "
-                         "lower the mask ratio.")
-    losses = [mmd_rbf(pooled[i][both[i]], coarse[i][both[i]], bandwidths) for i in range(n)]
+    usable = [i for i in range(n) if int(both[i].sum()) >= 2]
+    if not usable:
+        return weight * (pooled.sum() + coarse.sum()) * 0.0
+    losses = [mmd_rbf(pooled[i][both[i]], coarse[i][both[i]], bandwidths) for i in usable]
     return weight * torch.stack(losses).mean()
 
 
