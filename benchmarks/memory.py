@@ -2,7 +2,7 @@
 measured as ru_maxrss of its own child process (so nothing an earlier step freed can hide a later peak).
 
 The translate run is a briefly trained PHMDiff with the BraTS240 geometry (slices padded to 256, KL-f8
-autoencoder, 32x32x4 latents, 3-level pyramid); its autoencoder is narrow (16-32-32-32 channels) and its
+autoencoder, 32x32x4 latents, 3-level pyramid); its autoencoder is narrow (32 channels at every level) and its
 backbone defaults to PHMDiff-T/2 so the CPU run takes minutes; the weights of bigger backbones are added
 analytically (4 bytes per parameter) beside it.
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     size, preset, in_size = (64, "tiny", 16) if args.quick else (256, "f8", 32)
     # A narrow autoencoder of the same geometry: the full-width f8 needs about an hour of this CPU to encode
     # the two volumes, which only the memory of its activations would repay.
-    channels = (16, 32, 32) if args.quick else (16, 32, 32, 32)
+    channels = (32, 32, 64) if args.quick else (32, 32, 32, 32)
     tic = time.perf_counter()
 
     from phmdiff.config import load_config
