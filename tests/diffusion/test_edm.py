@@ -193,3 +193,13 @@ def test_epsilon_ddpm_sigma_t_round_trip_and_rounding():
         assert r == pytest.approx(grid[np.argmin(np.abs(np.log(grid) - np.log(s)))])
     with pytest.raises(ValueError, match="alphas_cumprod"):
         EpsilonDDPMDenoiser(ZeroNet(), abar[::-1])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: a CPU generator with a CUDA device"))])
+def test_edm_sigma_draws_on_the_generator_device_and_moves(device):
+    sigma, weight = edm_sigma_and_weight(5, -1.2, 1.2, 0.5, torch.Generator().manual_seed(3), device)
+    expected = (torch.randn(5, generator=torch.Generator().manual_seed(3)) * 1.2 - 1.2).exp()
+    assert sigma.device.type == device
+    torch.testing.assert_close(sigma.cpu(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(weight.cpu(), (expected**2 + 0.25) / (expected * 0.5) ** 2)

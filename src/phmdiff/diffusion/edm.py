@@ -231,8 +231,15 @@ class EpsilonDDPMDenoiser(nn.Module):
 
 def edm_sigma_and_weight(n: int, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5,
                          generator=None, device=None, dtype=torch.float32):
-    """EDM training noise levels ln(sigma) ~ N(P_mean, P_std^2) and loss weight (sigma^2+sd^2)/(sigma sd)^2."""
-    rnd_normal = _randn([n], generator, device, dtype)
+    """EDM training noise levels ln(sigma) ~ N(P_mean, P_std^2) and loss weight (sigma^2+sd^2)/(sigma sd)^2.
+
+    A torch.Generator draws on its own device and the result moves to `device`, so a seeded CPU generator
+    serves a CUDA run too (torch refuses a generator of another device).
+    """
+    if isinstance(generator, torch.Generator):
+        rnd_normal = torch.randn([n], generator=generator, device=generator.device, dtype=dtype).to(device)
+    else:
+        rnd_normal = _randn([n], generator, device, dtype)
     sigma = (rnd_normal * P_std + P_mean).exp()
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     return sigma, weight

@@ -191,8 +191,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         loader = DataLoader(stream, batch_size=micro, sampler=PositionSampler(micro, rank, world,
                             state["step"] * t.grad_accum), num_workers=cfg.data.num_workers,
                             persistent_workers=cfg.data.num_workers > 0,
-                            # Its own generator: iter() would otherwise draw a worker seed from the global RNG
-                            # after a resume restored it, and the global stream (used on GPUs) would drift.
+                            # Its own generator: iter() would otherwise draw a worker seed from the global RNG.
                             generator=torch.Generator().manual_seed(t.seed))
         batches = iter(loader)
         device = accelerator.device
@@ -213,11 +212,12 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             finite = True
             for a in range(t.grad_accum):
                 batch = next(batches)
-                # One generator per (seed, step, round, rank): noise, masks, levels and dropout repeat on resume.
+                # One CPU generator per (seed, step, round, rank) on every device (draws move to the device):
+                # noise, masks, levels and dropout repeat on resume.
                 g = torch.Generator().manual_seed(
                     int(np.random.SeedSequence([t.seed, step, a, rank]).generate_state(1)[0]))
                 with accelerator.accumulate(model), accelerator.autocast():
-                    terms = _terms(model, batch, device, m, mask_ratio, g if device.type == "cpu" else None)
+                    terms = _terms(model, batch, device, m, mask_ratio, g)
                     if step_hook is not None:
                         terms = step_hook(step, terms)
                     finite &= bool(torch.isfinite(terms["loss"]).item())
