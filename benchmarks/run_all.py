@@ -77,7 +77,7 @@ def markdown(results_dir: Path) -> str:
                 for k, v in task["methods"].items():
                     train = v.get("train_seconds")
                     lines.append(f"| {k} | {v['psnr']:.2f} +- {v['std']['psnr']:.2f} | {v['ssim']:.4f} | "
-                                 f"{v['mae']:.4g} {v.get('mae_units', '')} | {v['nfe']} | "
+                                 f"{v['mae']:.4g} {(v.get('subjects') or [{}])[0].get('mae_units', '')} | {v['nfe']} | "
                                  f"{v['seconds_per_volume']:.2f} | {'' if train is None else f'{train:.0f}'} |")
                 lines.append("")
         elif name == "sampling":
