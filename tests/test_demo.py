@@ -26,6 +26,10 @@ def test_demo_runs_the_whole_chain_and_reports_the_three_scores(tmp_path):
         pred = nib.load(tmp_path / "translate" / sid / f"{sid}_flair.nii.gz")
         assert pred.shape == source.shape
         np.testing.assert_allclose(pred.affine, source.affine, atol=1e-6)
+        # The prediction is the mean of the default 4 samples, each written beside it.
+        samples = [nib.load(tmp_path / "translate" / sid / "samples" / f"{sid}_flair_sample{j}.nii.gz").get_fdata()
+                   for j in range(4)]
+        np.testing.assert_allclose(pred.get_fdata(), np.mean(samples, axis=0), rtol=1e-5, atol=1e-4)
 
 
 def test_demo_config_puts_every_path_under_the_output_folder(tmp_path):
@@ -33,3 +37,11 @@ def test_demo_config_puts_every_path_under_the_output_folder(tmp_path):
     assert cfg.model.model_type == "PHMDiff-T/2"
     for path in (cfg.data.root, cfg.data.prepared, cfg.data.cache, str(cfg.run_dir)):
         assert Path(path).is_relative_to(tmp_path)
+
+
+def test_demo_refuses_zero_samples(tmp_path, capsys):
+    from phmdiff.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "out"), "--n-samples", "0"]) == 2
+    assert "--n-samples is 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

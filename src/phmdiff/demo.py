@@ -96,8 +96,13 @@ def write_panel(meta: dict, out: Path, path: Path) -> None:
 
 def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, subjects: int = 8,
              shape: tuple[int, int, int] = (64, 64, 40), config: str | Path | None = None, progress: bool = True,
-             log=print, threads: int | None = None) -> dict:
-    """Run the demo; returns the scores and timings (also written to OUT/demo.json)."""
+             log=print, threads: int | None = None, n_samples: int = 4) -> dict:
+    """Run the demo; returns the scores and timings (also written to OUT/demo.json).
+
+    The prediction is the mean of `n_samples` samples per subject: a single posterior sample has about twice
+    the squared error of the posterior mean, which PSNR/SSIM reward (measured on the demo: +0.9 dB, +0.07 SSIM
+    for 4 samples); translate also writes each sample and their std.
+    """
     if threads:
         # The demo's tensors are small: one thread loses little, and a busy machine's thread pool can cost 10x.
         import torch
@@ -130,8 +135,8 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     manifest = load_manifest(cfg.data.prepared)
     test_ids = sorted(sid for sid, split in manifest["split"].items() if split == "test")
     pred_dir = out / "translate"
-    metas = [translate(cfg.run_dir, Path(cfg.data.root) / sid, pred_dir, overwrite=True, progress=progress)
-             for sid in test_ids]
+    metas = [translate(cfg.run_dir, Path(cfg.data.root) / sid, pred_dir, n_samples=n_samples, overwrite=True,
+                       progress=progress) for sid in test_ids]
     meta = {**metas[0], "subjects": [s for m in metas for s in m["subjects"]]}
     atomic_write_text(pred_dir / "translate.json", json.dumps(meta, indent=1))
     times["translate"] = time.perf_counter() - t0
@@ -145,7 +150,7 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     m = scores["mean"]
     log("")
     log(f"PHMDiff demo on {len(test_ids)} held-out phantom subjects (T1 + T2 -> FLAIR, volume protocol):")
-    log(f"  prediction          PSNR {m['prediction']['psnr']:6.2f} dB   SSIM {m['prediction']['ssim']:.4f}")
+    log(f"  prediction ({n_samples} smp)  PSNR {m['prediction']['psnr']:6.2f} dB   SSIM {m['prediction']['ssim']:.4f}")
     key = "copy_" + copy_source
     log(f"  copy {copy_source} (matched)  PSNR {m[key]['psnr']:6.2f} dB   SSIM {m[key]['ssim']:.4f}")
     if "ceiling" in m:
@@ -161,6 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.max_num_steps=500")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; 0 = torch's)")
+    parser.add_argument("--n-samples", type=int, default=4,
+                        help="samples per test subject; the prediction is their mean (default 4)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -169,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--subjects is {args.subjects}; the demo needs at least 3 (train, validation, test).")
     if args.threads < 0:
         raise ValueError(f"--threads is {args.threads}; expected 0 (torch's default) or more.")
+    if args.n_samples < 1:
+        raise ValueError(f"--n-samples is {args.n_samples}; expected 1 or more.")
     run_demo(args.out, args.overrides, args.subjects, config=args.config, progress=not args.no_progress,
-             log=lambda msg: print(msg, flush=True), threads=args.threads)
+             log=lambda msg: print(msg, flush=True), threads=args.threads, n_samples=args.n_samples)
     return 0
