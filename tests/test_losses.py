@@ -96,6 +96,17 @@ def test_cross_granularity_skips_examples_without_two_shared_positions_and_keeps
     assert torch.allclose(mixed, alone) and alone.abs() > 0
 
 
+def test_cross_granularity_is_clamped_at_zero_where_the_unbiased_mmd_dips_below():
+    a, b = torch.zeros(3), torch.ones(3)
+    fine = torch.stack([a] * 4 + [b] * 4)[None]  # (1, 8 tokens of a 4x2 grid, 3): pooled positions are a, b
+    coarse = torch.stack([b, a])[None].requires_grad_(True)  # (1, 2, 3): the same pair swapped
+    assert mmd_rbf(fine[0, ::4], coarse[0]) < -0.1  # paired U-statistic 2 k(a, b) - 2 k(a, a) over 2 pairs
+    loss = cross_granularity_loss(fine, coarse, (4, 2))
+    assert loss == 0
+    loss.backward()
+    assert coarse.grad.abs().sum() == 0  # no reward for pushing the levels apart
+
+
 def test_masked_loss_closed_form_with_zero_backbone():
     """A fresh MaskedDiT outputs F = 0 (adaLN-Zero), so D = c_skip x_noisy and the loss has a closed form."""
     net = build_masked_dit("PHMDiff-T/2", **TINY)
