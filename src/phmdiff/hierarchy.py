@@ -103,6 +103,24 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
     return terms
 
 
+class PyramidObjective(nn.Module):
+    """`pyramid_loss` as one module call, the module that DDP wraps during training.
+
+    The objective evaluates the denoiser twice per batch (a level and the same examples one level coarser).
+    DDP's gradient reducer expects one forward per backward, so it must wrap this whole objective, not the
+    denoiser; the denoiser itself still knows nothing of losses.
+    """
+
+    def __init__(self, denoiser: nn.Module, model_cfg):
+        super().__init__()
+        self.denoiser = denoiser
+        self.model_cfg = model_cfg
+
+    def forward(self, source, target, avail, target_label, mask_ratio: float, generator=None) -> dict:
+        return pyramid_loss(self.denoiser, source, target, avail, target_label, self.model_cfg, mask_ratio,
+                            generator)
+
+
 def _sampler(name: str):
     from phmdiff.sample import SAMPLERS as TABLE
 

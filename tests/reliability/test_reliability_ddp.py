@@ -29,7 +29,10 @@ def _torchrun(report: Path, config: Path, *extra, kill_at: int | None = None) ->
     kill = ["--kill-at", str(kill_at)] if kill_at is not None else []
     cmd = [fx.PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
            "--report", str(report), *kill, "--", "--config", str(config), "--no-progress",
-           f"train.max_num_steps={STEPS}", "eval.every=2", "log.ckpt_every=2", *extra]
+           f"train.max_num_steps={STEPS}", "eval.every=2", "log.ckpt_every=2",
+           # Both pyramid levels, the cross-granularity pass (two denoiser calls per step) and an unmasked
+           # last step (the mask token gets no gradient): each once broke DDP's gradient reducer.
+           "model.cross_granularity_weight=0.05", "train.unmasked_finetune_steps=1", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 

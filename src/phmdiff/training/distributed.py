@@ -60,14 +60,17 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 def setup_accelerator(amp: str = "no", grad_accum: int = 1, device: str = "auto", log_with=None, project_dir=None):
     """An `accelerate.Accelerator` for this process: precision, gradient accumulation, DDP (gloo on CPU)."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     chosen = choose_device(device)
     cpu = chosen.type == "cpu"
     if cpu and launched_distributed() and not dist.is_initialized():
         # Accelerate picks gloo for multi-process CPU runs; a generous timeout covers slow validation on rank 0.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    kwargs = [InitProcessGroupKwargs(timeout=timedelta(minutes=30))]
+    # Some parameters get no gradient in some steps (the mask token when mask_ratio is 0, e.g. in the unmasked
+    # fine-tune; the coarse-level inputs at the coarsest level), which DDP refuses unless told to look for them.
+    kwargs = [InitProcessGroupKwargs(timeout=timedelta(minutes=30)),
+              DistributedDataParallelKwargs(find_unused_parameters=True)]
     return Accelerator(
         cpu=cpu,
         mixed_precision=resolve_amp(amp, chosen),

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, to_yaml
 from phmdiff.fsutil import atomic_write_text
-from phmdiff.hierarchy import build_denoiser, pyramid_loss, sample_pyramid
+from phmdiff.hierarchy import PyramidObjective, build_denoiser, sample_pyramid
 from phmdiff.training import checkpoint as ckpt_lib
 from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
 from phmdiff.training.ema import EMA
@@ -183,8 +183,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 writer = SummaryWriter(str(run_dir / "tensorboard"))
             if cfg.wandb.enabled:
                 _init_wandb(cfg, run_dir)
-        model, optimizer = accelerator.prepare(denoiser, optimizer)
-        unwrapped = accelerator.unwrap_model(model)
+        model, optimizer = accelerator.prepare(PyramidObjective(denoiser, m), optimizer)
+        unwrapped = accelerator.unwrap_model(model).denoiser
         if start is None:  # DDP broadcast rank 0's initial weights; the EMA copy was taken from this rank's own
             ema.module.load_state_dict(unwrapped.state_dict())
         stream = EpochStream(data, t.seed)
@@ -217,7 +217,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 g = torch.Generator().manual_seed(
                     int(np.random.SeedSequence([t.seed, step, a, rank]).generate_state(1)[0]))
                 with accelerator.accumulate(model), accelerator.autocast():
-                    terms = _terms(model, batch, device, m, mask_ratio, g)
+                    terms = _terms(model, batch, device, mask_ratio, g)
                     if step_hook is not None:
                         terms = step_hook(step, terms)
                     finite &= bool(torch.isfinite(terms["loss"]).item())
@@ -367,12 +367,13 @@ def _resume_from(resume: str, run_dir: Path) -> Path | None:
     return ckpt_lib.resolve_checkpoint(resume, "last")
 
 
-def _terms(model, batch, device, model_cfg, mask_ratio, generator) -> dict:
+def _terms(model, batch, device, mask_ratio, generator) -> dict:
+    """Training terms of one batch through the (DDP-wrapped) PyramidObjective."""
     source = batch["source"].to(device, torch.float32)
     target = batch["target"].to(device, torch.float32)
     avail = batch["avail"].to(device, torch.float32)
     label = torch.as_tensor(batch["target_label"], device=device)
-    return pyramid_loss(model, source, target, avail, label, model_cfg, mask_ratio, generator)
+    return model(source, target, avail, label, mask_ratio, generator)
 
 
 def _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val) -> dict:
