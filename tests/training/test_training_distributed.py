@@ -47,7 +47,10 @@ acc.backward(net(x).square().mean())
 opt.step()
 w = acc.gather(acc.unwrap_model(net).weight.detach()[None])
 assert torch.equal(w[0], w[1]), "ranks diverged"
-print("rank", acc.process_index, "main", is_main_process(), flush=True)
+import sys
+# One write per line: both ranks share the pipe, and print's separate writes could interleave mid-line.
+sys.stdout.write(f"rank {acc.process_index} main {is_main_process()}\n")
+sys.stdout.flush()
 cleanup()
 """
 
