@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import cpu_model
 
 from phmdiff.diffusion.edm import EDMPrecond
 from phmdiff.fsutil import atomic_write_text
@@ -29,16 +30,6 @@ from phmdiff.masked_dit import build_masked_dit
 
 RATIOS = (0.0, 0.5, 0.75)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _git_commit() -> str:
@@ -143,7 +134,7 @@ def main(argv=None) -> int:
         "ratios": list(RATIOS),
         "repeats": args.repeats,
         "threads": args.threads,
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": sys.version.split()[0], "torch": torch.__version__},
         "load_average_before": load_before,
         "load_average_after": load_after,
