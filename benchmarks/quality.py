@@ -49,13 +49,6 @@ def _load(path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float64)
 
 
-def matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The source modality in the reference's units: foreground 0.5/99.5 percentiles mapped onto the reference's."""
-    s_lo, s_hi = np.percentile(source[mask], (0.5, 99.5))
-    r_lo, r_hi = np.percentile(ref[mask], (0.5, 99.5))
-    return (source - s_lo) / max(s_hi - s_lo, 1e-12) * (r_hi - r_lo) + r_lo
-
-
 def score(pred_path_or_array, subject, task: Task) -> dict:
     """Volume-protocol PSNR/SSIM/MAE of one prediction against the subject's (noisy) target."""
     from phmdiff.eval.protocols import evaluate_subject
@@ -197,6 +190,7 @@ def run_task(task: Task, args, autoencoders: dict) -> dict:
                  {"nfe": nfe_b, "seconds_per_volume": float(np.mean([r["seconds"] for r in rows])), **fit_info})
 
     # (d) copy the source modality, and the noise-free target: the best any method can reach.
+    from phmdiff.demo import matched_copy
     from phmdiff.eval.protocols import foreground_mask
 
     copies, ceiling = {}, {}

@@ -36,7 +36,7 @@ def _load(path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float64)
 
 
-def _matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The source in the reference's units: its foreground 0.5/99.5 percentiles mapped onto the reference's."""
     s_lo, s_hi = np.percentile(source[mask], (0.5, 99.5))
     r_lo, r_hi = np.percentile(ref[mask], (0.5, 99.5))
@@ -54,7 +54,7 @@ def score(meta: dict, out: Path, copy_source: str) -> dict:
         pred = _load(out / s["prediction"])
         clean = Path(s["reference"]).parent / "noise_free" / Path(s["reference"]).name
         row = {"subject": s["subject"]}
-        for name, vol in (("prediction", pred), ("copy_" + copy_source, _matched_copy(
+        for name, vol in (("prediction", pred), ("copy_" + copy_source, matched_copy(
                 _load(s["source_images"][copy_source]), ref, mask)), ("ceiling", _load(clean) if clean.exists()
                                                                        else None)):
             if vol is not None:
