@@ -21,15 +21,7 @@ import numpy as np
 
 from phmdiff import __version__
 from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
-from phmdiff.data.volume import (  # noqa: F401  (re-exported for translate)
-    NormParams,
-    VolumeSettings,
-    VolumeSpec,
-    load_subject_volumes,
-    slices_to_volume,
-    volume_to_slices,
-    write_like,
-)
+from phmdiff.data.volume import NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
 
 SPLITS = ("train", "val", "test")
