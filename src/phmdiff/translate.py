@@ -2,7 +2,8 @@
 
 Each subject goes through the same per-volume steps as training (`phmdiff.data.volume`), its source slices
 are encoded with the run's autoencoder, the target latents are sampled coarse to fine, decoded, and the
-slices are put back on the input's grid, orientation and intensity units. Every random draw is seeded by
+slices are put back on the input's grid, orientation and intensity units (the target's scale follows the
+subject's own source scales, `prepare.subject_norm`). Every random draw is seeded by
 (seed, subject, sample, slice), so reruns are identical and the batch size does not matter. Each NIfTI is
 written atomically; nothing is overwritten without `--overwrite`. OUT/translate.json lists the outputs in
 the format `phmdiff evaluate` reads.
@@ -14,7 +15,7 @@ import argparse
 import json
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True) -> dict:
     """Translate every subject under `input_path`; returns the translate.json content."""
+    from phmdiff.data.prepare import subject_norm
     from phmdiff.data.volume import (
         NormParams,
         VolumeSettings,
@@ -176,6 +178,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         slices, spec = volume_to_slices(volumes, affine, settings)
         del volumes
         k = 2 * spec.context + 1
+        norm = subject_norm(target_norm, ident.get("target_gain"), spec.norm)  # this subject's intensity scale
         src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
         reference = sub.paths[sources[0]]
         files = planned[sub.id]
@@ -183,7 +186,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         for j in range(n_samples):
             seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
             pred = translate_slices(trained, src, seeds, steps, sampler, guidance, batch_size)
-            samples.append(slices_to_volume(pred, spec, target, norm=target_norm))
+            samples.append(slices_to_volume(pred, spec, target, norm=norm))
             if n_samples > 1:
                 write_like(samples[-1], reference, files["samples"][j])
             if bar is not None:
@@ -203,6 +206,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             "seg": str(sub.mask.resolve()) if sub.mask and is_brats else None,
             "source_images": {m: str(sub.paths[m].resolve()) for m in sources},
             "seeds": {"seed": seed, "n_samples": n_samples},
+            "target_norm": asdict(norm),
         })
     if bar is not None:
         bar.close()

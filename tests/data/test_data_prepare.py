@@ -9,10 +9,12 @@ from phmdiff.cli import main
 from phmdiff.data.prepare import (
     PrepareSettings,
     load_manifest,
+    gain_ratios,
     prepare,
     reference_norm,
     settings_from_manifest,
     split_subjects,
+    subject_norm,
 )
 from phmdiff.data.readers import find_subjects
 from phmdiff.data.volume import (
@@ -190,6 +192,39 @@ def test_a_synthesized_modality_is_inverted_with_the_training_median_scale(tmp_p
         slices_to_volume(pred, t1_only, "flair")
     back = slices_to_volume(pred, t1_only, "flair", norm=norm)
     np.testing.assert_allclose(back, norm.offset + 0.5 * norm.scale, rtol=1e-6)
+
+
+def test_a_subjects_target_scale_follows_its_sources_gain(tmp_path):
+    # One anatomy, one gain per subject on every modality: the target's percentiles scale with the gain, so
+    # the sources' scales give a held-out subject's target normalization exactly; the training median does not.
+    base = {mod: _brain((12, 12, 6), j) for j, mod in enumerate(("t1", "t2", "flair"))}
+    gains = [0.6, 0.9, 1.0, 1.4, 2.3]
+    for i, g in enumerate(gains):
+        (tmp_path / "in" / f"s{i:02d}").mkdir(parents=True)
+        for mod, v in base.items():
+            nib.save(nib.Nifti1Image(g * v, OBLIQUE), tmp_path / "in" / f"s{i:02d}" / f"{mod}.nii.gz")
+    out = tmp_path / "prep"
+    prepare(tmp_path / "in", out, PrepareSettings(split=(0.6, 0.2, 0.2), volume=VolumeSettings(size=16)),
+            ["t1", "t2", "flair"], progress=False)
+    manifest = load_manifest(out)
+    ratios = gain_ratios(manifest, "flair", ["t1", "t2"])
+    reference = reference_norm(manifest, "flair")
+    for v in manifest["volumes"].values():
+        spec = VolumeSpec.from_dict(v)
+        truth = spec.norm.pop("flair")
+        got = subject_norm(reference, ratios, spec.norm)
+        assert (got.offset, got.scale) == pytest.approx((truth.offset, truth.scale), rel=1e-6)  # float32 files
+    held_out = [VolumeSpec.from_dict(v).norm["flair"] for v in manifest["volumes"].values() if v["split"] != "train"]
+    assert any(abs(n.scale / reference.scale - 1) > 0.2 for n in held_out)  # the median alone is off by > 20%
+    assert subject_norm(reference, None, {}) is reference
+
+
+def test_a_ct_target_keeps_its_fixed_window(tmp_path):
+    root = _dataset(tmp_path / "in", n=3, mods=("mr", "ct"))
+    out = tmp_path / "prep"
+    prepare(root, out, PrepareSettings(split=(0.67, 0.33, 0.0), volume=VolumeSettings(size=32, min_foreground=0.0)),
+            ["mr", "ct"], progress=False)
+    assert gain_ratios(load_manifest(out), "ct", ["mr"]) is None
 
 
 def test_png_folders_prepare_and_invert_to_the_pixel_values(tmp_path):

@@ -84,17 +84,19 @@ def _latent_data(cfg: Config):
 
 def _identity(meta: dict, cfg: Config) -> dict:
     """What a checkpoint must know to be used on new volumes: data and autoencoder identity, the per-volume
-    preparation settings and the target's intensity scale (translate repeats and inverts them)."""
+    preparation settings and the target's intensity scale, as a training median and as multiples of the
+    sources' scales (translate repeats and inverts them)."""
     from dataclasses import asdict
 
-    from phmdiff.data.prepare import load_manifest, reference_norm
+    from phmdiff.data.prepare import gain_ratios, load_manifest, reference_norm
 
     keys = ("autoencoder_id", "prepared_id", "latent_scale", "modalities", "prepared_dir", "item_shape")
     manifest = load_manifest(meta["prepared_dir"])
     return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(cfg.data.cache), "sources": cfg.data.sources,
             "target": cfg.data.target, "layout": manifest.get("layout"),
             "volume_settings": manifest["config"]["volume"],
-            "target_norm": asdict(reference_norm(manifest, cfg.data.target))}
+            "target_norm": asdict(reference_norm(manifest, cfg.data.target)),
+            "target_gain": gain_ratios(manifest, cfg.data.target, cfg.data.sources)}
 
 
 def _csv_rows(path: Path) -> list[dict]:
