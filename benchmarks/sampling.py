@@ -4,9 +4,10 @@ to find the fewest NFE within 0.1 dB of the best PSNR.
 
 The plain samplers run every pyramid level from pure noise (sigma_max) with the same number of steps; the
 pyramid start runs the coarsest level from noise and refines the finer level from the upsampled coarse result
-re-noised to sigma_start, with fewer steps. Reuses the PHMDiff run of quality.py when present.
+re-noised to sigma_start, with fewer steps. Reuses quality.py's PHMDiff run when it has two or more levels,
+else trains a brief two-level one (quality.py's settings).
 
-    python benchmarks/sampling.py              # reuse bench_out/quality/... or train one briefly
+    python benchmarks/sampling.py              # a two-level run: quality.py's or a brief new one
     python benchmarks/sampling.py --quick      # tiny run (smoke test)
 """
 
@@ -42,19 +43,22 @@ class CountingDenoiser(nn.Module):
 
 
 def ensure_run(args) -> Path:
-    """A trained PHMDiff folder (work folder with phantom/, prepared/, run/): quality.py's, or a brief new one."""
+    """A trained two-level PHMDiff folder (work folder with phantom/, prepared/, run/): quality.py's when it has
+    the pyramid, else a brief new one (quality.py's settings with pyramid_levels = 2)."""
     import quality
 
+    from phmdiff.config import config_from_yaml
     from phmdiff.data.phantom import write_phantom
     from phmdiff.training import run_pipeline
 
     if args.run:
         return Path(args.run)
-    if not args.quick and (QUALITY_RUN / "run" / "checkpoints").exists():
+    saved = QUALITY_RUN / "run" / "config.yaml"
+    if not args.quick and saved.exists() and config_from_yaml(saved.read_text()).model.pyramid_levels > 1:
         return QUALITY_RUN
     work = Path(args.work)
     task = quality.TASKS[0]
-    cfg = quality.config_for(task, work, args.quick, [])
+    cfg = quality.config_for(task, work, args.quick, ["model.pyramid_levels=2"])
     if not (work / "run" / "checkpoints").exists():
         import shutil
 
@@ -62,7 +66,7 @@ def ensure_run(args) -> Path:
         shape = (32, 32, 16) if args.quick else (64, 64, 40)
         write_phantom(cfg.data.root, "brain", n_subjects=3 if args.quick else 10, shape=shape, seed=0)
         run_pipeline(cfg, stages=("prepare",), progress=False, log=lambda *_: None)
-        quality.train_autoencoder(cfg, 5 if args.quick else 400)
+        quality.train_autoencoder(cfg, 5 if args.quick else 2000)
         quality.train_phmdiff(cfg, args.budget)
     return work
 
@@ -103,6 +107,8 @@ def plans(levels: int, steps: list[int], sigma_start: float, sigma_max: float = 
         for sampler in ("heun", "dpmpp_2m", "ddim"):
             out.append({"curve": sampler, "sampler": sampler, "num_steps": n, "fine_num_steps": n,
                         "sigma_start": sigma_max})
+        if levels < 2:
+            continue
         # Coarse-to-fine start: the finer levels take half the steps from sigma_start (Heun).
         out.append({"curve": "pyramid_heun", "sampler": "heun", "num_steps": n,
                     "fine_num_steps": max(1, n // 2), "sigma_start": sigma_start})

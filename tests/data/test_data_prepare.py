@@ -8,8 +8,8 @@ import pytest
 from phmdiff.cli import main
 from phmdiff.data.prepare import (
     PrepareSettings,
-    load_manifest,
     gain_ratios,
+    load_manifest,
     prepare,
     reference_norm,
     settings_from_manifest,

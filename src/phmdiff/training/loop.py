@@ -155,7 +155,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         num_sources = len(cfg.data.sources)
         denoiser = build_denoiser(cfg, num_sources, len(data.meta["modalities"]))
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
-                                      weight_decay=t.weight_decay, foreach=True)
+                                      weight_decay=t.weight_decay, fused=True)
         ema = EMA(denoiser, t.ema_halflife_kimg, t.ema_rampup_ratio)
         state = {"step": 0, "nonfinite_total": 0, "best_psnr": None}
         start = _resume_from(resume, run_dir)
