@@ -1,7 +1,7 @@
 """Run the four benchmarks (speed, quality, sampling, memory) in order, each in its own process, and write
 their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
 
-sampling.py comes after quality.py so that it reuses quality.py's trained PHMDiff run.
+sampling.py reuses quality.py's PHMDiff run when it has two pyramid levels or more, else trains a brief one.
 """
 
 from __future__ import annotations
