@@ -43,8 +43,9 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        # The result files themselves do not count: run_all's later scripts see the earlier ones' results.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -66,6 +67,12 @@ def machine(device: str = "cpu") -> dict:
     return info
 
 
+def _relative(script: str) -> str:
+    """A script path as run from the repository root (what a reader types), when it lies inside it."""
+    path = Path(script).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else script
+
+
 def write_result(name: str, results: dict, device: str = "cpu", out_dir: str | Path | None = None) -> Path:
     """Write benchmarks/results/NAME.json with the machine, date, git commit and command line beside `results`."""
     from phmdiff.fsutil import atomic_write_text
@@ -74,7 +81,8 @@ def write_result(name: str, results: dict, device: str = "cpu", out_dir: str | P
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(device),
                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "git_commit": git_commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "git_commit": git_commit(), "command": " ".join([Path(sys.executable).name, _relative(sys.argv[0]),
+                                                                *sys.argv[1:]]),
                "results": results}
     path = out_dir / f"{name}.json"
     atomic_write_text(path, json.dumps(payload, indent=1, default=float) + "\n")

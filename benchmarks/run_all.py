@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -43,7 +44,9 @@ def markdown(results_dir: Path) -> str:
             continue
         data = json.loads(path.read_text())
         r, m = data["results"], data["machine"]
+        # From the repository root, whatever folder the recorded run was in.
         cmd = data["command"].replace("python3 ", "python ").split(" --out-dir")[0]
+        cmd = re.sub(r"\S*/(benchmarks/\w+\.py)", r"\1", cmd)
         lines += [f"### {name}", "", f"{data['date']}, commit `{data['git_commit'][:12]}`, {m['cpu_model']}, "
                   f"{m['cores']} cores ({r.get('threads', m['torch_threads'])} threads), torch {m['torch_version']}, "
                   f"load average {', '.join(f'{x:.1f}' for x in m.get('load_average', []))} (shared machine).", ""]

@@ -250,7 +250,7 @@ def volume_to_slices(
 def slices_to_volume(slices: np.ndarray, spec: VolumeSpec, modality: str, norm: NormParams | None = None) -> np.ndarray:
     """Invert `volume_to_slices` for one modality: (n, H, W) in [0, 1] -> original grid, orientation and units.
 
-    A synthesized modality has no parameters of its own in `spec`: pass `norm` (e.g. `prepare.reference_norm`).
+    A synthesized modality has no parameters of its own in `spec`: pass `norm` (`prepare.subject_norm`).
     """
     if isinstance(spec, dict):
         spec = VolumeSpec.from_dict(spec)
