@@ -18,6 +18,7 @@ from phmdiff.data.prepare import (
 )
 from phmdiff.data.readers import find_subjects
 from phmdiff.data.volume import (
+    NormParams,
     VolumeSettings,
     VolumeSpec,
     load_subject_volumes,
@@ -217,6 +218,8 @@ def test_a_subjects_target_scale_follows_its_sources_gain(tmp_path):
     held_out = [VolumeSpec.from_dict(v).norm["flair"] for v in manifest["volumes"].values() if v["split"] != "train"]
     assert any(abs(n.scale / reference.scale - 1) > 0.2 for n in held_out)  # the median alone is off by > 20%
     assert subject_norm(reference, None, {}) is reference
+    blank = {"t1": NormParams("percentile", 0.0, 0.0), "t2": spec.norm["t2"]}  # a constant source volume
+    assert subject_norm(reference, ratios, blank) is reference
 
 
 def test_a_ct_target_keeps_its_fixed_window(tmp_path):

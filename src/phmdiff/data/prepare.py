@@ -166,13 +166,13 @@ def gain_ratios(manifest: dict, target: str, sources: list[str], split: str = "t
     Model: one multiplicative gain per subject (receive coil, bias field, tissue mix) scales all its
     modalities, so the target's offset and scale are fixed multiples of a source's scale. Returns per source
     the median of target offset / source scale and target scale / source scale; None when the target or a
-    source has a fixed window (CT), whose scale carries no gain.
+    source has a fixed window (CT), whose scale carries no gain, or a source scale is not positive.
     """
     out = {}
     for src in sources:
         pairs = [(v["norm"][target], v["norm"][src]) for v in manifest["volumes"].values()
                  if v.get("split") == split and target in v["norm"] and src in v["norm"]]
-        if not pairs or any("window" in (t["kind"], s["kind"]) for t, s in pairs):
+        if not pairs or any("window" in (t["kind"], s["kind"]) or not s["scale"] > 0 for t, s in pairs):
             return None
         out[src] = {"offset": float(np.median([t["offset"] / s["scale"] for t, s in pairs])),
                     "scale": float(np.median([t["scale"] / s["scale"] for t, s in pairs]))}
@@ -181,10 +181,11 @@ def gain_ratios(manifest: dict, target: str, sources: list[str], split: str = "t
 
 def subject_norm(reference: NormParams, ratios: dict | None, source_norms: dict[str, NormParams]) -> NormParams:
     """A new subject's target normalization from its own sources' scales (`gain_ratios`), averaged over the
-    sources (scale geometrically); `reference` (the training median) when there are no ratios."""
-    if not ratios:
+    sources (scale geometrically); `reference` (the training median) when there are no ratios or a source
+    carries no scale (a constant volume)."""
+    scales = {s: source_norms[s].scale for s in ratios or {}}
+    if not ratios or not all(v > 0 and np.isfinite(v) for v in scales.values()):
         return reference
-    scales = {s: source_norms[s].scale for s in ratios}
     offset = float(np.mean([scales[s] * r["offset"] for s, r in ratios.items()]))
     scale = float(np.exp(np.mean([np.log(scales[s] * r["scale"]) for s, r in ratios.items()])))
     return NormParams(reference.kind, offset, scale, reference.clip)
