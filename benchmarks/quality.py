@@ -31,9 +31,9 @@ DEFAULT_BUDGET_S = 120.0
 # PHMDiff as tuned for a two-minute CPU budget on 16x16x4 latents (brain T1 -> T2, 120 s, mean of 4 samples,
 # measured side by side on an idle machine, 2026-11-26): one pyramid level (an 8x8 coarse level costs steps and
 # adds its errors: 15.4 -> 16.7 dB), lr 2e-3 (16.7 -> 17.2), training noise centred higher, P_mean 0.4
-# (translation needs the image's layout, decided at high noise: 17.2 -> 18.0), sigma_data 1 (the latents are
-# scaled to unit variance) and deterministic DDIM with 8 steps (samples vary less: +0.3 dB at a quarter of
-# the network calls of Heun's 12 + 6).
+# (translation needs the image's layout, decided at high noise: 17.5 -> 18.0, both sampled with DDIM 8),
+# sigma_data 1 (the latents are scaled to unit variance; +0.1, within noise) and deterministic DDIM with 8
+# steps (samples vary less: 17.2 -> 17.5 dB with a quarter of the 34 network calls of Heun's 12 + 6).
 PHMDIFF_OVERRIDES = ["model.pyramid_levels=1", "train.lr=2e-3", "model.P_mean=0.4", "model.sigma_data=1.0",
                      "eval.sampler=ddim", "eval.num_steps=8"]
 DEFAULT_WORK = Path("bench_out") / "quality"
