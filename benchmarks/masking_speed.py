@@ -15,13 +15,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from common import cpu_model
+from common import cpu_model, git_commit
 
 from phmdiff.diffusion.edm import EDMPrecond
 from phmdiff.fsutil import atomic_write_text
@@ -30,14 +29,6 @@ from phmdiff.masked_dit import build_masked_dit
 
 RATIOS = (0.0, 0.5, 0.75)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def make_step(model, batch: int, size: int, seed: int):
@@ -139,7 +130,7 @@ def main(argv=None) -> int:
         "load_average_before": load_before,
         "load_average_after": load_after,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "results": results,
     }
