@@ -30,11 +30,24 @@ def test_downsample_is_antialiased_and_matches_direct_filter():
     # A Nyquist-frequency checkerboard is removed by the binomial blur (naive striding would keep it).
     x = torch.tensor([[(-1.0) ** (i + j) for j in range(16)] for i in range(16)]).reshape(1, 1, 16, 16)
     assert downsample(x)[..., 1:-1, 1:-1].abs().max() < 1e-6  # interior; borders are replicate-padded
-    # Interior sample equals the separable (1 4 6 4 1)/16 filter computed by hand.
+    # Interior sample k equals the separable (1 3 3 1)/8 filter over fine samples 2k-1 .. 2k+2, by hand.
     z = torch.randn(1, 1, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    k = torch.tensor([1.0, 4, 6, 4, 1], dtype=torch.float64) / 16
-    expected = (k[:, None] * k[None, :] * z[0, 0, 2:7, 2:7]).sum()
+    k = torch.tensor([1.0, 3, 3, 1], dtype=torch.float64) / 8
+    expected = (k[:, None] * k[None, :] * z[0, 0, 3:7, 3:7]).sum()
     assert torch.allclose(downsample(z)[0, 0, 2, 2], expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_upsample_of_downsample_keeps_a_ramp_in_place(dims):
+    # Coarse sample k must sit where `upsample` expects it (fine position 2k + 0.5): then a linear ramp
+    # survives down- and upsampling unchanged away from the borders (keeping samples 0, 2, 4 ... shifts it
+    # by half a fine pixel: ramp - 0.5).
+    n = 16
+    ramp = torch.arange(n, dtype=torch.float64).reshape(*([1] * (dims + 1)), n).expand(1, 1, *([n] * dims))
+    back = upsample(downsample(ramp), ramp.shape[2:])
+    inner = (..., slice(3, n - 3))
+    assert torch.allclose(back[inner], ramp[inner], atol=1e-12)
+    assert (back - ramp).abs().max() > 0.1  # the borders (replicate padding) do differ: the check can fail
 
 
 def test_gaussian_pyramid_levels_and_upsample_shape():

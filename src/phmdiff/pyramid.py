@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-# Binomial (1 4 6 4 1)/16 filter: the classic 5-tap approximation of a Gaussian, sums to 1,
+# Binomial (1 3 3 1)/8 filter: a 4-tap approximation of a Gaussian centred between two samples; it sums to 1,
 # so a constant image stays exactly constant.
-_BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)
+_BINOMIAL_EVEN = (1.0, 3.0, 3.0, 1.0)
 
 
 def _spatial_dims(x: torch.Tensor) -> int:
@@ -24,33 +24,31 @@ def _spatial_dims(x: torch.Tensor) -> int:
     return x.dim() - 2
 
 
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    """Separable binomial blur with replicate padding (keeps constants constant, works on tiny grids)."""
-    dims = _spatial_dims(x)
-    n, c = x.shape[:2]
-    kernel = torch.tensor(_BINOMIAL, dtype=x.dtype, device=x.device)
-    kernel = kernel / kernel.sum()
-    conv = F.conv2d if dims == 2 else F.conv3d
-    pad_mode = "replicate"
-    y = x.reshape(n * c, 1, *x.shape[2:])  # (N*C, 1, *spatial)
-    for axis in range(dims):
-        shape = [1, 1] + [1] * dims
-        shape[2 + axis] = len(_BINOMIAL)
-        pad = [0, 0] * dims
-        # F.pad lists padding from the last axis backwards.
-        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = len(_BINOMIAL) // 2
-        y = conv(F.pad(y, pad, mode=pad_mode), kernel.reshape(shape))
-    return y.reshape(x.shape)  # (N, C, *spatial)
-
-
 def downsample(x: torch.Tensor) -> torch.Tensor:
-    """Anti-aliased 2x downsampling: binomial blur, then keep every second sample."""
+    """Anti-aliased 2x downsampling whose sample k sits at fine position 2k + 0.5, where `upsample` puts it.
+
+    Binomial (1 3 3 1)/8 filter over samples 2k-1 .. 2k+2 with stride 2 (replicate padding at the borders):
+    the filter is symmetric about 2k + 0.5, so up(down(ramp)) = ramp away from the borders. Keeping samples
+    0, 2, 4 ... instead would shift the coarse grid by half a fine pixel against `upsample`.
+    """
     dims = _spatial_dims(x)
     for s in x.shape[2:]:
         if s % 2:
             raise ValueError(f"Cannot downsample a grid of shape {tuple(x.shape[2:])}: every size must be even.")
-    y = _blur(x)
-    return y[(..., *([slice(None, None, 2)] * dims))]
+    n, c = x.shape[:2]
+    kernel = torch.tensor(_BINOMIAL_EVEN, dtype=x.dtype, device=x.device)
+    kernel = kernel / kernel.sum()
+    conv = F.conv2d if dims == 2 else F.conv3d
+    y = x.reshape(n * c, 1, *x.shape[2:])  # (N*C, 1, *spatial)
+    for axis in range(dims):
+        shape = [1, 1] + [1] * dims
+        shape[2 + axis] = len(_BINOMIAL_EVEN)
+        stride = [1] * dims
+        stride[axis] = 2
+        pad = [0, 0] * dims
+        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = 1  # F.pad lists the last axis first
+        y = conv(F.pad(y, pad, mode="replicate"), kernel.reshape(shape), stride=tuple(stride))
+    return y.reshape(n, c, *y.shape[2:])  # (N, C, *spatial / 2)
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
