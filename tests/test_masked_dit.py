@@ -225,3 +225,23 @@ def test_configuration_errors_are_sentences():
         model(torch.randn(1, 4, 15, 16), torch.zeros(1))
     with pytest.raises(ValueError, match="level must lie"):
         model(**inp, level=5)
+
+
+@pytest.mark.parametrize("aware", [True, False])
+def test_mask_tokens_carry_the_source_condition_at_their_position(aware):
+    # Change the source only under the masked tokens. With source-aware mask tokens the prediction there must
+    # follow it; without, nothing the network sees changes (visible tokens are untouched), so neither does F.
+    model = _randomized(build_masked_dit("PHMDiff-T/2", **TINY, source_aware_mask_tokens=aware)).eval()
+    inp = _inputs()
+    kw = dict(mask_ratio=0.5, return_aux=True)
+    out, mask, _ = model(**inp, generator=torch.Generator().manual_seed(5), **kw)
+    p = model.cfg.patch_size
+    masked_px = mask.reshape(2, 1, 8, 8).repeat_interleave(p, 2).repeat_interleave(p, 3)  # (N, 1, 16, 16)
+    cond = inp["cond"] + 3.0 * masked_px.float()
+    out2, mask2, _ = model(**{**inp, "cond": cond}, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(mask, mask2)
+    changed = (out2 - out).abs().amax(1, keepdim=True)  # (N, 1, 16, 16)
+    if aware:
+        assert changed[masked_px].min() > 1e-4
+    else:
+        assert changed.max() < 1e-5

@@ -39,6 +39,9 @@ class MaskedDiTConfig:
     decoder_num_heads: int = 16
     class_dropout_prob: float = 0.1  # default condition-dropout probability for classifier-free guidance
     mask_block_sizes: tuple[int, ...] = field(default=(1, 2, 4))
+    # The decoder adds the condition (sources, availability, coarse level) to every token, masked ones too, so
+    # the masked branch learns to translate from the sources instead of inpainting the target without them.
+    source_aware_mask_tokens: bool = True
 
     def __post_init__(self):
         self.mask_block_sizes = tuple(int(b) for b in self.mask_block_sizes)
@@ -218,6 +221,8 @@ class MaskedDiT(nn.Module):
             self.decoder_embed = nn.Linear(d, dd)
             self.decoder_cond = nn.Linear(d, dd)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+            if cfg.source_aware_mask_tokens:
+                self.decoder_cond_embed = PatchEmbed(cfg.in_channels - cfg.latent_channels, dd, p)
             self.decoder_blocks = nn.ModuleList(
                 [DiTBlock(dd, cfg.decoder_num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)])
             out_width = dd
@@ -235,6 +240,10 @@ class MaskedDiT(nn.Module):
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
+        if hasattr(self, "decoder_cond_embed"):
+            w = self.decoder_cond_embed.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(self.decoder_cond_embed.proj.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.level_embedder.weight, std=0.02)
@@ -312,7 +321,8 @@ class MaskedDiT(nn.Module):
             raise ValueError(f"The latent grid {H}x{W} must be a multiple of the patch size {p}.")
         h, w = H // p, W // p
         T = h * w
-        tokens = self.x_embedder(self._input(x, cond, avail, coarse))  # (N, T, D)
+        x_in = self._input(x, cond, avail, coarse)  # (N, in_channels, H, W): noisy target first, then conditions
+        tokens = self.x_embedder(x_in)  # (N, T, D)
         tokens = tokens + self.pos_embed(cfg.hidden_size, h, w, x.device)
 
         t = torch.as_tensor(noise_labels, device=x.device, dtype=torch.float32).reshape(-1).expand(n)
@@ -342,6 +352,8 @@ class MaskedDiT(nn.Module):
                 full = self.mask_token.to(y.dtype).expand(n, T, y.shape[-1])  # (N, T, Dd)
                 y = full.scatter(1, ids_keep[:, :, None].expand(-1, -1, y.shape[-1]), y)  # (N, T, Dd)
             y = y + self.pos_embed(cfg.decoder_hidden_size, h, w, x.device)
+            if cfg.source_aware_mask_tokens:
+                y = y + self.decoder_cond_embed(x_in[:, cfg.latent_channels :])  # (N, T, Dd): condition everywhere
             c_dec = self.decoder_cond(c)
             for block in self.decoder_blocks:
                 y = block(y, c_dec)
@@ -397,6 +409,9 @@ def drop_condition(kwargs: dict, prob: float, generator: torch.Generator | None 
 _PRESETS: dict[str, dict] = {
     "PHMDiff-T/2": dict(hidden_size=128, depth=4, num_heads=4, decoder_depth=1, decoder_hidden_size=128,
                         decoder_num_heads=4),
+    # Patch 4: pixel-space diffusion of small planes (identity autoencoder) at the token count of a latent /2.
+    "PHMDiff-T/4": dict(hidden_size=128, depth=4, num_heads=4, decoder_depth=1, decoder_hidden_size=128,
+                        decoder_num_heads=4, patch_size=4),
     "PHMDiff-S/2": dict(hidden_size=384, depth=12, num_heads=6, decoder_depth=2, decoder_hidden_size=256,
                         decoder_num_heads=4),
     "PHMDiff-B/2": dict(hidden_size=768, depth=12, num_heads=12, decoder_depth=4, decoder_hidden_size=384,
