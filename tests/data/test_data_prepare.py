@@ -76,17 +76,26 @@ def test_round_trip_oblique_orientation_and_240_to_256_pad(tmp_path):
             np.testing.assert_array_equal(again.get_fdata(dtype=np.float32), back)
 
 
-def test_canonical_slices_match_a_hand_reorientation_and_percentile_normalization():
+@pytest.mark.parametrize("norm", ["percentile", "median"])
+def test_canonical_slices_match_a_hand_reorientation_and_normalization(norm):
     # LAS (x flipped): RAS reorientation flips axis 0; axial slices are v[::-1, :, k].
     v = _brain((12, 10, 5), 3)
     affine = np.diag([-1.0, 1.0, 1.0, 1.0])
-    slices, spec = volume_to_slices({"t1": v}, affine, VolumeSettings(["t1"], size=None, min_foreground=0.0))
+    settings = VolumeSettings(["t1"], size=None, min_foreground=0.0, norm=norm)
+    slices, spec = volume_to_slices({"t1": v}, affine, settings)
     assert spec.axis == 2 and slices.shape == (5, 1, 12, 10)
     fg = v > 0.1 * np.percentile(v, 99)
-    lo, hi = np.percentile(v[fg], [0.5, 99.5])
+    if norm == "percentile":  # foreground 0.5 / 99.5 percentiles -> 0 / 1
+        lo, hi = np.percentile(v[fg], [0.5, 99.5])
+        top = 99.5
+    else:  # background (0.5th percentile of the volume) -> 0, foreground median -> 0.5
+        lo = np.percentile(v, 0.5)
+        hi = lo + 2 * (np.median(v[fg]) - lo)
+        top = 50.0
     expected = (np.moveaxis(v[::-1], 2, 0) - lo) / (hi - lo)  # (n, X, Y)
     np.testing.assert_allclose(slices[:, 0], expected, rtol=1e-5, atol=1e-5)
-    assert abs(np.percentile(slices[:, 0][np.moveaxis(fg[::-1], 2, 0)], 99.5) - 1.0) < 1e-4
+    level = 1.0 if norm == "percentile" else 0.5
+    assert abs(np.percentile(slices[:, 0][np.moveaxis(fg[::-1], 2, 0)], top) - level) < 1e-4
 
 
 def test_ct_window_zscore_context_and_foreground_selection():
@@ -270,3 +279,63 @@ def test_write_like_is_byte_reproducible_with_a_clean_gzip_header(tmp_path):
     plain = write_like(arr, ref, tmp_path / "c" / "out.nii")
     assert plain.read_bytes()[:2] != b"\x1f\x8b"
     np.testing.assert_array_equal(nib.load(plain).get_fdata(dtype=np.float32), arr)
+
+
+def _lesioned(seed: int, lesion_fraction: float, gain: float) -> dict[str, np.ndarray]:
+    """Three modalities of one head whose bright lesion covers `lesion_fraction` of the foreground."""
+    rng = np.random.default_rng(seed)
+    shape = (16, 16, 8)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r2 = sum(g**2 for g in grid)
+    inside = r2 < 0.8
+    lesion = inside & (r2 < np.quantile(r2[inside], lesion_fraction))
+    tissue = rng.uniform(0.8, 1.2, shape)
+    out = {}
+    for mod, level, bright in (("t1", 900.0, 0.5), ("t2", 600.0, 3.0), ("flair", 400.0, 4.0)):
+        v = np.where(inside, level * tissue, 0.0) * np.where(lesion, bright, 1.0)
+        out[mod] = (gain * v).astype(np.float32)
+    return out
+
+
+def test_median_normalization_is_not_moved_by_the_lesion():
+    # The 99.5th percentile of a bright lesion's modality follows the lesion; the median does not (much).
+    small, big = _lesioned(0, 0.01, 1.0), _lesioned(0, 0.08, 1.0)
+    affine = np.eye(4)
+    scales = {}
+    for norm in ("median", "percentile"):
+        s = VolumeSettings(["t1", "t2", "flair"], size=16, min_foreground=0.0, norm=norm)
+        a = volume_to_slices(small, affine, s)[1].norm["flair"]
+        b = volume_to_slices(big, affine, s)[1].norm["flair"]
+        scales[norm] = abs(b.scale / a.scale - 1)
+    assert scales["percentile"] > 0.4  # the upper percentile lands in the lesion: the scale jumps
+    assert scales["median"] < 0.1
+
+
+def test_relative_target_normalization_inverts_a_perfect_prediction_exactly(tmp_path):
+    # Training normalizes the target by its sources' parameters; translate has those for a new subject, so
+    # the normalized truth goes back to scanner units to float precision, whatever the subject's gain.
+    for i, (gain, lesion) in enumerate(((0.7, 0.01), (1.0, 0.03), (1.9, 0.08), (2.5, 0.05))):
+        folder = tmp_path / "in" / f"s{i:02d}"
+        folder.mkdir(parents=True)
+        for mod, v in _lesioned(i, lesion, gain).items():
+            nib.save(nib.Nifti1Image(v, OBLIQUE), folder / f"{mod}.nii.gz")
+    volume = VolumeSettings(size=16, min_foreground=0.0, relative={"flair": ["t1", "t2"]})
+    out = tmp_path / "prep"
+    prepare(tmp_path / "in", out, PrepareSettings(split=(0.5, 0.25, 0.25), volume=volume), ["t1", "t2", "flair"],
+            progress=False)
+    manifest = load_manifest(out)
+    settings = settings_from_manifest(manifest)
+    assert settings.relative == {"flair": ["t1", "t2"]}
+    for sub in find_subjects(tmp_path / "in"):
+        vols, affine, _ = load_subject_volumes(sub, ["t1", "t2", "flair"])
+        slices, spec = volume_to_slices(vols, affine, settings)
+        assert spec.norm["flair"].kind == "relative"
+        # translate's view: the sources only, the target's map from theirs
+        _, src_spec = volume_to_slices({m: vols[m] for m in ("t1", "t2")}, affine, settings)
+        from phmdiff.translate import target_norm_for
+
+        norm = target_norm_for(settings, "flair", ["t1", "t2"], src_spec.norm, None, None)
+        back = slices_to_volume(slices[:, 2], spec, "flair", norm=norm)
+        np.testing.assert_allclose(back, vols["flair"], atol=1e-3 * float(vols["flair"].max()))
+    with pytest.raises(ValueError, match="relative normalization"):
+        VolumeSettings(relative={"flair": ["flair"]})

@@ -21,7 +21,7 @@ import numpy as np
 
 from phmdiff import __version__
 from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
-from phmdiff.data.volume import NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
+from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
 
 SPLITS = ("train", "val", "test")
@@ -309,18 +309,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axis", default="auto", choices=("auto", "0", "1", "2"))
     parser.add_argument("--min-foreground", type=float, default=0.05)
     parser.add_argument("--context", type=int, default=0, help="2.5D: neighbouring slices on each side")
-    parser.add_argument("--norm", default="percentile", choices=("percentile", "zscore"))
+    parser.add_argument("--norm", default="median", choices=MR_NORMS, help="MR normalization (default median)")
+    parser.add_argument("--relative", nargs="+", default=[], metavar="TARGET=SRC[,SRC]",
+                        help="normalize a target by its sources' parameters (what a translation run needs)")
     parser.add_argument("--ct-window", nargs=2, type=float, default=(-1024.0, 3071.0), metavar=("LOW", "HIGH"))
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--dry-run", action="store_true", help="list subjects, modalities and problems only")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")
 
 
+def _relative(items: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for item in items:
+        target, _, sources = item.partition("=")
+        if not target or not sources:
+            raise ValueError(f"--relative '{item}' is invalid; expected TARGET=SOURCE[,SOURCE], e.g. flair=t1,t2.")
+        out[target] = sources.split(",")
+    return out
+
+
 def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
     volume = VolumeSettings(
         size=args.size or None, axis=args.axis if args.axis == "auto" else int(args.axis),
         min_foreground=args.min_foreground, context=args.context, norm=args.norm, ct_window=tuple(args.ct_window),
-        fit=args.fit,
+        fit=args.fit, relative=_relative(args.relative),
     )
     return PrepareSettings(layout=args.layout, split=tuple(args.split), split_file=args.split_file, seed=args.seed,
                            dtype=args.dtype, volume=volume)

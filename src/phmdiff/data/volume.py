@@ -21,6 +21,7 @@ from phmdiff.data.readers import Subject, load_png_stack, load_volume
 from phmdiff.fsutil import atomic_write_bytes
 
 CANONICAL = ornt_lib.axcodes2ornt(("R", "A", "S"))
+MR_NORMS = ("median", "percentile", "zscore")
 
 
 @dataclass
@@ -32,15 +33,19 @@ class VolumeSettings:
     axis: str | int = "auto"  # slice axis in RAS: 0 sagittal, 1 coronal, 2 axial; auto = coarsest spacing
     min_foreground: float = 0.05  # keep slices whose foreground fraction is at least this
     context: int = 0  # 2.5D: k neighbouring slices on each side, stored as extra channels per modality
-    norm: str = "percentile"  # MR normalization: percentile | zscore
+    # MR normalization: median (default; the lesion cannot move it) | percentile | zscore
+    norm: str = "median"
     percentiles: tuple[float, float] = (0.5, 99.5)
     ct_window: tuple[float, float] = (-1024.0, 3071.0)  # HU window mapped to [0, 1] for CT modalities
     ct_modalities: tuple[str, ...] = ("ct",)
     fit: str = "pad"  # pad | resize: centred pad/crop, or pad to square then bilinear resize
+    # target -> sources: the target is normalized by its sources' parameters (`relative_norm`), not its own,
+    # so a synthesized target is put back into scanner units exactly, with no guess of its own scale.
+    relative: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.norm not in ("percentile", "zscore"):
-            raise ValueError(f"norm '{self.norm}' is unknown; expected percentile or zscore.")
+        if self.norm not in MR_NORMS:
+            raise ValueError(f"norm '{self.norm}' is unknown; expected one of {', '.join(MR_NORMS)}.")
         if self.fit not in ("pad", "resize"):
             raise ValueError(f"fit '{self.fit}' is unknown; expected pad or resize.")
         if self.axis not in ("auto", 0, 1, 2):
@@ -55,6 +60,10 @@ class VolumeSettings:
         self.ct_window = tuple(float(v) for v in self.ct_window)
         self.ct_modalities = tuple(self.ct_modalities)
         self.modalities = list(self.modalities)
+        self.relative = {str(t): [str(m) for m in srcs] for t, srcs in dict(self.relative or {}).items()}
+        for t, srcs in self.relative.items():
+            if not srcs or t in srcs:
+                raise ValueError(f"relative normalization of '{t}' needs other modalities as sources, got {srcs}.")
 
     @classmethod
     def from_dict(cls, d: dict) -> VolumeSettings:
@@ -155,11 +164,33 @@ def _norm_params(v: np.ndarray, fg: np.ndarray, mod: str, s: VolumeSettings) -> 
     if s.norm == "zscore":  # mean -/+ 3 std -> [0, 1]
         mean, std = float(inside.mean()), float(inside.std())
         return NormParams("zscore", mean - 3.0 * std, 6.0 * std if std > 0 else 1.0)
+    if s.norm == "median":
+        # Background level -> 0, foreground median -> 0.5. A lesion (1-10 % of the foreground) barely moves the
+        # median, while an upper percentile falls inside it: the scale would follow the unknown pathology.
+        lo = float(np.percentile(v, s.percentiles[0]))
+        half = float(np.median(inside)) - lo
+        return NormParams("median", lo, 2.0 * half if half > 0 else 1.0)
     lo, hi = (float(p) for p in np.percentile(inside, s.percentiles))
     if hi <= lo:
         lo, hi = float(v.min()), float(v.max())
     # No clipping: voxels beyond the percentiles stay linear, so the export is exact.
     return NormParams("percentile", lo, hi - lo)
+
+
+def relative_norm(source_norms: dict[str, NormParams], sources: list[str]) -> NormParams:
+    """A target's normalization from its sources' own: mean offset, geometric-mean scale.
+
+    Training normalizes the target this way and `translate` inverts a prediction with the same parameters,
+    which it has (the sources are present): the inversion is exact by construction. The model learns the
+    fixed contrast ratio between target and sources; a per-subject gain shared by all modalities cancels.
+    """
+    norms = [source_norms[m] for m in sources]
+    if any(p.kind == "window" for p in norms):
+        raise ValueError(f"sources {sources} include a fixed-window (CT) modality; a target cannot be normalized "
+                         "relative to a window.")
+    scales = [p.scale for p in norms]
+    scale = float(np.exp(np.mean(np.log(scales)))) if all(v > 0 and np.isfinite(v) for v in scales) else 1.0
+    return NormParams("relative", float(np.mean([p.offset for p in norms])), scale)
 
 
 def _pads(plane: tuple[int, ...], target: tuple[int, ...]) -> list[list[int]]:
@@ -209,6 +240,9 @@ def volume_to_slices(
         per_slice = fg.reshape(fg.shape[0], -1).mean(1)  # (n,)
         fg_count = per_slice if fg_count is None else np.maximum(fg_count, per_slice)
         canonical[mod] = v
+    for target, sources in settings.relative.items():
+        if target in norm and target not in settings.ct_modalities and all(m in norm for m in sources):
+            norm[target] = relative_norm(norm, sources)
     n_slices, plane = canonical[mods[0]].shape[0], canonical[mods[0]].shape[1:]
     indices = np.flatnonzero(fg_count >= settings.min_foreground)
     k = settings.context

@@ -19,7 +19,11 @@ def prepare_settings(cfg):
 
     d = cfg.data
     split = (round(1.0 - d.val_fraction - d.test_fraction, 6), d.val_fraction, d.test_fraction)
-    volume = VolumeSettings(modalities=[*d.sources, d.target], size=d.resolution, min_foreground=d.min_foreground)
+    mods = [*d.sources, d.target]
+    ct = VolumeSettings.__dataclass_fields__["ct_modalities"].default
+    # An MR target from MR sources is normalized by its sources' parameters, so translate inverts it exactly.
+    relative = {d.target: list(d.sources)} if d.sources and not any(m in ct for m in mods) else {}
+    volume = VolumeSettings(modalities=mods, size=d.resolution, min_foreground=d.min_foreground, relative=relative)
     return PrepareSettings(split=split, seed=d.split_seed, volume=volume)
 
 
