@@ -121,9 +121,30 @@ def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]
     return usable
 
 
-def _outputs(out: Path, sid: str, target: str, n_samples: int) -> dict:
+def target_norm_for(settings, target: str, sources: list[str], source_norms: dict, reference, gain) -> object:
+    """The synthesized target's intensity map for one subject, from its own sources' normalization.
+
+    Runs prepared with `relative` normalization trained on exactly this map, so the inversion is exact; older
+    runs scale the training median by the subject's source scales (`prepare.subject_norm`), a guess.
+    """
+    from phmdiff.data.prepare import subject_norm
+    from phmdiff.data.volume import relative_norm
+
+    rel = settings.relative.get(target)
+    if not rel:
+        return subject_norm(reference, gain, source_norms)
+    missing = [m for m in rel if m not in source_norms]
+    if missing:
+        raise ValueError(f"the run normalizes {target} relative to {rel}, but {missing} are not among its sources "
+                         f"{sources}; prepare the data with the run's own sources.")
+    return relative_norm(source_norms, rel)
+
+
+def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = False) -> dict:
     folder = out / sid
     files = {"prediction": folder / f"{sid}_{target}{NII}"}
+    if ceiling:
+        files["ceiling"] = folder / f"{sid}_{target}_ceiling{NII}"
     if n_samples > 1:
         files["std"] = folder / f"{sid}_{target}_std{NII}"
         files["samples"] = [folder / "samples" / f"{sid}_{target}_sample{j}{NII}" for j in range(n_samples)]
@@ -132,9 +153,13 @@ def _outputs(out: Path, sid: str, target: str, n_samples: int) -> dict:
 
 def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
-              overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True) -> dict:
-    """Translate every subject under `input_path`; returns the translate.json content."""
-    from phmdiff.data.prepare import subject_norm
+              overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
+              ceiling: bool = False) -> dict:
+    """Translate every subject under `input_path`; returns the translate.json content.
+
+    With `ceiling`, subjects whose real target is present also get the pipeline ceiling (`phmdiff.ceiling`):
+    their true target sent through normalization, autoencoder and translate's inverse.
+    """
     from phmdiff.data.volume import (
         NormParams,
         VolumeSettings,
@@ -158,10 +183,10 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     sources, target = list(ident["sources"]), ident["target"]
     subjects = find_input_subjects(input_path, ident.get("layout"), sources)
     check_writable_dir(out)
-    planned = {s.id: _outputs(out, s.id, target, n_samples) for s in subjects}
+    planned = {s.id: _outputs(out, s.id, target, n_samples, ceiling and target in s.paths) for s in subjects}
     if not overwrite:  # refuse before any work, so nothing is half replaced
         for files in planned.values():
-            for f in [files["prediction"], files.get("std"), *files.get("samples", [])]:
+            for f in [files["prediction"], files.get("std"), files.get("ceiling"), *files.get("samples", [])]:
                 if f is not None and f.exists():
                     raise ValueError(f"{f}: output exists; pass --overwrite to replace it.")
     settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
@@ -178,7 +203,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         slices, spec = volume_to_slices(volumes, affine, settings)
         del volumes
         k = 2 * spec.context + 1
-        norm = subject_norm(target_norm, ident.get("target_gain"), spec.norm)  # this subject's intensity scale
+        norm = target_norm_for(settings, target, sources, spec.norm, target_norm, ident.get("target_gain"))
         src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
         reference = sub.paths[sources[0]]
         files = planned[sub.id]
@@ -195,11 +220,16 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         write_like(stack.mean(0), reference, files["prediction"])
         if n_samples > 1:
             write_like(stack.std(0), reference, files["std"])
+        if "ceiling" in files:
+            from phmdiff.ceiling import oracle_volume
+
+            write_like(oracle_volume(trained, sub, settings, sources, target, norm), reference, files["ceiling"])
         is_brats = (sub.layout or "").startswith("brats")
         entries.append({
             "subject": sub.id,
             "prediction": str(files["prediction"].relative_to(out)),
             "std": str(files["std"].relative_to(out)) if n_samples > 1 else None,
+            "ceiling": str(files["ceiling"].relative_to(out)) if "ceiling" in files else None,
             "samples": [str(p.relative_to(out)) for p in files.get("samples", [])],
             "reference": str(sub.paths[target].resolve()) if target in sub.paths else None,
             "mask": str(sub.mask.resolve()) if sub.mask and not is_brats else None,
@@ -229,10 +259,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch (results do not depend on it)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
-                     args.seed, args.overwrite, args.batch_size, args.device)
+                     args.seed, args.overwrite, args.batch_size, args.device, ceiling=args.ceiling)
     print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {meta['target']}.", file=sys.stderr)
     return 0

@@ -38,8 +38,12 @@ from phmdiff.fsutil import atomic_write_text, check_writable_dir
 
 SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
                    "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low", "norm_high", "ms_ssim_note")
+# Ceilings scored beside each prediction: the pipeline's (translate --ceiling: the true target through
+# normalization, autoencoder and inverse) and the noise-free one (a phantom's clean target, REF_DIR/noise_free/).
+CEILINGS = ("pipeline_ceiling", "noise_free")
+CEILING_METRICS = ("psnr", "ssim", "lesion_psnr")
 SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "through_plane_pred",
-                "through_plane_ref")
+                "through_plane_ref", *(f"{c}_{m}" for c in CEILINGS for m in CEILING_METRICS))
 _NII = (".nii.gz", ".nii")
 
 
@@ -97,6 +101,7 @@ def collect_subjects(args) -> tuple[list[dict], str]:
                 continue
             subjects.append({**s, "prediction": str(pred / s["prediction"]),
                              "std": str(pred / s["std"]) if s.get("std") else None,
+                             "ceiling": str(pred / s["ceiling"]) if s.get("ceiling") else None,
                              "samples": [str(pred / p) for p in s.get("samples") or []]})
         if not subjects:
             raise ValueError(f"{pred / 'translate.json'}: no subject has a reference; nothing to evaluate.")
@@ -171,6 +176,17 @@ def summarize(rows: list[dict], keys=SUMMARY_KEYS) -> dict:
     return out
 
 
+def _ceilings(s: dict, like) -> dict[str, np.ndarray]:
+    """The ceiling volumes known for one subject (see CEILINGS)."""
+    out = {}
+    if s.get("ceiling"):
+        out["pipeline_ceiling"] = load_volume(s["ceiling"], like, "pipeline ceiling")[0]
+    clean = Path(s["reference"]).parent / "noise_free" / Path(s["reference"]).name
+    if clean.is_file():
+        out["noise_free"] = load_volume(clean, like, "noise-free reference")[0]
+    return out
+
+
 def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_axis: int = -1) -> tuple:
     """Per-subject rows, per-slice rows and the summary for every subject and protocol."""
     subject_rows, slice_rows = [], []
@@ -180,11 +196,16 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
         pred, _ = load_volume(s["prediction"], like, "prediction")
         mask = load_volume(s["mask"], like, "mask")[0] > 0 if s.get("mask") else None
         seg = load_volume(s["seg"], like, "segmentation")[0] if s.get("seg") else None
+        ceilings = _ceilings(s, like)
         for protocol in protocols:
             res = evaluate_subject(pred, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
                                    slice_axis=slice_axis)
             slice_rows += [{"subject": s["subject"], "protocol": protocol, **r} for r in res.pop("slices")]
             row = {"subject": s["subject"], **res}
+            for name, vol in ceilings.items():
+                top = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
+                                       slice_axis=slice_axis)
+                row.update({f"{name}_{m}": top[m] for m in CEILING_METRICS if m in top})
             if protocol == "volume" and len(s.get("samples") or []) >= 2:
                 samples = [load_volume(p, like, "sample")[0] for p in s["samples"]]
                 row.update(evaluate_ensemble(samples, ref, mask=mask, modality=modality, slice_axis=slice_axis))
@@ -219,16 +240,20 @@ def distribution(subjects: list[dict], modality: str, slice_axis: int = -1, ince
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{'protocol':<9} {'n':>3}  {'PSNR (dB)':>16}  {'SSIM':>15}  {'MAE':>15}"]
+    keys = ("psnr", "ssim", "mae", *(f"{c}_psnr" for c in CEILINGS))
+    shown = [k for k in keys if any(k in stats for stats in summary.values())]
+    titles = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "pipeline_ceiling_psnr": "pipeline ceil. (dB)",
+              "noise_free_psnr": "noise-free ceil. (dB)"}
+    lines = [f"{'protocol':<9} {'n':>3}  " + "  ".join(f"{titles[k]:>21}" for k in shown)]
     for protocol, stats in summary.items():
         cells = []
-        for key in ("psnr", "ssim", "mae"):
+        for key in shown:
             st = stats.get(key)
             text = "-" if not st or st["mean"] is None else f"{st['mean']:.4g} +- {st['std']:.2g}"
             if st and st["n_inf"]:
                 text += f" ({st['n_inf']} inf)"
             cells.append(text)
-        lines.append(f"{protocol:<9} {stats['n_subjects']:>3}  {cells[0]:>16}  {cells[1]:>15}  {cells[2]:>15}")
+        lines.append(f"{protocol:<9} {stats['n_subjects']:>3}  " + "  ".join(f"{c:>21}" for c in cells))
     return "\n".join(lines)
 
 

@@ -1,0 +1,40 @@
+"""The pipeline ceiling: what a perfect model would score through PHMDiff's own pipeline.
+
+The true target of a subject is normalized as in training, sent through the run's autoencoder (encode, decode)
+and put back into scanner units with the map `translate` uses for a prediction. Whatever this loses against
+the reference (autoencoder round trip, intensity inversion, padding) no model can win back; scores are read
+beside it, and beside the noise-free ceiling of the phantom (which bounds every method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def round_trip(trained, slices: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Target slices (n, H, W) in normalized units -> the same slices after the autoencoder's encode and decode."""
+    from phmdiff.training.loop import decode_target, encode_sources
+
+    out = np.empty(slices.shape, dtype=np.float32)
+    for lo in range(0, len(slices), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(slices[lo : lo + batch_size, None], dtype=np.float32))
+        x = x.to(trained.device) * 2 - 1  # (n, 1, H, W) in [-1, 1]
+        z = encode_sources(trained.autoencoder, x, trained.latent_scale)
+        out[lo : lo + len(x)] = decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy()
+    return out
+
+
+def oracle_volume(trained, subject, settings, sources: list[str], target: str, norm) -> np.ndarray:
+    """The subject's true target through the pipeline, on its own grid and in its own units (a perfect model)."""
+    from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume, volume_to_slices
+
+    mods = [*sources, target]
+    volumes, affine, _ = load_subject_volumes(subject, mods)
+    slices, spec = volume_to_slices(volumes, affine, VolumeSettings.from_dict({**asdict(settings), "modalities": mods}))
+    k = 2 * spec.context + 1
+    truth = slices[:, len(sources) * k + spec.context]  # (n, H, W): the target as training normalized it
+    return slices_to_volume(round_trip(trained, truth), spec, target, norm=norm)
