@@ -219,15 +219,9 @@ def apply_slicewise(predict, prepared_dir: str | Path, subjects, sources: list[s
     prediction is written as OUT/<id>/<id>_<target>.nii.gz on the input's grid and in its units; returns
     one row per subject with the prediction path and the seconds it took.
     """
-    from phmdiff.data.prepare import (
-        gain_ratios,
-        load_manifest,
-        reference_norm,
-        settings_from_manifest,
-        subject_norm,
-    )
+    from phmdiff.data.prepare import gain_ratios, load_manifest, reference_norm, settings_from_manifest
     from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume, volume_to_slices, write_like
-    from phmdiff.translate import subject_seed
+    from phmdiff.translate import subject_seed, target_norm_for
 
     manifest = load_manifest(prepared_dir)
     settings = VolumeSettings.from_dict({**settings_from_manifest(manifest).__dict__, "modalities": sources})
@@ -241,7 +235,7 @@ def apply_slicewise(predict, prepared_dir: str | Path, subjects, sources: list[s
         seeds = [subject_seed(seed, sub.id, 0, int(i)) for i in spec.indices]
         pred = predict(np.ascontiguousarray(src, dtype=np.float32), seeds)
         path = Path(out_dir) / sub.id / f"{sub.id}_{target}.nii.gz"
-        norm = subject_norm(reference, ratios, spec.norm)  # the target's scale from this subject's sources
+        norm = target_norm_for(settings, target, sources, spec.norm, reference, ratios)  # translate's own map
         write_like(slices_to_volume(pred, spec, target, norm=norm), sub.paths[sources[0]], path)
         rows.append({"subject": sub.id, "prediction": str(path), "seconds": time.perf_counter() - tic})
     return rows
