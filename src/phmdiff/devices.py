@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
-
 
 def mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)

@@ -376,12 +376,22 @@ def drop_condition(kwargs: dict, prob: float, generator: torch.Generator | None 
     """Classifier-free guidance training: per sample, with probability `prob`, replace the condition by null."""
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"Condition dropout probability must be in [0, 1], got {prob}.")
-    out = dict(kwargs)
-    cond = out.get("cond")
+    cond = kwargs.get("cond")
     if cond is None or prob == 0.0:
-        return out
+        return dict(kwargs)
+    keep = (torch.rand(cond.shape[0], generator=generator) >= prob).to(device=cond.device)  # (N,)
+    return keep_condition(kwargs, keep, num_sources)
+
+
+def keep_condition(kwargs: dict, keep: torch.Tensor, num_sources: int | None = None) -> dict:
+    """The kwargs with the condition of the samples where `keep` (N,) is false replaced by null (cond, avail zeroed).
+
+    Split from `drop_condition` so one draw of `keep` can serve several calls (the pyramid objective drops the
+    same examples at two levels).
+    """
+    out = dict(kwargs)
+    cond = out["cond"]
     n = cond.shape[0]
-    keep = (torch.rand(n, generator=generator) >= prob).to(device=cond.device)  # (N,)
     out["cond"] = cond * keep.to(cond.dtype).reshape(n, *([1] * (cond.dim() - 1)))
     avail = out.get("avail")
     if avail is None:

@@ -105,9 +105,9 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
     """Train, evaluate, scale and save the autoencoder to `autoencoder_path(cfg)`; returns the report."""
     from phmdiff.autoencoder import save_autoencoder
     from phmdiff.devices import choose_device
+    from phmdiff.inference import autoencoder_path
     from phmdiff.losses import ssim as ssim_loss
     from phmdiff.training.distributed import seed_everything
-    from phmdiff.training.loop import autoencoder_path
 
     a = cfg.model.autoencoder
     out = autoencoder_path(cfg)
