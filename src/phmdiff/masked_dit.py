@@ -104,7 +104,9 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([args.cos(), args.sin()], dim=-1)  # (N, dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+        # The features are computed in float32 for accuracy, then meet the MLP in its own dtype (bf16 weights).
+        features = self.timestep_embedding(t, self.frequency_embedding_size)  # (N, dim)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class Attention(nn.Module):
@@ -254,10 +256,11 @@ class MaskedDiT(nn.Module):
         return (p for name, p in self.named_parameters() if not name.startswith(decoder_names))
 
     def pos_embed(self, dim: int, h: int, w: int, device) -> torch.Tensor:
-        """Fixed 2D sin-cos positions for any grid, cached per (dim, grid, device)."""
-        key = (dim, h, w, str(device))
+        """Fixed 2D sin-cos positions for any grid in the weights' dtype, cached per (dim, grid, device, dtype)."""
+        dtype = self.x_embedder.proj.weight.dtype  # float32 positions would promote bf16 tokens back to float32
+        key = (dim, h, w, str(device), dtype)
         if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_2d(dim, h, w).to(device)[None]  # (1, T, dim)
+            self._pos_cache[key] = sincos_2d(dim, h, w).to(device=device, dtype=dtype)[None]  # (1, T, dim)
         return self._pos_cache[key]
 
     def unpatchify(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
