@@ -167,7 +167,7 @@ def run_task(task: Task, args, autoencoders: dict) -> dict:
     # every modality of the first task of that anatomy), reused by the later tasks, as a user would.
     if task.kind not in autoencoders:
         ae = train_autoencoder(cfg, args.ae_steps)
-        from phmdiff.training.loop import autoencoder_path
+        from phmdiff.inference import autoencoder_path
 
         autoencoders[task.kind] = {**ae, "path": str(autoencoder_path(cfg)), "trained_for": task.name}
     else:

@@ -76,22 +76,20 @@ def curve(trained, counter: CountingDenoiser, source: torch.Tensor, target: np.n
           seeds: list[int], plan: list[dict], batch: int = 64) -> list[dict]:
     """PSNR (prepared [0, 1] units, data range 1, foreground) of each sampling setting in `plan`."""
     from phmdiff.eval.metrics import psnr
-    from phmdiff.hierarchy import sample_pyramid
-    from phmdiff.training.loop import decode_target, encode_sources
+    from phmdiff.inference import SamplingSettings, decode_target, encode_sources, sample_latents
 
     cfg, dev = trained.cfg, trained.device
     label = trained.identity["data"]["modalities"].index(trained.identity["target"])
     rows = []
     for p in plan:
         counter.calls, pred, tic = 0, [], time.perf_counter()
+        settings = SamplingSettings(p["sampler"], p["num_steps"], p["fine_num_steps"], p["sigma_start"], guidance=1.0)
         for lo in range(0, source.shape[0], batch):
             x = source[lo : lo + batch].to(dev)
             n = x.shape[0]
             cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
-            z = sample_pyramid(counter, cond, torch.ones(n, x.shape[1], device=dev),
-                               torch.full((n,), label, device=dev), seeds[lo : lo + n], cfg.model.pyramid_levels,
-                               cfg.model.in_channels, p["sampler"], p["num_steps"], p["fine_num_steps"],
-                               p["sigma_start"])
+            z = sample_latents(counter, cond, torch.ones(n, x.shape[1], device=dev),
+                               torch.full((n,), label, device=dev), seeds[lo : lo + n], cfg.model, settings)
             pred.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
             calls_per_slice = counter.calls  # every batch makes the same calls
             counter.calls = 0
@@ -143,7 +141,8 @@ def main(argv=None) -> int:
     work = ensure_run(args)
 
     from phmdiff.data.datasets import PairedSlices
-    from phmdiff.translate import load_trained, subject_seed
+    from phmdiff.inference import load_trained
+    from phmdiff.translate import subject_seed
 
     trained = load_trained(work / "run", device="cpu")
     ident = trained.identity

@@ -13,3 +13,26 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+import pytest  # noqa: E402
+
+from phmdiff.diffusion.edm import EDMPrecond  # noqa: E402
+from phmdiff.masked_dit import build_masked_dit  # noqa: E402
+
+
+def tiny_pyramid_denoiser(seed: int = 0, levels: int = 2) -> EDMPrecond:
+    """A 2-level, 1-source, 2-channel MaskedDiT with random weights (no adaLN-Zero identity), in EDMPrecond."""
+    net = build_masked_dit("PHMDiff-T/2", input_size=8, latent_channels=2, num_sources=1, num_levels=levels,
+                           num_targets=2, hidden_size=32, depth=2, num_heads=2, decoder_depth=1,
+                           decoder_hidden_size=32, decoder_num_heads=2)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return EDMPrecond(net)
+
+
+@pytest.fixture
+def tiny_denoiser() -> EDMPrecond:
+    return tiny_pyramid_denoiser()

@@ -245,3 +245,23 @@ def test_mask_tokens_carry_the_source_condition_at_their_position(aware):
         assert changed[masked_px].min() > 1e-4
     else:
         assert changed.max() < 1e-5
+
+
+def test_bf16_weights_run_and_agree_with_float32():
+    """A model cast to bf16 (large presets on CPU or a small GPU) runs a forward and the pyramid sampler."""
+    from phmdiff.diffusion.edm import EDMPrecond
+    from phmdiff.sample import sample_pyramid
+
+    model = _randomized(build_masked_dit("PHMDiff-T/2", **TINY), seed=1).eval()
+    inp = _inputs()
+    ref = model(**inp, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    half = _randomized(build_masked_dit("PHMDiff-T/2", **TINY), seed=1).eval().to(torch.bfloat16)
+    out = half(**{**inp, "x": inp["x"].bfloat16()}, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    seeds, label = [0, 1], torch.tensor([0, 1])
+    kw = dict(levels=2, latent_channels=4, sampler="heun", num_steps=3, fine_num_steps=2, guidance=2.0)
+    z16 = sample_pyramid(EDMPrecond(half), inp["cond"], inp["avail"], label, seeds, **kw)
+    z32 = sample_pyramid(EDMPrecond(model), inp["cond"], inp["avail"], label, seeds, **kw)
+    assert z16.dtype == torch.float32 and torch.isfinite(z16).all()
+    assert (z16 - z32).abs().max() < 0.1 * z32.abs().max()

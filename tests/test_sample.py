@@ -19,11 +19,13 @@ from phmdiff.sample import (
     edm_sampler,
     get_sigmas_karras,
     guided_denoiser,
+    level_kwargs,
     sample,
     sample_ddim,
     sample_dpmpp_2m,
     sample_euler,
     sample_heun,
+    sample_pyramid,
 )
 
 S = 0.5
@@ -277,3 +279,85 @@ def test_quantized_ddpm_network_with_edm_sampler_uses_training_sigmas():
     grid = np.sqrt((1 - abar) / abar)
     assert T == pytest.approx(grid[np.argmin(np.abs(np.log(grid) - np.log(80.0)))])
     assert rel_err(out, ode_solution(noise, T)) < 2e-3
+
+
+# ---- the pyramid sampler -----------------------------------------------------------------------------------------
+
+
+def _pyramid_noise(seeds, shapes, channels=2):
+    """The noise sample_pyramid draws per level (coarsest first), from the same per-sample generators."""
+    rng = StackedRandomGenerator("cpu", seeds)
+    return [rng.randn([len(seeds), channels, *shape], dtype=torch.float32) for shape in shapes]
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
+def test_sample_pyramid_one_level_follows_the_gaussian_ode(sampler):
+    seeds = [5, 6, 7]
+    src = torch.zeros(3, 2, 8, 8)
+    out = sample_pyramid(ideal(), src, torch.ones(3, 1), None, seeds, levels=1, latent_channels=2,
+                         sampler=sampler, num_steps=200)
+    (noise,) = _pyramid_noise(seeds, [(8, 8)])
+    assert rel_err(out, ode_solution(noise, 80.0)) < 2e-3
+
+
+def test_sample_pyramid_two_levels_restart_from_the_upsampled_coarse_result():
+    """Level 1 solves the ODE from sigma_max; level 0 from upsample(level 1) + sigma_start * n, in closed form."""
+    seeds, sigma_start = [5, 6, 7], 2.0
+    src = torch.zeros(3, 2, 8, 8)
+    out = sample_pyramid(ideal(), src, torch.ones(3, 1), None, seeds, levels=2, latent_channels=2, sampler="heun",
+                         num_steps=200, fine_num_steps=100, sigma_start=sigma_start)
+    coarse_noise, fine_noise = _pyramid_noise(seeds, [(4, 4), (8, 8)])
+    coarse = level_kwargs([src, src[:, :, ::2, ::2]], ode_solution(coarse_noise, 80.0), 0, None, None)["coarse"]
+    expected = (coarse + fine_noise * sigma_start) * S / math.sqrt(S**2 + sigma_start**2)
+    assert float((out - expected).abs().max() / expected.abs().max()) < 2e-3
+    wrong = (coarse + fine_noise * 3.0) * S / math.sqrt(S**2 + 3.0**2)  # the check can fail
+    assert float((out - wrong).abs().max() / wrong.abs().max()) > 2e-2
+
+
+@pytest.mark.parametrize("sampler,guidance", [("heun", 1.0), ("dpmpp_2m", 2.0)])
+def test_sample_pyramid_does_not_depend_on_the_batch(tiny_denoiser, sampler, guidance):
+    D = tiny_denoiser.eval()
+    src = torch.randn(5, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    avail, label, seeds = torch.ones(5, 1), torch.tensor([0, 1, 0, 1, 1]), [10, 11, 12, 13, 14]
+    kw = dict(levels=2, latent_channels=2, sampler=sampler, num_steps=3, fine_num_steps=2, guidance=guidance)
+    whole = sample_pyramid(D, src, avail, label, seeds, **kw)
+    parts = torch.cat([sample_pyramid(D, src[:2], avail[:2], label[:2], seeds[:2], **kw),
+                       sample_pyramid(D, src[2:], avail[2:], label[2:], seeds[2:], **kw)])
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+    alone = sample_pyramid(D, src[3:4], avail[3:4], label[3:4], seeds[3:4], **kw)
+    torch.testing.assert_close(alone, whole[3:4], rtol=0, atol=1e-5)
+    other = sample_pyramid(D, src[3:4], avail[3:4], label[3:4], [99], **kw)
+    assert float((other - alone).abs().max()) > 1e-2  # another seed, another sample
+
+
+# Computed once (re-pinned after the pyramid half-pixel fix and source-aware mask tokens), so a change of
+# behaviour anywhere in the sampler, the pyramid or the network shows up here (diffusers-style full loop).
+PINNED = {
+    ("heun", 1.0): ([[-0.10744, 1.048462, 0.088608], [2.471299, 0.555043, 0.323288],
+                     [-0.332545, 3.421607, 1.236657]], 21.60221),
+    ("dpmpp_2m", 2.0): ([[0.282326, 0.67121, 0.214092], [0.82379, 0.506108, -0.272887],
+                         [0.211353, 0.741229, -0.116571]], 3.72556),
+}
+
+
+@pytest.mark.parametrize("sampler,guidance", list(PINNED))
+def test_sample_pyramid_full_loop_value_is_pinned(tiny_denoiser, sampler, guidance):
+    src = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    z = sample_pyramid(tiny_denoiser.eval(), src, torch.ones(3, 1), torch.tensor([0, 1, 0]), [0, 1, 2], levels=2,
+                       latent_channels=2, sampler=sampler, num_steps=3, fine_num_steps=2, sigma_start=2.0,
+                       guidance=guidance)
+    corner, total = PINNED[sampler, guidance]
+    assert z.shape == (3, 2, 8, 8)
+    torch.testing.assert_close(z[:, 0, 0, :3], torch.tensor(corner), rtol=0, atol=1e-4)
+    assert float(z.sum()) == pytest.approx(total, abs=1e-3)
+
+
+def test_sample_pyramid_refuses_bad_settings(tiny_denoiser):
+    src = torch.zeros(2, 2, 8, 8)
+    kw = dict(levels=2, latent_channels=2)
+    with pytest.raises(ValueError, match="one seed per sample"):
+        sample_pyramid(tiny_denoiser, src, torch.ones(2, 1), None, [0], **kw)
+    with pytest.raises(ValueError, match="steps must be positive"):
+        sample_pyramid(tiny_denoiser, src, torch.ones(2, 1), None, [0, 1], num_steps=0, **kw)
+    with pytest.raises(ValueError, match="expected one of heun"):
+        sample_pyramid(tiny_denoiser, src, torch.ones(2, 1), None, [0, 1], sampler="lms", **kw)

@@ -17,7 +17,7 @@ import torch
 @torch.no_grad()
 def round_trip(trained, slices: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Target slices (n, H, W) in normalized units -> the same slices after the autoencoder's encode and decode."""
-    from phmdiff.training.loop import decode_target, encode_sources
+    from phmdiff.inference import decode_target, encode_sources
 
     out = np.empty(slices.shape, dtype=np.float32)
     for lo in range(0, len(slices), batch_size):

@@ -81,6 +81,8 @@ class ModelConfig:
     mask_ratio: float = 0.5
     mask_ratio_fn: str = "constant"
     mask_ratio_min: float = 0.0
+    mask_block_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])  # token block sizes of multi-scale masks
+    source_aware_mask_tokens: bool = True  # the mask decoder sees the sources at every token (masked ones too)
     mae_loss_coef: float = 0.1
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     pyramid_levels: int = 3
@@ -285,6 +287,11 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         "model.class_dropout_prob": m.class_dropout_prob,
     }.items():
         _check(0 <= value < 1, origin, f"'{key}' is {value}; expected a number in [0, 1).")
+    _check(
+        len(m.mask_block_sizes) > 0 and all(b >= 1 for b in m.mask_block_sizes),
+        origin,
+        f"'model.mask_block_sizes' is {list(m.mask_block_sizes)}; expected one or more positive whole numbers.",
+    )
     _check(
         m.mask_ratio_min <= m.mask_ratio,
         origin,

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phmdiff.config import DEVICES, SAMPLERS
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_writable_dir
+from phmdiff.inference import decode_target, encode_sources, load_trained
 
 MAX_SEEDS = 100_000
 
@@ -67,10 +69,6 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     """Sample one slice per seed; writes OUT/png/seedNNNNNN.png, OUT/grid.png, OUT/samples.nii.gz."""
     import nibabel as nib
 
-    from phmdiff.hierarchy import sample_pyramid
-    from phmdiff.training.loop import decode_target, encode_sources
-    from phmdiff.translate import load_trained
-
     if steps is not None and steps < 1:
         raise ValueError(f"--steps is {steps}; expected a positive number of sampling steps.")
     if batch_size < 1:
@@ -81,9 +79,9 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     if (out / "grid.png").exists() and not overwrite:
         raise ValueError(f"{out / 'grid.png'}: output exists; pass --overwrite to replace it.")
     trained = load_trained(run, device)
+    settings = trained.settings(sampler, steps, guidance)
     cfg, ident, dev = trained.cfg, trained.identity, trained.device
     n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
-    label = ident["data"]["modalities"].index(ident["target"])
     sources = None
     if condition != "none":
         from phmdiff.data.datasets import PairedSlices
@@ -91,7 +89,6 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
         sources = PairedSlices(ident["data"]["prepared_dir"], condition, ident["sources"], ident["target"])
         if len(sources) == 0:
             raise ValueError(f"the {condition} split has no slices to condition on.")
-    e = cfg.eval
     images = []
     for lo in range(0, len(seeds), batch_size):
         chunk = seeds[lo : lo + batch_size]
@@ -104,10 +101,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
             src = torch.stack([sources[s % len(sources)]["source"][k // 2 :: k] for s in chunk]).to(dev)
             cond = encode_sources(trained.autoencoder, src, trained.latent_scale)
             avail = torch.ones(n, n_src, device=dev)
-        z = sample_pyramid(trained.denoiser, cond, avail, torch.full((n,), label, device=dev), chunk,
-                           cfg.model.pyramid_levels, c, sampler or e.sampler, steps or e.num_steps,
-                           min(e.fine_num_steps, steps or e.fine_num_steps), e.sigma_start,
-                           e.guidance if guidance is None else guidance)
+        z = trained.sample(cond, avail, chunk, settings)
         images.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
     images = np.concatenate(images)  # (N, H, W) in [0, 1]
     for s, img in zip(seeds, images):
@@ -116,8 +110,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     with atomic_path(out / "samples.nii.gz") as tmp:
         nib.save(nib.Nifti1Image(np.ascontiguousarray(images.transpose(1, 2, 0), dtype=np.float32), np.eye(4)), tmp)
     meta = {"run": str(trained.checkpoint), "seeds": seeds, "condition": condition, "target": ident["target"],
-            "sampler": sampler or e.sampler, "steps": steps or e.num_steps,
-            "guidance": e.guidance if guidance is None else guidance}
+            "sampler": settings.sampler, "steps": settings.num_steps, "guidance": settings.guidance}
     atomic_write_text(out / "generate.json", json.dumps(meta, indent=1))
     return meta
 
@@ -127,12 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seeds", default="0-63", help="seeds such as 0-63 or 1,5,9 (one sample per seed)")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--sampler", choices=("heun", "dpmpp_2m", "euler", "ddim"), default=None)
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none",
                         help="unconditional (none) or conditioned on the source slices of a prepared split")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (results do not depend on it)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--overwrite", action="store_true")
 
 

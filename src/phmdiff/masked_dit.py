@@ -107,7 +107,9 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([args.cos(), args.sin()], dim=-1)  # (N, dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+        # The features are computed in float32 for accuracy, then meet the MLP in its own dtype (bf16 weights).
+        features = self.timestep_embedding(t, self.frequency_embedding_size)  # (N, dim)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class Attention(nn.Module):
@@ -263,10 +265,11 @@ class MaskedDiT(nn.Module):
         return (p for name, p in self.named_parameters() if not name.startswith(decoder_names))
 
     def pos_embed(self, dim: int, h: int, w: int, device) -> torch.Tensor:
-        """Fixed 2D sin-cos positions for any grid, cached per (dim, grid, device)."""
-        key = (dim, h, w, str(device))
+        """Fixed 2D sin-cos positions for any grid in the weights' dtype, cached per (dim, grid, device, dtype)."""
+        dtype = self.x_embedder.proj.weight.dtype  # float32 positions would promote bf16 tokens back to float32
+        key = (dim, h, w, str(device), dtype)
         if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_2d(dim, h, w).to(device)[None]  # (1, T, dim)
+            self._pos_cache[key] = sincos_2d(dim, h, w).to(device=device, dtype=dtype)[None]  # (1, T, dim)
         return self._pos_cache[key]
 
     def unpatchify(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -388,12 +391,22 @@ def drop_condition(kwargs: dict, prob: float, generator: torch.Generator | None 
     """Classifier-free guidance training: per sample, with probability `prob`, replace the condition by null."""
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"Condition dropout probability must be in [0, 1], got {prob}.")
-    out = dict(kwargs)
-    cond = out.get("cond")
+    cond = kwargs.get("cond")
     if cond is None or prob == 0.0:
-        return out
+        return dict(kwargs)
+    keep = (torch.rand(cond.shape[0], generator=generator) >= prob).to(device=cond.device)  # (N,)
+    return keep_condition(kwargs, keep, num_sources)
+
+
+def keep_condition(kwargs: dict, keep: torch.Tensor, num_sources: int | None = None) -> dict:
+    """The kwargs with the condition of the samples where `keep` (N,) is false replaced by null (cond, avail zeroed).
+
+    Split from `drop_condition` so one draw of `keep` can serve several calls (the pyramid objective drops the
+    same examples at two levels).
+    """
+    out = dict(kwargs)
+    cond = out["cond"]
     n = cond.shape[0]
-    keep = (torch.rand(n, generator=generator) >= prob).to(device=cond.device)  # (N,)
     out["cond"] = cond * keep.to(cond.dtype).reshape(n, *([1] * (cond.dim() - 1)))
     avail = out.get("avail")
     if avail is None:

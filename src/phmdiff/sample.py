@@ -2,7 +2,10 @@
 
 EDM's Heun sampler (Karras et al. 2022, Algorithm 2) and its generalized ablation sampler, k-diffusion-style
 samplers `sampler(denoiser, x, sigmas, extra_args=None, callback=None, **options)` (Euler, Heun, DDIM,
-DPM-Solver++(2M)), the Karras noise schedule, per-sample seeding and classifier-free guidance.
+DPM-Solver++(2M)), the Karras noise schedule, per-sample seeding, classifier-free guidance, and the PHMDiff
+pyramid sampler `sample_pyramid`, which runs one of the k-diffusion-style samplers per pyramid level, coarse
+to fine: the coarsest level from pure noise, each finer level from the upsampled coarser result noised to
+`sigma_start`, which needs far fewer steps than starting from sigma_max.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import numpy as np
 import torch
 
 from .diffusion.edm import as_sigma
+from .masked_dit import null_condition
+from .pyramid import gaussian_pyramid, level_shapes, upsample
 
 
 def _first(out):
@@ -362,3 +367,52 @@ def sample(denoiser, noise, sampler="heun", num_steps=18, sigma_min=0.002, sigma
         x = x + x_init.to(torch.float64)
     x = SAMPLERS[sampler](denoiser, x, sigmas, extra_args=model_kwargs, disable=not progress, **options)
     return x.to(noise.dtype)
+
+
+def level_kwargs(src_pyr: list[torch.Tensor], coarse_target: torch.Tensor | None, level: int, avail: torch.Tensor,
+                 target_label: torch.Tensor | None) -> dict:
+    """Model kwargs at one level: the source at that level and the (upsampled) coarser target, if any."""
+    cond = src_pyr[level]
+    coarse = None if coarse_target is None else upsample(coarse_target, cond.shape[2:])
+    return {"cond": cond, "avail": avail, "coarse": coarse, "level": level, "target_label": target_label}
+
+
+@torch.no_grad()
+def sample_pyramid(denoiser, source: torch.Tensor, avail: torch.Tensor, target_label: torch.Tensor | None,
+                   seeds: list[int], levels: int, latent_channels: int, sampler: str = "heun", num_steps: int = 18,
+                   fine_num_steps: int = 8, sigma_start: float = 2.0, guidance: float = 1.0,
+                   sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
+    """Coarse-to-fine sampling of the target latents (N, C, H, W) given the source latents (N, n_src*C, H, W).
+
+    Every random draw comes from the sample's own seed (`StackedRandomGenerator`), so a sample does not
+    depend on the batch it is in.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not available for pyramid sampling; expected one of "
+                         f"{', '.join(SAMPLERS)}.")
+    if len(seeds) != source.shape[0]:
+        raise ValueError(f"got {len(seeds)} seeds for {source.shape[0]} samples; expected one seed per sample.")
+    if num_steps < 1 or fine_num_steps < 1:
+        raise ValueError(f"steps must be positive, got num_steps={num_steps} and fine_num_steps={fine_num_steps}.")
+    device = source.device
+    sigma_min = max(sigma_min, float(getattr(denoiser, "sigma_min", 0.0)))
+    sigma_max = min(sigma_max, float(getattr(denoiser, "sigma_max", math.inf)))
+    rng = StackedRandomGenerator(device, seeds)
+    src_pyr = gaussian_pyramid(source, levels)  # finest first
+    shapes = level_shapes(source.shape[2:], levels)
+    step = SAMPLERS[sampler]
+    n = source.shape[0]
+    x = None
+    for level in reversed(range(levels)):
+        kwargs = level_kwargs(src_pyr, x, level, avail, target_label)
+        noise = rng.randn([n, latent_channels, *shapes[level]], device=device, dtype=torch.float32)
+        if x is None:  # the coarsest level starts from pure noise
+            sigmas = get_sigmas_karras(num_steps, sigma_min, sigma_max, device=device).float()
+            x_init = noise * sigmas[0]
+        else:  # finer levels refine the upsampled coarser result, partially re-noised
+            start = min(sigma_start, sigma_max)
+            sigmas = get_sigmas_karras(fine_num_steps, sigma_min, start, device=device).float()
+            x_init = kwargs["coarse"] + noise * sigmas[0]
+        D = denoiser if guidance == 1.0 else guided_denoiser(denoiser, guidance, null_condition(kwargs))
+        x = step(D, x_init, sigmas, extra_args=kwargs, disable=True)
+    return x

@@ -15,60 +15,17 @@ import argparse
 import json
 import sys
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from phmdiff.config import DEVICES, SAMPLERS
 from phmdiff.fsutil import atomic_write_text, check_writable_dir
+from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, load_trained
 
 NII = ".nii.gz"
-
-
-@dataclass
-class TrainedRun:
-    """A trained run ready for inference: EMA denoiser, autoencoder, config and data identity."""
-
-    denoiser: torch.nn.Module
-    autoencoder: torch.nn.Module
-    cfg: object
-    identity: dict
-    checkpoint: Path
-    device: torch.device
-
-    @property
-    def latent_scale(self) -> float:
-        return float(self.identity["data"]["latent_scale"])
-
-
-def load_trained(run: str | Path, device: str = "auto", which: str = "best") -> TrainedRun:
-    """Load the EMA weights of a run's best (or last) checkpoint and the autoencoder it was trained with."""
-    from phmdiff.config import config_from_yaml
-    from phmdiff.data.latent_cache import autoencoder_id
-    from phmdiff.hierarchy import build_denoiser
-    from phmdiff.training.checkpoint import load_checkpoint, resolve_checkpoint
-    from phmdiff.training.distributed import choose_device
-    from phmdiff.training.loop import autoencoder_path, load_run_autoencoder
-
-    path = resolve_checkpoint(run, which)
-    ckpt = load_checkpoint(path)
-    cfg = config_from_yaml(ckpt.config_yaml, origin=str(path / "config.yaml"))
-    identity = ckpt.meta.get("identity")
-    if not identity:
-        raise ValueError(f"{path}: checkpoint has no data identity; it was not written by phmdiff train.")
-    if not cfg.model.autoencoder.path:  # the autoencoder lives beside the checkpoints of its run
-        beside = path.parent.parent / "autoencoder.safetensors"
-        cfg.model.autoencoder.path = str(beside) if beside.exists() else ""
-    ae_path = autoencoder_path(cfg)
-    if ae_path.exists() and autoencoder_id(ae_path) != identity["data"]["autoencoder_id"]:
-        raise ValueError(f"{ae_path}: this autoencoder is not the one the checkpoint {path} was trained with "
-                         "(its sha256 differs); point model.autoencoder.path at the right one.")
-    dev = choose_device(device)
-    denoiser = build_denoiser(cfg, len(identity["sources"]), len(identity["data"]["modalities"]))
-    denoiser.load_state_dict(ckpt.ema_state or ckpt.model_state)
-    denoiser = denoiser.to(dev).eval().requires_grad_(False)
-    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, identity, path, dev)
 
 
 def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
@@ -77,26 +34,16 @@ def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
 
 
 @torch.no_grad()
-def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], steps: int | None = None,
-                     sampler: str | None = None, guidance: float | None = None, batch_size: int = 16) -> np.ndarray:
+def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], settings: SamplingSettings,
+                     batch_size: int = 16) -> np.ndarray:
     """Source slices (n, n_src, H, W) -> predicted target slices (n, H, W), both in normalized units (about [0, 1])."""
-    from phmdiff.hierarchy import sample_pyramid
-    from phmdiff.training.loop import decode_target, encode_sources
-
-    cfg, dev = trained.cfg, trained.device
-    e = cfg.eval
-    target_label = trained.identity["data"]["modalities"].index(trained.identity["target"])
+    dev = trained.device
     out = np.empty((src.shape[0], *src.shape[2:]), dtype=np.float32)
     for lo in range(0, src.shape[0], batch_size):
         x = torch.from_numpy(np.ascontiguousarray(src[lo : lo + batch_size], dtype=np.float32)).to(dev) * 2 - 1
         n = x.shape[0]
         cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
-        z = sample_pyramid(
-            trained.denoiser, cond, torch.ones(n, x.shape[1], device=dev), torch.full((n,), target_label, device=dev),
-            seeds[lo : lo + n], cfg.model.pyramid_levels, cfg.model.in_channels, sampler or e.sampler,
-            steps or e.num_steps, min(e.fine_num_steps, steps or e.fine_num_steps), e.sigma_start,
-            e.guidance if guidance is None else guidance,
-        )
+        z = trained.sample(cond, torch.ones(n, x.shape[1], device=dev), seeds[lo : lo + n], settings)
         out[lo : lo + n] = decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy()
     return out
 
@@ -179,6 +126,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
     out = Path(out)
     trained = load_trained(run, device)
+    sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
     sources, target = list(ident["sources"]), ident["target"]
     subjects = find_input_subjects(input_path, ident.get("layout"), sources)
@@ -210,7 +158,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         samples = []
         for j in range(n_samples):
             seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
-            pred = translate_slices(trained, src, seeds, steps, sampler, guidance, batch_size)
+            pred = translate_slices(trained, src, seeds, sampling, batch_size)
             samples.append(slices_to_volume(pred, spec, target, norm=norm))
             if n_samples > 1:
                 write_like(samples[-1], reference, files["samples"][j])
@@ -241,8 +189,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     if bar is not None:
         bar.close()
     meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
-            "sampler": sampler or trained.cfg.eval.sampler, "steps": steps or trained.cfg.eval.num_steps,
-            "guidance": trained.cfg.eval.guidance if guidance is None else guidance, "subjects": entries}
+            "sampler": sampling.sampler, "steps": sampling.num_steps, "guidance": sampling.guidance,
+            "subjects": entries}
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
     return meta
 
@@ -252,12 +200,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="a subject folder or a folder of subjects")
     parser.add_argument("--out", required=True, help="output folder for NIfTI volumes and translate.json")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps at the coarsest level")
-    parser.add_argument("--sampler", choices=("heun", "dpmpp_2m", "euler", "ddim"), default=None)
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None)
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--n-samples", type=int, default=1, help="samples per subject: mean and std volumes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch (results do not depend on it)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")

@@ -14,23 +14,59 @@ def test_ddim50_on_1000_steps_keeps_every_20th():
     assert space_timesteps(1000, "ddim1000") == set(range(1000))
 
 
+def guided_diffusion_space_timesteps(num_timesteps, section_counts):
+    """guided-diffusion's respace.space_timesteps for section counts, written out as the original has it."""
+    if isinstance(section_counts, str):
+        section_counts = [int(x) for x in section_counts.split(",")]
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx = 0
+    all_steps = []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < section_count:
+            raise ValueError(f"cannot divide section of {size} steps into {section_count}")
+        if section_count <= 1:
+            frac_stride = 1
+        else:
+            frac_stride = (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        taken_steps = []
+        for _ in range(section_count):
+            taken_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        all_steps += taken_steps
+        start_idx += size
+    return set(all_steps)
+
+
 @pytest.mark.parametrize("counts, num, expected", [
     ("10", 100, set(range(0, 100, 11))),  # stride 99/9 = 11: first and last kept
     ([1, 2], 100, {0, 50, 99}),  # two sections of 50
     ("2,2", 7, {0, 3, 4, 6}),  # sections of 4 and 3 steps
-    ("10,15,20", 300, set(range(0, 100, 11)) | {100 + round(k * 99 / 14) for k in range(15)}
-     | {200 + round(k * 99 / 19) for k in range(20)}),
     ([1000], 1000, set(range(1000))),
 ])
 def test_section_counts(counts, num, expected):
     assert space_timesteps(num, counts) == expected
 
 
+@pytest.mark.parametrize("counts, num", [("10,15,20", 300), ("250", 1000), ("10,20,30", 1000), ("7,13", 50),
+                                         ("3,3,3,3,3", 37), ("25", 25), ("1,1", 10), ("100,100", 1000)])
+def test_section_counts_keep_the_steps_guided_diffusion_keeps(counts, num):
+    assert space_timesteps(num, counts) == guided_diffusion_space_timesteps(num, counts)
+
+
+def test_accumulated_stride_keeps_step_149_of_10_15_20_on_300():
+    """The running sum of the stride 99/14 reaches 49.4999..., not 49.5, at the 8th step of the middle section:
+    guided-diffusion keeps step 149 there, where multiplying the stride (7 * 99/14 = 49.5) would keep 150."""
+    kept = space_timesteps(300, "10,15,20")
+    assert 149 in kept and 150 not in kept
+    assert [len([k for k in kept if lo <= k < lo + 100]) for lo in (0, 100, 200)] == [10, 15, 20]
+
+
 def test_section_count_sizes():
     kept = space_timesteps(1000, "250")
     assert len(kept) == 250 and min(kept) == 0 and max(kept) == 999
-    kept = space_timesteps(300, "10,15,20")
-    assert [len([k for k in kept if lo <= k < lo + 100]) for lo in (0, 100, 200)] == [10, 15, 20]
 
 
 @pytest.mark.parametrize("bad", ["ddim7", "11", "0", "ten", "5,x"])

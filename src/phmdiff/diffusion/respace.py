@@ -38,8 +38,13 @@ def space_timesteps(num_timesteps: int, section_counts) -> set[int]:
         if not 1 <= section_count <= size:
             raise ValueError(f"Cannot keep {section_count} steps of a section of {size} steps "
                              f"(respacing {section_counts} of {num_timesteps}).")
-        stride = 1.0 if section_count <= 1 else (size - 1) / (section_count - 1)
-        all_steps += [start_idx + round(k * stride) for k in range(section_count)]
+        frac_stride = 1.0 if section_count <= 1 else (size - 1) / (section_count - 1)
+        # The stride is accumulated, not multiplied, as in guided-diffusion: the rounding of the running sum
+        # decides which steps are kept (and when two coincide), so the same counts keep the same steps.
+        cur_idx = 0.0
+        for _ in range(section_count):
+            all_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
         start_idx += size
     return set(all_steps)
 

@@ -29,7 +29,7 @@ def prepare_settings(cfg):
 
 def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
     """Run the chosen stages of the training chain for `cfg`; returns what each stage did."""
-    from phmdiff.training.loop import autoencoder_path
+    from phmdiff.inference import autoencoder_path
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -60,7 +60,7 @@ def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
     if "encode" in stages:
         from phmdiff.autoencoder import load_autoencoder
         from phmdiff.data.latent_cache import autoencoder_id, encode_prepared
-        from phmdiff.training.distributed import choose_device
+        from phmdiff.devices import choose_device
 
         path = autoencoder_path(cfg)
         if not d.cache:

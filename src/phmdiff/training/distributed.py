@@ -16,29 +16,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from phmdiff.devices import choose_device
+
 AMP_TO_ACCELERATE = {"bf16": "bf16", "fp16": "fp16", "no": "no"}
-
-
-def mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def choose_device(preference: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU; an explicit choice that is not available is refused with a sentence."""
-    if preference == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use train.device=auto or cpu.")
-    if preference == "mps" and not mps_available():
-        raise ValueError("device 'mps' was requested but Apple MPS is not available; use train.device=auto or cpu.")
-    if preference not in ("cuda", "mps", "cpu"):
-        raise ValueError(f"device {preference!r} is unknown; expected auto, cuda, mps or cpu.")
-    return torch.device(preference)
 
 
 def launched_distributed() -> bool:

@@ -21,8 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, to_yaml
+from phmdiff.factory import build_denoiser, build_objective
 from phmdiff.fsutil import atomic_write_text
-from phmdiff.hierarchy import PyramidObjective, build_denoiser, sample_pyramid
+from phmdiff.inference import SamplingSettings, decode_target, encode_sources, load_run_autoencoder, sample_latents
 from phmdiff.training import checkpoint as ckpt_lib
 from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
 from phmdiff.training.ema import EMA
@@ -118,13 +119,6 @@ def _fmt(value) -> str:
     return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def autoencoder_path(cfg: Config) -> Path:
-    """Where the run's autoencoder lives: model.autoencoder.path, else RUN/autoencoder.safetensors."""
-    if cfg.model.autoencoder.path:
-        return Path(cfg.model.autoencoder.path)
-    return cfg.run_dir / "autoencoder.safetensors"
-
-
 def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None, after_step=None) -> dict:
     """Train until `train.max_num_steps`; returns {"run_dir", "step", "nonfinite_total", "best_psnr", ...}.
 
@@ -185,7 +179,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 writer = SummaryWriter(str(run_dir / "tensorboard"))
             if cfg.wandb.enabled:
                 _init_wandb(cfg, run_dir)
-        model, optimizer = accelerator.prepare(PyramidObjective(denoiser, m), optimizer)
+        model, optimizer = accelerator.prepare(build_objective(denoiser, m), optimizer)
         unwrapped = accelerator.unwrap_model(model).denoiser
         if start is None:  # DDP broadcast rank 0's initial weights; the EMA copy was taken from this rank's own
             ema.module.load_state_dict(unwrapped.state_dict())
@@ -292,29 +286,6 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         cleanup()
 
 
-def load_run_autoencoder(cfg: Config, device) -> torch.nn.Module:
-    """The autoencoder the latent cache was made with, frozen, on `device`."""
-    from phmdiff.autoencoder import load_autoencoder
-
-    path = autoencoder_path(cfg)
-    if not path.exists():
-        raise ValueError(f"{path}: autoencoder not found; run phmdiff train-ae first or set model.autoencoder.path.")
-    return load_autoencoder(path).to(device).eval().requires_grad_(False)
-
-
-def encode_sources(ae, images: torch.Tensor, latent_scale: float) -> torch.Tensor:
-    """Source images (N, n_src, H, W) in [-1, 1] -> scaled posterior means (N, n_src * C, h, w)."""
-    n, n_src = images.shape[:2]
-    z = ae.encode(images.reshape(n * n_src, 1, *images.shape[2:])).mean * latent_scale  # (N * n_src, C, h, w)
-    return z.reshape(n, n_src * z.shape[1], *z.shape[2:])  # (N, n_src * C, h, w)
-
-
-def decode_target(ae, z: torch.Tensor, latent_scale: float) -> torch.Tensor:
-    """Target latents -> images in normalized units (N, 1, H, W); not clipped to [0, 1], since prepared slices
-    keep intensities beyond the normalization percentiles (background and bright tails invert exactly)."""
-    return (ae.decode(z / latent_scale).float() + 1) / 2
-
-
 @torch.no_grad()
 def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict:
     """Few-step coarse-to-fine translation of validation slices; mean PSNR/SSIM in [0, 1] units over all ranks."""
@@ -333,6 +304,7 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
     mine = picks[rank::world]  # validation is split across ranks
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     denoiser.eval()
+    settings = SamplingSettings.resolve(cfg.eval)
     panel = None
     for lo in range(0, len(mine), 16):
         items = [val[int(i)] for i in mine[lo : lo + 16]]
@@ -342,9 +314,7 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
         cond = encode_sources(ae, src, scale)
         avail = torch.ones(len(items), len(cfg.data.sources), device=device)
         label = torch.full((len(items),), items[0]["target_label"], device=device)
-        z = sample_pyramid(denoiser, cond, avail, label, [int(i) for i in mine[lo : lo + 16]],
-                           cfg.model.pyramid_levels, cfg.model.in_channels, cfg.eval.sampler, cfg.eval.num_steps,
-                           cfg.eval.fine_num_steps, cfg.eval.sigma_start, cfg.eval.guidance)
+        z = sample_latents(denoiser, cond, avail, label, [int(i) for i in mine[lo : lo + 16]], cfg.model, settings)
         pred = decode_target(ae, z, scale).cpu()
         for p, r in zip(pred[:, 0].numpy(), ref[:, 0].numpy()):
             sums += torch.tensor([psnr(p, r, data_range=1.0), ssim(p, r, data_range=1.0), 1.0],

@@ -104,9 +104,10 @@ def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> d
 def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = True) -> dict:
     """Train, evaluate, scale and save the autoencoder to `autoencoder_path(cfg)`; returns the report."""
     from phmdiff.autoencoder import save_autoencoder
+    from phmdiff.devices import choose_device
+    from phmdiff.inference import autoencoder_path
     from phmdiff.losses import ssim as ssim_loss
-    from phmdiff.training.distributed import choose_device, seed_everything
-    from phmdiff.training.loop import autoencoder_path
+    from phmdiff.training.distributed import seed_everything
 
     a = cfg.model.autoencoder
     out = autoencoder_path(cfg)

@@ -1,0 +1,135 @@
+"""Inference on a trained run: loading it, encoding sources and decoding targets, and the sampling settings.
+
+`translate`, `generate`, validation during training and the benchmarks share these helpers. Nothing here
+imports the training package: checkpoints are read through `phmdiff.checkpoint_io` and the device is chosen
+by `phmdiff.devices`, so inference works without the training stack (a test checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from phmdiff.autoencoder import load_autoencoder
+from phmdiff.checkpoint_io import load_checkpoint, resolve_checkpoint
+from phmdiff.config import config_from_yaml
+from phmdiff.data.latent_cache import autoencoder_id
+from phmdiff.devices import choose_device
+from phmdiff.factory import build_denoiser
+from phmdiff.sample import sample_pyramid
+
+
+def autoencoder_path(cfg) -> Path:
+    """Where the run's autoencoder lives: model.autoencoder.path, else RUN/autoencoder.safetensors."""
+    if cfg.model.autoencoder.path:
+        return Path(cfg.model.autoencoder.path)
+    return cfg.run_dir / "autoencoder.safetensors"
+
+
+def load_run_autoencoder(cfg, device) -> torch.nn.Module:
+    """The autoencoder the latent cache was made with, frozen, on `device`."""
+    path = autoencoder_path(cfg)
+    if not path.exists():
+        raise ValueError(f"{path}: autoencoder not found; run phmdiff train-ae first or set model.autoencoder.path.")
+    return load_autoencoder(path).to(device).eval().requires_grad_(False)
+
+
+def encode_sources(ae, images: torch.Tensor, latent_scale: float) -> torch.Tensor:
+    """Source images (N, n_src, H, W) in [-1, 1] -> scaled posterior means (N, n_src * C, h, w)."""
+    n, n_src = images.shape[:2]
+    z = ae.encode(images.reshape(n * n_src, 1, *images.shape[2:])).mean * latent_scale  # (N * n_src, C, h, w)
+    return z.reshape(n, n_src * z.shape[1], *z.shape[2:])  # (N, n_src * C, h, w)
+
+
+def decode_target(ae, z: torch.Tensor, latent_scale: float) -> torch.Tensor:
+    """Target latents -> images in normalized units (N, 1, H, W); not clipped to [0, 1], since prepared slices
+    keep intensities beyond the normalization percentiles (background and bright tails invert exactly)."""
+    return (ae.decode(z / latent_scale).float() + 1) / 2
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How the pyramid is sampled: the sampler, its steps at the coarsest and the finer levels, the noise level
+    finer levels restart from, and the classifier-free guidance scale (1 = none)."""
+
+    sampler: str = "heun"
+    num_steps: int = 18
+    fine_num_steps: int = 8
+    sigma_start: float = 2.0
+    guidance: float = 1.0
+
+    @classmethod
+    def resolve(cls, eval_cfg, sampler: str | None = None, steps: int | None = None,
+                guidance: float | None = None) -> SamplingSettings:
+        """`cfg.eval` with the command line's choices on top; `--steps` also caps the finer levels' steps."""
+        return cls(sampler=sampler or eval_cfg.sampler, num_steps=steps or eval_cfg.num_steps,
+                   fine_num_steps=min(eval_cfg.fine_num_steps, steps or eval_cfg.fine_num_steps),
+                   sigma_start=eval_cfg.sigma_start, guidance=eval_cfg.guidance if guidance is None else guidance)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_latents(denoiser, source: torch.Tensor, avail: torch.Tensor, target_label: torch.Tensor | None,
+                   seeds: list[int], model_cfg, settings: SamplingSettings) -> torch.Tensor:
+    """Target latents (N, C, h, w) for the source latents (N, n_src * C, h, w): `sample_pyramid` over the
+    run's pyramid (`model_cfg.pyramid_levels`, `model_cfg.in_channels`) with `settings`, one seed per sample."""
+    s = settings
+    return sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
+                          model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance)
+
+
+@dataclass
+class TrainedRun:
+    """A trained run ready for inference: EMA denoiser, autoencoder, config and data identity."""
+
+    denoiser: torch.nn.Module
+    autoencoder: torch.nn.Module
+    cfg: object
+    identity: dict
+    checkpoint: Path
+    device: torch.device
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.identity["data"]["latent_scale"])
+
+    @property
+    def target_label(self) -> int:
+        """The target modality's index among the prepared modalities (the model's target label)."""
+        return self.identity["data"]["modalities"].index(self.identity["target"])
+
+    def settings(self, sampler: str | None = None, steps: int | None = None,
+                 guidance: float | None = None) -> SamplingSettings:
+        """The run's `cfg.eval` sampling settings with the command line's choices on top."""
+        return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance)
+
+    def sample(self, source: torch.Tensor, avail: torch.Tensor, seeds: list[int],
+               settings: SamplingSettings) -> torch.Tensor:
+        """Target latents for source latents, with this run's denoiser, pyramid and target label."""
+        label = torch.full((source.shape[0],), self.target_label, device=self.device)
+        return sample_latents(self.denoiser, source, avail, label, seeds, self.cfg.model, settings)
+
+
+def load_trained(run: str | Path, device: str = "auto", which: str = "best") -> TrainedRun:
+    """Load the EMA weights of a run's best (or last) checkpoint and the autoencoder it was trained with."""
+    path = resolve_checkpoint(run, which)
+    ckpt = load_checkpoint(path)
+    cfg = config_from_yaml(ckpt.config_yaml, origin=str(path / "config.yaml"))
+    identity = ckpt.meta.get("identity")
+    if not identity:
+        raise ValueError(f"{path}: checkpoint has no data identity; it was not written by phmdiff train.")
+    if not cfg.model.autoencoder.path:  # the autoencoder lives beside the checkpoints of its run
+        beside = path.parent.parent / "autoencoder.safetensors"
+        cfg.model.autoencoder.path = str(beside) if beside.exists() else ""
+    ae_path = autoencoder_path(cfg)
+    if ae_path.exists() and autoencoder_id(ae_path) != identity["data"]["autoencoder_id"]:
+        raise ValueError(f"{ae_path}: this autoencoder is not the one the checkpoint {path} was trained with "
+                         "(its sha256 differs); point model.autoencoder.path at the right one.")
+    dev = choose_device(device)
+    denoiser = build_denoiser(cfg, len(identity["sources"]), len(identity["data"]["modalities"]))
+    denoiser.load_state_dict(ckpt.ema_state or ckpt.model_state)
+    denoiser = denoiser.to(dev).eval().requires_grad_(False)
+    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, identity, path, dev)
