@@ -52,3 +52,14 @@ def test_inference_does_not_import_training(module):
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"importing {module} imports {done.stdout.strip()} {done.stderr[-500:]}"
+
+
+def test_heun_with_too_few_steps_is_warned_about():
+    import warnings
+
+    with pytest.warns(UserWarning, match="cannot integrate"):
+        SamplingSettings(sampler="heun", num_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SamplingSettings(sampler="heun", num_steps=SamplingSettings.MIN_HEUN_STEPS)
+        SamplingSettings(sampler="ddim", num_steps=2)  # a first-order sampler's few steps are its design

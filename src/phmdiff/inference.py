@@ -7,6 +7,7 @@ by `phmdiff.devices`, so inference works without the training stack (a test chec
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,6 +60,16 @@ class SamplingSettings:
     fine_num_steps: int = 8
     sigma_start: float = 2.0
     guidance: float = 1.0
+
+    # Below this many steps from sigma_max, Heun cannot integrate the ODE: one step from sigma 80 to ~0 keeps
+    # about half the starting noise, and the "sample" collapses toward the blurry conditional mean.
+    MIN_HEUN_STEPS = 8
+
+    def __post_init__(self) -> None:
+        if self.sampler == "heun" and self.num_steps < self.MIN_HEUN_STEPS:
+            warnings.warn(f"Heun with {self.num_steps} steps from sigma_max cannot integrate the sampling ODE (the "
+                          f"samples collapse toward a blurry mean); use at least {self.MIN_HEUN_STEPS} steps, or "
+                          "ddim / dpmpp_2m for few steps.", stacklevel=3)
 
     @classmethod
     def resolve(cls, eval_cfg, sampler: str | None = None, steps: int | None = None,
@@ -128,8 +139,11 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best") -> 
     if ae_path.exists() and autoencoder_id(ae_path) != identity["data"]["autoencoder_id"]:
         raise ValueError(f"{ae_path}: this autoencoder is not the one the checkpoint {path} was trained with "
                          "(its sha256 differs); point model.autoencoder.path at the right one.")
+    state = ckpt.ema_state or ckpt.model_state
+    if not any(".decoder_cond_embed." in k for k in state):  # written before source-aware mask tokens existed
+        cfg.model.source_aware_mask_tokens = False
     dev = choose_device(device)
     denoiser = build_denoiser(cfg, len(identity["sources"]), len(identity["data"]["modalities"]))
-    denoiser.load_state_dict(ckpt.ema_state or ckpt.model_state)
+    denoiser.load_state_dict(state)
     denoiser = denoiser.to(dev).eval().requires_grad_(False)
     return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, identity, path, dev)
