@@ -195,10 +195,11 @@ def run_task(task: Task, args, autoencoders: dict) -> dict:
     evaluate("pipeline_ceiling", {sid: out / e["ceiling"] for sid, e in entries.items()}, {"nfe": 0})
 
     # (b) U-Net regression and (c) MONAI DDPM, same budget, applied with translate's per-volume functions.
-    for name, fit, predict, nfe_b in (
+    baselines = () if getattr(args, "phmdiff_only", False) else (
             ("unet_regression", train_unet, predict_unet, 1),
             ("monai_ddpm", train_ddpm, lambda m, s, seeds: predict_ddpm(m, s, seeds, num_steps=args.ddim_steps),
-             args.ddim_steps)):
+             args.ddim_steps))
+    for name, fit, predict, nfe_b in baselines:
         model, fit_info = fit(cfg.data.prepared, task.sources, task.target, args.budget,
                               batch=cfg.train.batchsize if args.quick else 16, seed=args.seed)
         rows = apply_slicewise(lambda s, seeds, m=model, p=predict: p(m, s, seeds), cfg.data.prepared, subjects,

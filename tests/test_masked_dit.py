@@ -265,3 +265,22 @@ def test_bf16_weights_run_and_agree_with_float32():
     z32 = sample_pyramid(EDMPrecond(model), inp["cond"], inp["avail"], label, seeds, **kw)
     assert z16.dtype == torch.float32 and torch.isfinite(z16).all()
     assert (z16 - z32).abs().max() < 0.1 * z32.abs().max()
+
+
+def test_conv_head_starts_as_identity_and_never_sees_the_masked_noisy_target():
+    plain = _randomized(build_masked_dit("PHMDiff-T/2", **TINY), seed=2).eval()
+    headed = build_masked_dit("PHMDiff-T/2", **TINY, conv_head_width=8).eval()
+    missing, _ = headed.load_state_dict(plain.state_dict(), strict=False)
+    assert all(k.startswith("conv_head.") for k in missing)
+    inp = _inputs()
+    torch.testing.assert_close(headed(**inp), plain(**inp))  # zero-initialised last conv: identity at start
+    headed = _randomized(headed, seed=3)
+    kw = dict(mask_ratio=0.5, return_aux=True)
+    out, mask, _ = headed(**inp, generator=torch.Generator().manual_seed(7), **kw)
+    masked_px = mask.reshape(2, 1, 8, 8).repeat_interleave(2, 2).repeat_interleave(2, 3)  # (N, 1, 16, 16)
+    x = inp["x"] + 5.0 * masked_px.float()  # change the noisy target under the masked tokens only
+    out2, _, _ = headed(**{**inp, "x": x}, generator=torch.Generator().manual_seed(7), **kw)
+    torch.testing.assert_close(out2, out)
+    cond = inp["cond"] + 5.0 * masked_px.float()  # the condition does reach the output there
+    out3, _, _ = headed(**{**inp, "cond": cond}, generator=torch.Generator().manual_seed(7), **kw)
+    assert (out3 - out).abs().max() > 1e-3

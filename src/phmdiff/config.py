@@ -83,6 +83,7 @@ class ModelConfig:
     mask_ratio_min: float = 0.0
     mask_block_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])  # token block sizes of multi-scale masks
     source_aware_mask_tokens: bool = True  # the mask decoder sees the sources at every token (masked ones too)
+    conv_head_width: int = 0  # a full-resolution 3x3 conv head after unpatchify (0: none); pixel-space runs
     mae_loss_coef: float = 0.1
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     pyramid_levels: int = 3
@@ -292,6 +293,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         origin,
         f"'model.mask_block_sizes' is {list(m.mask_block_sizes)}; expected one or more positive whole numbers.",
     )
+    _check(m.conv_head_width >= 0, origin, f"'model.conv_head_width' is {m.conv_head_width}; expected 0 (no head) "
+           "or a positive number of channels.")
     _check(
         m.mask_ratio_min <= m.mask_ratio,
         origin,

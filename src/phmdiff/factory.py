@@ -29,6 +29,7 @@ def build_denoiser(cfg, num_sources: int, num_targets: int) -> nn.Module:
         class_dropout_prob=m.class_dropout_prob,
         mask_block_sizes=tuple(m.mask_block_sizes),
         source_aware_mask_tokens=m.source_aware_mask_tokens,
+        conv_head_width=m.conv_head_width,
     )
     if m.precond == "edm":
         return edm.EDMPrecond(net, sigma_data=m.sigma_data)

@@ -42,6 +42,10 @@ class MaskedDiTConfig:
     # The decoder adds the condition (sources, availability, coarse level) to every token, masked ones too, so
     # the masked branch learns to translate from the sources instead of inpainting the target without them.
     source_aware_mask_tokens: bool = True
+    # Width of a small 3x3 convolutional head after the patch-to-image layer (U-ViT's extra conv block), which
+    # sees the prediction and the condition at full resolution: a pixel-wise map from the sources that a linear
+    # unpatchify of p x p patches cannot express cheaply. 0 turns it off.
+    conv_head_width: int = 0
 
     def __post_init__(self):
         self.mask_block_sizes = tuple(int(b) for b in self.mask_block_sizes)
@@ -171,6 +175,23 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+class ConvHead(nn.Module):
+    """F + conv3x3(SiLU(conv3x3([F, condition]))): a full-resolution refinement; the last conv starts at zero,
+    so the head begins as the identity. It sees the condition channels, never the noisy target itself, so a
+    masked token's output still comes from the decoder, not from its own noisy input."""
+
+    def __init__(self, channels: int, cond_channels: int, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels + cond_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, F_x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.conv1(torch.cat([F_x, cond.to(F_x.dtype)], dim=1)))  # (N, width, H, W)
+        return F_x + self.conv2(h)  # (N, C, H, W)
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping p x p patches -> tokens by a strided convolution."""
 
@@ -229,6 +250,8 @@ class MaskedDiT(nn.Module):
                 [DiTBlock(dd, cfg.decoder_num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)])
             out_width = dd
         self.final_layer = FinalLayer(out_width, p, cfg.latent_channels)
+        if cfg.conv_head_width > 0:
+            self.conv_head = ConvHead(cfg.latent_channels, cfg.in_channels - cfg.latent_channels, cfg.conv_head_width)
         self._pos_cache: dict = {}
         self.initialize_weights()
 
@@ -368,6 +391,8 @@ class MaskedDiT(nn.Module):
                 full = out.new_zeros(n, T, out.shape[-1])
                 out = full.scatter(1, ids_keep[:, :, None].expand(-1, -1, out.shape[-1]), out)  # (N, T, p*p*C)
         F_x = self.unpatchify(out, h, w)  # (N, C, H, W)
+        if cfg.conv_head_width > 0:
+            F_x = self.conv_head(F_x, x_in[:, cfg.latent_channels :])
         return (F_x, mask, features) if return_aux else F_x
 
 
