@@ -192,7 +192,8 @@ def run_task(task: Task, args, autoencoders: dict) -> dict:
     evaluate(f"phmdiff_mean{args.n_samples}", {sid: out / e["prediction"] for sid, e in entries.items()},
              {**common_info, "seconds_per_volume": per_volume, "n_samples": args.n_samples})
     # A perfect prediction through normalization, autoencoder and translate's inverse: what the pipeline allows.
-    evaluate("pipeline_ceiling", {sid: out / e["ceiling"] for sid, e in entries.items()}, {"nfe": 0})
+    evaluate("pipeline_ceiling", {sid: out / e["ceiling"] for sid, e in entries.items()},
+             {"nfe": 0, "seconds_per_volume": 0.0})
 
     # (b) U-Net regression and (c) MONAI DDPM, same budget, applied with translate's per-volume functions.
     baselines = () if getattr(args, "phmdiff_only", False) else (

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("speed", "quality", "sampling", "memory")
+SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -75,22 +75,32 @@ def markdown(results_dir: Path) -> str:
                 lines += [f"**{task['task']}** ({' + '.join(task['sources'])} -> {task['target']}; held out: "
                           f"{', '.join(task['test_subjects'])}; budget {r['budget_s_per_method_per_task']:g} s)", ""]
                 lines += _targets(task["targets"], cmd) + [""]
-                lines += ["| method | PSNR dB | SSIM | MAE | NFE | s/volume | train s |",
-                          "|---|---|---|---|---|---|---|"]
+                lines += ["| method | PSNR dB | SSIM | lesion PSNR dB | MAE | NFE | s/volume | train s |",
+                          "|---|---|---|---|---|---|---|---|"]
                 for k, v in task["methods"].items():
-                    train = v.get("train_seconds")
+                    train, lesion = v.get("train_seconds"), v.get("lesion_psnr")
                     lines.append(f"| {k} | {v['psnr']:.2f} +- {v['std']['psnr']:.2f} | {v['ssim']:.4f} | "
+                                 f"{'' if lesion is None else f'{lesion:.2f}'} | "
                                  f"{v['mae']:.4g} {(v.get('subjects') or [{}])[0].get('mae_units', '')} | {v['nfe']} | "
-                                 f"{v['seconds_per_volume']:.2f} | {'' if train is None else f'{train:.0f}'} |")
+                                 f"{v.get('seconds_per_volume', 0.0):.2f} | "
+                                 f"{'' if train is None else f'{train:.0f}'} |")
                 lines.append("")
+        elif name == "ablation":
+            lines += [f"Budget {r['budget_s_per_variant']:g} s per variant, mean of {r['n_samples']} samples. `{cmd}`",
+                      "", "| task | variant | PSNR dB | SSIM | lesion PSNR dB | 1-sample PSNR | steps | "
+                      "pipeline ceiling dB |", "|---|---|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                lesion = "" if x["lesion_psnr"] is None else f"{x['lesion_psnr']:.2f}"
+                lines.append(f"| {x['task']} | {x['variant']} | {x['psnr']:.2f} | {x['ssim']:.4f} | {lesion} | "
+                             f"{x['single_psnr']:.2f} | {x['diffusion_steps']} | {x['pipeline_ceiling_psnr']:.2f} |")
         elif name == "sampling":
             lines += _targets({"sampling": r["target"]}, cmd) + [""]
             lines += ["| curve | best PSNR dB | fewest NFE within 0.1 dB | its PSNR |", "|---|---|---|---|"]
             for k, v in r["fewest_nfe_within_0.1db"].items():
                 lines.append(f"| {k} ({v['curve']}) | {v['best_psnr']:.2f} | {v['nfe']} | {v['psnr']:.2f} |")
-            lines += ["", "| curve | steps (coarse, fine) | NFE | PSNR dB |", "|---|---|---|---|"]
-            lines += [f"| {x['curve']} | {x['num_steps']}, {x['fine_num_steps']} | {x['nfe']} | {x['psnr']:.2f} |"
-                      for x in r["rows"]]
+            lines += ["", "| curve | steps (coarse, fine) | NFE | PSNR dB | spread / error |", "|---|---|---|---|---|"]
+            lines += [f"| {x['curve']} | {x['num_steps']}, {x['fine_num_steps']} | {x['nfe']} | {x['psnr']:.2f} | "
+                      f"{x.get('spread_error_ratio', float('nan')):.2f} |" for x in r["rows"]]
         elif name == "memory":
             lines += _targets({"memory": r["target"]}, cmd) + [""]
             lines += ["| command | peak RSS GB | seconds |", "|---|---|---|"]

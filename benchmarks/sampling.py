@@ -2,6 +2,11 @@
 (Lu et al. 2022), DDIM (Song et al. 2021) and the pyramid's coarse-to-fine start, on held-out phantom slices,
 to find the fewest NFE within 0.1 dB of the best PSNR.
 
+PSNR alone rewards a sampler that collapses toward the blurry conditional mean (one large step from pure noise
+gives it). So each setting also draws a second sample with other seeds and reports the spread-error ratio
+RMS(sample_a - sample_b) / RMS(sample_a - reference): for a sampler that draws from the posterior, the reference
+is one more posterior draw and the ratio is about 1; a collapsed sampler gives about 0 however good its PSNR.
+
 The plain samplers run every pyramid level from pure noise (sigma_max) with the same number of steps; the
 pyramid start runs the coarsest level from noise and refines the finer level from the upsampled coarse result
 re-noised to sigma_start, with fewer steps. Reuses quality.py's PHMDiff run when it has two or more levels,
@@ -26,6 +31,7 @@ from torch import nn
 
 QUALITY_RUN = Path("bench_out") / "quality" / "brain_t1t2_to_flair"
 TARGET_NFE, TOLERANCE_DB = 20, 0.1
+MIN_SPREAD = 0.5  # spread-error ratio below this: the setting collapses toward the mean, not a sampler result
 
 
 class CountingDenoiser(nn.Module):
@@ -74,28 +80,36 @@ def ensure_run(args) -> Path:
 @torch.no_grad()
 def curve(trained, counter: CountingDenoiser, source: torch.Tensor, target: np.ndarray, mask: np.ndarray,
           seeds: list[int], plan: list[dict], batch: int = 64) -> list[dict]:
-    """PSNR (prepared [0, 1] units, data range 1, foreground) of each sampling setting in `plan`."""
+    """PSNR (prepared [0, 1] units, data range 1, foreground) and spread-error ratio of each setting in `plan`."""
     from phmdiff.eval.metrics import psnr
     from phmdiff.inference import SamplingSettings, decode_target, encode_sources, sample_latents
 
     cfg, dev = trained.cfg, trained.device
     label = trained.identity["data"]["modalities"].index(trained.identity["target"])
-    rows = []
-    for p in plan:
-        counter.calls, pred, tic = 0, [], time.perf_counter()
-        settings = SamplingSettings(p["sampler"], p["num_steps"], p["fine_num_steps"], p["sigma_start"], guidance=1.0)
+    def draw(settings, seed_list):
+        pred = []
         for lo in range(0, source.shape[0], batch):
             x = source[lo : lo + batch].to(dev)
             n = x.shape[0]
             cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
             z = sample_latents(counter, cond, torch.ones(n, x.shape[1], device=dev),
-                               torch.full((n,), label, device=dev), seeds[lo : lo + n], cfg.model, settings)
+                               torch.full((n,), label, device=dev), seed_list[lo : lo + n], cfg.model, settings)
             pred.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
-            calls_per_slice = counter.calls  # every batch makes the same calls
-            counter.calls = 0
-        image = np.concatenate(pred)
+        return np.concatenate(pred)
+
+    other_seeds = [s + 1_000_003 for s in seeds]
+    rows = []
+    for p in plan:
+        counter.calls, tic = 0, time.perf_counter()
+        settings = SamplingSettings(p["sampler"], p["num_steps"], p["fine_num_steps"], p["sigma_start"], guidance=1.0)
+        image = draw(settings, seeds)
+        calls_per_slice = counter.calls // -(-source.shape[0] // batch)  # every batch makes the same calls
+        seconds = time.perf_counter() - tic
+        second = draw(settings, other_seeds)
+        spread = float(np.sqrt(np.mean((image - second)[mask] ** 2)))
+        error = float(np.sqrt(np.mean((image - target)[mask] ** 2)))
         rows.append({**p, "nfe": calls_per_slice, "psnr": float(psnr(image, target, 1.0, mask)),
-                     "seconds": time.perf_counter() - tic})
+                     "spread_error_ratio": spread / max(error, 1e-12), "seconds": seconds})
     return rows
 
 
@@ -157,6 +171,9 @@ def main(argv=None) -> int:
     rows = curve(trained, counter, source, target, mask, seeds,
                  plans(trained.cfg.model.pyramid_levels, steps, trained.cfg.eval.sigma_start))
     summary = {"overall": fewest_within(rows)}
+    honest = [r for r in rows if r["spread_error_ratio"] >= MIN_SPREAD]
+    if honest:  # the fewest NFE among settings that still sample (spread-error ratio >= MIN_SPREAD)
+        summary["overall_sampling"] = fewest_within(honest)
     for name in sorted({r["curve"] for r in rows}):
         summary[name] = fewest_within([r for r in rows if r["curve"] == name])
     o = summary["overall"]
@@ -165,7 +182,7 @@ def main(argv=None) -> int:
     results = {"run": str(work), "slices": n, "threads": threads, "quick": args.quick, "rows": rows,
                "fewest_nfe_within_0.1db": summary, "target": target_row, "wall_s": time.perf_counter() - tic}
     path = write_result("sampling", results, "cpu", args.out_dir)
-    print_table(rows, ["curve", "num_steps", "fine_num_steps", "nfe", "psnr", "seconds"])
+    print_table(rows, ["curve", "num_steps", "fine_num_steps", "nfe", "psnr", "spread_error_ratio", "seconds"])
     print_table([{"summary": k, **v} for k, v in summary.items()], ["summary", "curve", "best_psnr", "nfe", "psnr"])
     print(f"fewest NFE within {TOLERANCE_DB} dB of the best: {o['nfe']} ({o['curve']}), target <= {TARGET_NFE}: "
           f"{'met' if target_row['met'] else 'MISSED'}")
