@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phmdiff.fsutil import atomic_write_text, check_writable_dir
+from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 
 NII = ".nii.gz"
 
@@ -156,8 +156,13 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     trained = load_trained(run, device)
     ident = trained.identity
     sources, target = list(ident["sources"]), ident["target"]
+    for name in [target, *sources]:  # they become file names: none may lead outside --out
+        safe_name(name, "modality name", trained.checkpoint / "meta.json")
     subjects = find_input_subjects(input_path, ident.get("layout"), sources)
-    check_writable_dir(out)
+    for sub in subjects:
+        safe_name(sub.id, "subject id", input_path)
+    check_writable_dir(check_out_dir(out, "translate", overwrite))
+    earlier = _earlier_entries(out, target, sources, overwrite)
     planned = {s.id: _outputs(out, s.id, target, n_samples) for s in subjects}
     if not overwrite:  # refuse before any work, so nothing is half replaced
         for files in planned.values():
@@ -212,9 +217,31 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         bar.close()
     meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
             "sampler": sampler or trained.cfg.eval.sampler, "steps": steps or trained.cfg.eval.num_steps,
-            "guidance": trained.cfg.eval.guidance if guidance is None else guidance, "subjects": entries}
+            "guidance": trained.cfg.eval.guidance if guidance is None else guidance,
+            "subjects": [e for e in earlier if e.get("subject") not in {n["subject"] for n in entries}] + entries}
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
+    claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])
     return meta
+
+
+def _earlier_entries(out: Path, target: str, sources: list[str], overwrite: bool) -> list[dict]:
+    """The subjects an earlier translate into `out` listed: a second run adds to translate.json, never drops."""
+    path = out / "translate.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+        entries = [e for e in old["subjects"] if isinstance(e, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        if overwrite:
+            return []
+        raise ValueError(f"{path}: unreadable translate.json; pass --overwrite to replace it.") from None
+    if (old.get("target"), old.get("sources")) != (target, sources):
+        if overwrite:
+            return []
+        raise ValueError(f"{path}: lists {old.get('target')} from {old.get('sources')}, this run makes {target} from "
+                         f"{sources}; choose another --out or pass --overwrite to replace the listing.")
+    return entries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

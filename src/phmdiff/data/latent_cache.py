@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from phmdiff.data.prepare import SPLITS, load_manifest, prepared_id
-from phmdiff.fsutil import atomic_dir, atomic_write_text
+from phmdiff.fsutil import atomic_write_text, publish_dir
 
 FORMAT = "phmdiff-latents/1"
 BACKENDS = ("npy", "lmdb", "wds")
@@ -133,7 +133,7 @@ def encode_prepared(prepared_dir: str | Path, model, out_dir: str | Path, ae_id:
     model = model.to(device).eval()
     total = sum(manifest["splits"][s]["n"] for s in SPLITS)
     item_shape = None
-    with atomic_dir(out_dir) as tmp:
+    with publish_dir(out_dir, "encode", overwrite) as tmp:  # never replaces a folder encode did not write
         writer = _Writer(tmp, backend, dtype, total)
         bar = tqdm(total=total, desc="encode", unit="slice", disable=not progress or None)
         for split in SPLITS:
