@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
+from phmdiff.limits import check_voxels
 
 NII = ".nii.gz"
 
@@ -163,6 +164,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         safe_name(sub.id, "subject id", input_path)
     check_writable_dir(check_out_dir(out, "translate", overwrite))
     earlier = _earlier_entries(out, target, sources, overwrite)
+    claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])  # a killed run's out stays ours
     planned = {s.id: _outputs(out, s.id, target, n_samples) for s in subjects}
     if not overwrite:  # refuse before any work, so nothing is half replaced
         for files in planned.values():
@@ -170,6 +172,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
                 if f is not None and f.exists():
                     raise ValueError(f"{f}: output exists; pass --overwrite to replace it.")
     settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
+    check_voxels((settings.size or 1,) * 2, trained.checkpoint / "meta.json", "volume_settings plane")
     target_norm = NormParams(**ident["target_norm"])
     kind = "ct" if target in settings.ct_modalities else "mr"
     entries = []
@@ -220,7 +223,6 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             "guidance": trained.cfg.eval.guidance if guidance is None else guidance,
             "subjects": [e for e in earlier if e.get("subject") not in {n["subject"] for n in entries}] + entries}
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
-    claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])
     return meta
 
 

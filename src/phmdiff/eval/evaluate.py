@@ -35,6 +35,7 @@ from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.metrics import format_value
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, normalize_pair
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
+from phmdiff.limits import LimitError, check_nifti
 
 SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
                    "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low", "norm_high", "ms_ssim_note")
@@ -125,9 +126,12 @@ def load_volume(path, like=None, what: str = "volume") -> tuple[np.ndarray, np.n
     """Voxels (float64) and affine of a NIfTI file, checked against `like` = (shape, affine)."""
     try:
         img = nib.load(str(path))
+        check_nifti(img, path)  # before decoding: a crafted header cannot exhaust memory
         data = np.asarray(img.dataobj, dtype=np.float64)
     except FileNotFoundError:
         raise ValueError(f"{path}: {what} file not found.") from None
+    except LimitError:
+        raise
     except Exception as exc:  # nibabel raises many types for a corrupt file
         raise ValueError(f"{path}: cannot read the {what} as NIfTI ({exc}).") from None
     data = np.squeeze(data) if data.ndim > 3 else data
