@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 from phmdiff.limits import check_voxels
 
@@ -157,6 +158,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     trained = load_trained(run, device)
     ident = trained.identity
     sources, target = list(ident["sources"]), ident["target"]
+    check_finite_numbers({k: ident.get(k) for k in ("target_norm", "target_gain")}, "identity",
+                         trained.checkpoint / "meta.json")
     for name in [target, *sources]:  # they become file names: none may lead outside --out
         safe_name(name, "modality name", trained.checkpoint / "meta.json")
     subjects = find_input_subjects(input_path, ident.get("layout"), sources)
