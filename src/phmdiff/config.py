@@ -264,6 +264,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     for key, value in {"train.batchsize": t.batchsize, "model.autoencoder.batchsize": m.autoencoder.batchsize,
                        "model.in_size": m.in_size, "data.resolution": d.resolution}.items():
         _check(value <= MAX_SIZE, origin, f"'{key}' is {value}; expected at most {MAX_SIZE} (memory is sized by it).")
+    for key, value in {"train.seed": t.seed, "data.split_seed": d.split_seed}.items():
+        _check(value < 2**63, origin, f"'{key}' is {value}; expected a whole number below 2**63.")
     non_negative = {
         "train.lr_rampup_kimg": t.lr_rampup_kimg,
         "train.ema_halflife_kimg": t.ema_halflife_kimg,

@@ -8,6 +8,7 @@ a full disk or Ctrl-C mid-write leaves the previous state intact.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -142,8 +143,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _swap_in(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _named(exc, path, tmp) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _named(exc: OSError, path: Path, tmp: Path) -> OSError:
+    """A failed write that names no file (a full disk) or only the hidden temp folder: name the output."""
+    if exc.filename is None or str(exc.filename).startswith(str(tmp)):
+        reason = exc.strerror or " ".join(str(exc).split())
+        if "requested and" in reason:  # numpy's short write: what a full disk looks like from tofile/save
+            reason += "; the disk is probably full"
+        return OSError(exc.errno or errno.EIO, f"{reason}; nothing was replaced", str(path))
+    return exc
 
 
 def _temp_dir_beside(path: Path) -> Path:
@@ -264,6 +277,8 @@ def publish_dir(out: str | os.PathLike, command: str, overwrite: bool = False) -
             else:
                 stale.unlink(missing_ok=True)
         _fsync_dir(out)
+    except OSError as exc:
+        raise _named(exc, out, tmp) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

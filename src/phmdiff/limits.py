@@ -77,6 +77,9 @@ def check_nifti(img, path) -> None:
     if dtype.fields is not None or dtype.kind not in "biuf":
         kind = "complex" if dtype.kind == "c" else ("RGB colour" if dtype.fields else str(dtype))
         raise LimitError(f"{path}: voxels are {kind} ({dtype}); expected real grayscale intensities.")
+    if not np.isfinite(img.affine).all():
+        raise LimitError(f"{path}: the affine (voxel-to-world matrix) has NaN or Inf entries; expected a valid "
+                         "NIfTI header.")
     if str(path).endswith(".gz"):
         offset = int(header.get("vox_offset", 352)) if hasattr(header, "get") else 352
         check_gzip_size(path, max(offset, 352) + count * dtype.itemsize + _GZIP_SLACK)

@@ -183,7 +183,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             save_config(cfg, run_dir / "config.yaml")
             log_path = run_dir / "log.csv"
             # A resumed run forgets the log rows written after its checkpoint, so the CSV has each step once.
-            _write_csv(log_path, [r for r in _csv_rows(log_path) if int(r.get("step") or 0) <= state["step"]])
+            _write_csv(log_path, [r for r in _csv_rows(log_path)  # a row torn by a kill is dropped
+                                  if str(r.get("step") or "").isdigit() and int(r["step"]) <= state["step"]])
             if cfg.log.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
