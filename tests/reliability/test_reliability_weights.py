@@ -97,3 +97,63 @@ def test_complex_and_rgb_nifti_are_refused_not_silently_converted(tmp_path, dtyp
         load_volume(path)
     with pytest.raises(ValueError, match=words):  # evaluate's reader cast complex to float, dropping the imaginary part
         load_eval_volume(path)
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _set(keys, value):
+    def edit(data):
+        for k in keys[:-1]:
+            data = data[k]
+        data[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_set(["splits"], [1, 2]), "'splits'"),
+    (_set(["channels_per_modality"], 99), "channels_per_modality"),
+    (_set(["modalities"], "t1t2"), "modalities"),
+    (_set(["splits", "train", "shards", 0, "file"], "../../etc/passwd"), "cannot be used as a file name"),
+])
+def test_a_crafted_manifest_is_one_sentence(tmp_path_factory, tmp_path, edit, words):
+    data = fx.shared(tmp_path_factory)
+    prepared = tmp_path / "prepared"
+    shutil.copytree(data / "prepared", prepared)
+    _edit_json(prepared / "manifest.json", edit)
+    res = fx.cli("encode", str(prepared), str(data / "autoencoder"), str(tmp_path / "cache"), check=False)
+    assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_set(["splits", "train", "n"], 10**6), "splits.train.n"),
+    (_set(["splits", "train", "shards", 0, "n"], 10**6), "splits.train.n"),
+    (_set(["item_shape"], [3, 1, 10**5, 10**5]), "voxels"),
+    (_set(["modalities"], "t1"), "modalities"),
+])
+def test_a_crafted_latent_meta_is_one_sentence(tmp_path_factory, tmp_path, edit, words):
+    data = fx.shared(tmp_path_factory)
+    cache = tmp_path / "latents"
+    shutil.copytree(data / "latents", cache)
+    _edit_json(cache / "meta.json", edit)
+    config = fx.write_config(data, tmp_path / "run", cache=cache)
+    res = fx.cli("train", "--config", str(config), "--no-progress", check=False)
+    assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_latent_counts_larger_than_the_files_are_named(tmp_path_factory, tmp_path):
+    data = fx.shared(tmp_path_factory)
+    cache = tmp_path / "latents"
+    shutil.copytree(data / "latents", cache)
+
+    def grow(meta):  # consistent with itself, not with the files
+        meta["splits"]["train"]["n"] += 5
+        meta["splits"]["train"]["shards"][0]["n"] += 5
+        meta["slices"]["train"] += meta["slices"]["train"][:5]
+    _edit_json(cache / "meta.json", grow)
+    config = fx.write_config(data, tmp_path / "run", cache=cache)
+    res = fx.cli("train", "--config", str(config), "--no-progress", check=False)
+    assert res.returncode == 2 and "meta.json says" in res.stderr and "Traceback" not in res.stderr, res.stderr
