@@ -60,6 +60,10 @@ def _splits(meta: dict, path, file_key: str) -> None:
         if not isinstance(rows, list) or len(rows) != n:
             raise _fail(path, f"slices.{split}", f"a list of {n} [subject, index] pairs", f"{type(rows).__name__} "
                         f"of {len(rows) if isinstance(rows, list) else '?'}")
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+                    and isinstance(row[1], int) and not isinstance(row[1], bool)):
+                raise _fail(path, f"slices.{split}[{i}]", "a [subject, index] pair", row)
 
 
 def check_manifest(manifest, path) -> dict:
@@ -88,6 +92,12 @@ def check_cache_meta(meta, path) -> dict:
     if shape[0] != len(modalities):
         raise _fail(path, "item_shape[0]", f"the number of modalities ({len(modalities)})", shape[0])
     check_voxels(shape, path, "latent item")
+    if meta.get("backend") not in ("npy", "lmdb", "wds"):
+        raise _fail(path, "backend", "one of npy, lmdb, wds", meta.get("backend"))
+    if meta.get("dtype") not in ("float16", "float32"):
+        raise _fail(path, "dtype", "float16 or float32", meta.get("dtype"))
+    for key in ("latent_channels", "downsample_factor"):
+        _int(meta.get(key), path, key, 1, 1 << 16)
     scale = meta.get("latent_scale")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise _fail(path, "latent_scale", "a finite positive number", scale)

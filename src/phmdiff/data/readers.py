@@ -183,6 +183,8 @@ def load_volume(path: str | Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"{path}: not a NIfTI file (the header cannot be read).") from None
     except LimitError:
         raise
+    except (nib.spatialimages.HeaderDataError, nib.spatialimages.ImageDataError) as exc:  # a crafted header
+        raise ValueError(f"{path}: invalid NIfTI header ({' '.join(str(exc).split())[:160]}).") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the NIfTI volume ({' '.join(str(exc).split())}).") from None
     if data.ndim == ndim + 1 and data.shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume stored as 4D
