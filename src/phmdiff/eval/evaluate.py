@@ -30,7 +30,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from phmdiff.eval.distribution import fid_kid, ms_swd
 from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.metrics import format_value
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, normalize_pair
@@ -203,6 +202,7 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
 
 def distribution(subjects: list[dict], modality: str, slice_axis: int = -1, inception=None) -> dict:
     """MS-SWD (and FID/KID with an extractor) between predicted and reference foreground slices, pooled."""
+    from phmdiff.eval.distribution import fid_kid, ms_swd  # torch: imported only once inputs passed their checks
     pred_slices, ref_slices = [], []
     for s in subjects:
         ref, affine = load_volume(s["reference"], what="reference")
