@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phmdiff.finite import check_weights
 from phmdiff.fsutil import atomic_path
 
 FORMAT = "phmdiff-autoencoder-v1"
@@ -384,10 +385,15 @@ def load_autoencoder(path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{path}: not a PHMDiff autoencoder file (no '{FORMAT}' config in its metadata).")
     try:
         cfg = AutoencoderConfig(**json.loads(metadata["config"]))
-    except (TypeError, json.JSONDecodeError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError) as exc:  # JSON errors are ValueErrors; groups 0 divides
         raise ValueError(f"{path}: the autoencoder config stored in the file is invalid ({exc}).") from None
-    model = build_autoencoder(cfg)
+    try:
+        model = build_autoencoder(cfg)
+    except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:  # e.g. norm_num_groups 0
+        raise ValueError(f"{path}: the autoencoder config stored in the file cannot build a network "
+                         f"({' '.join(str(exc).split())[:160]}).") from None
     _check_keys(path, model.state_dict(), tensors, "PHMDiff autoencoder")
+    check_weights(tensors, path)
     model.load_state_dict(tensors)
     return model
 

@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from phmdiff.finite import check_weights
+
 FORMAT = "phmdiff-checkpoint/1"
 MANIFEST = "manifest.json"
 REQUIRED = ("model.safetensors", "state.pt", "config.yaml", "meta.json")
@@ -120,6 +122,9 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         ema_state = load_file(str(ema_file)) if ema_file.is_file() else None
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"{path}: weights are not a readable safetensors file ({exc}).") from None
+    check_weights(model_state, path / "model.safetensors")
+    if ema_state is not None:
+        check_weights(ema_state, ema_file)
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:

@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"phmdiff {command}: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # a training run says where it saved; its exit code names the signal
+        print(f"phmdiff {command}: {exc or 'interrupted.'}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
     except (ValueError, OSError, RuntimeError, SafetensorError) as exc:  # user-facing failures: one sentence
         print(f"phmdiff {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

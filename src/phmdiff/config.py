@@ -170,6 +170,9 @@ class Config:
         return Path(self.log.run_dir) if self.log.run_dir else Path("runs") / self.log.tag
 
 
+MAX_SIZE = 1 << 16  # batch sizes and plane sizes beyond this cannot fit in any accelerator's memory
+
+
 def _omegaconf_sentence(exc: OmegaConfBaseException, origin: str) -> str:
     """Turn an OmegaConf structured-config error into one sentence."""
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
@@ -261,6 +264,11 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     }
     for key, value in positive.items():
         _check(value > 0, origin, f"'{key}' is {value}; expected a positive number.")
+    for key, value in {"train.batchsize": t.batchsize, "model.autoencoder.batchsize": m.autoencoder.batchsize,
+                       "model.in_size": m.in_size, "data.resolution": d.resolution}.items():
+        _check(value <= MAX_SIZE, origin, f"'{key}' is {value}; expected at most {MAX_SIZE} (memory is sized by it).")
+    for key, value in {"train.seed": t.seed, "data.split_seed": d.split_seed}.items():
+        _check(value < 2**63, origin, f"'{key}' is {value}; expected a whole number below 2**63.")
     non_negative = {
         "train.lr_rampup_kimg": t.lr_rampup_kimg,
         "train.ema_halflife_kimg": t.ema_halflife_kimg,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from phmdiff.config import DEVICES, SAMPLERS
-from phmdiff.fsutil import atomic_path, atomic_write_text, check_writable_dir
+from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
 from phmdiff.inference import decode_target, encode_sources, load_trained
 
 MAX_SEEDS = 100_000
@@ -75,7 +75,8 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
     if not seeds:
         raise ValueError("no seeds given; expected e.g. --seeds 0-63.")
-    out = check_writable_dir(out)
+    out = check_out_dir(out, "generate", overwrite)
+    check_writable_dir(out.parent)
     if (out / "grid.png").exists() and not overwrite:
         raise ValueError(f"{out / 'grid.png'}: output exists; pass --overwrite to replace it.")
     trained = load_trained(run, device)
@@ -104,14 +105,16 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
         z = trained.sample(cond, avail, chunk, settings)
         images.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
     images = np.concatenate(images)  # (N, H, W) in [0, 1]
-    for s, img in zip(seeds, images):
-        _save_png(out / "png" / f"seed{s:06d}.png", img)
-    _save_png(out / "grid.png", _grid(images))
-    with atomic_path(out / "samples.nii.gz") as tmp:
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(images.transpose(1, 2, 0), dtype=np.float32), np.eye(4)), tmp)
     meta = {"run": str(trained.checkpoint), "seeds": seeds, "condition": condition, "target": ident["target"],
             "sampler": settings.sampler, "steps": settings.num_steps, "guidance": settings.guidance}
-    atomic_write_text(out / "generate.json", json.dumps(meta, indent=1))
+    with publish_dir(out, "generate", overwrite) as folder:  # all PNGs or none: a full disk leaves no partial set
+        for s, img in zip(seeds, images):
+            _save_png(folder / "png" / f"seed{s:06d}.png", img)
+        _save_png(folder / "grid.png", _grid(images))
+        with atomic_path(folder / "samples.nii.gz") as tmp:
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(images.transpose(1, 2, 0), dtype=np.float32), np.eye(4)),
+                     tmp)
+        atomic_write_text(folder / "generate.json", json.dumps(meta, indent=1))
     return meta
 
 

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from phmdiff.config import DEVICES, SAMPLERS
-from phmdiff.fsutil import atomic_write_text, check_writable_dir
+from phmdiff.finite import check_finite_numbers
+from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, load_trained
+from phmdiff.limits import check_voxels
 
 NII = ".nii.gz"
 
@@ -129,8 +131,16 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
     sources, target = list(ident["sources"]), ident["target"]
+    check_finite_numbers({k: ident.get(k) for k in ("target_norm", "target_gain")}, "identity",
+                         trained.checkpoint / "meta.json")
+    for name in [target, *sources]:  # they become file names: none may lead outside --out
+        safe_name(name, "modality name", trained.checkpoint / "meta.json")
     subjects = find_input_subjects(input_path, ident.get("layout"), sources)
-    check_writable_dir(out)
+    for sub in subjects:
+        safe_name(sub.id, "subject id", input_path)
+    check_writable_dir(check_out_dir(out, "translate", overwrite))
+    earlier = _earlier_entries(out, target, sources, overwrite)
+    claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])  # a killed run's out stays ours
     planned = {s.id: _outputs(out, s.id, target, n_samples, ceiling and target in s.paths) for s in subjects}
     if not overwrite:  # refuse before any work, so nothing is half replaced
         for files in planned.values():
@@ -138,6 +148,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
                 if f is not None and f.exists():
                     raise ValueError(f"{f}: output exists; pass --overwrite to replace it.")
     settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
+    check_voxels((settings.size or 1,) * 2, trained.checkpoint / "meta.json", "volume_settings plane")
     target_norm = NormParams(**ident["target_norm"])
     kind = "ct" if target in settings.ct_modalities else "mr"
     entries = []
@@ -190,9 +201,29 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         bar.close()
     meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
             "sampler": sampling.sampler, "steps": sampling.num_steps, "guidance": sampling.guidance,
-            "subjects": entries}
+            "subjects": [e for e in earlier if e.get("subject") not in {n["subject"] for n in entries}] + entries}
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
     return meta
+
+
+def _earlier_entries(out: Path, target: str, sources: list[str], overwrite: bool) -> list[dict]:
+    """The subjects an earlier translate into `out` listed: a second run adds to translate.json, never drops."""
+    path = out / "translate.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+        entries = [e for e in old["subjects"] if isinstance(e, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        if overwrite:
+            return []
+        raise ValueError(f"{path}: unreadable translate.json; pass --overwrite to replace it.") from None
+    if (old.get("target"), old.get("sources")) != (target, sources):
+        if overwrite:
+            return []
+        raise ValueError(f"{path}: lists {old.get('target')} from {old.get('sources')}, this run makes {target} from "
+                         f"{sources}; choose another --out or pass --overwrite to replace the listing.")
+    return entries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

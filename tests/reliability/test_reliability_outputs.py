@@ -104,7 +104,7 @@ def test_sigkill_during_translate_leaves_no_partial_nifti(tmp_path_factory, tmp_
         assert code == 2 and "--overwrite" in err and "Traceback" not in err, err
     assert main([*map(str, args), "--overwrite"]) == 0
     got = {k: v for k, v in fx.files_of(out).items() if not Path(k).name.startswith(".")}
-    assert got == expected
+    assert got == {k: v for k, v in expected.items() if not Path(k).name.startswith(".")}  # less the out marker
     print(f"\nreliability: translate killed with {len(visible)} of {len(expected) - 1} volumes written; "
           "no partial NIfTI")
 

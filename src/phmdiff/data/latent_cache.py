@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from phmdiff.data.prepare import SPLITS, load_manifest, prepared_id
-from phmdiff.fsutil import atomic_dir, atomic_write_text
+from phmdiff.fsutil import atomic_write_text, publish_dir
+from phmdiff.schema import check_cache_meta
 
 FORMAT = "phmdiff-latents/1"
 BACKENDS = ("npy", "lmdb", "wds")
@@ -133,7 +134,7 @@ def encode_prepared(prepared_dir: str | Path, model, out_dir: str | Path, ae_id:
     model = model.to(device).eval()
     total = sum(manifest["splits"][s]["n"] for s in SPLITS)
     item_shape = None
-    with atomic_dir(out_dir) as tmp:
+    with publish_dir(out_dir, "encode", overwrite) as tmp:  # never replaces a folder encode did not write
         writer = _Writer(tmp, backend, dtype, total)
         bar = tqdm(total=total, desc="encode", unit="slice", disable=not progress or None)
         for split in SPLITS:
@@ -172,9 +173,14 @@ def load_cache_meta(cache_dir: str | Path, autoencoder: str | Path | None = None
     path = Path(cache_dir) / "meta.json"
     if not path.is_file():
         raise ValueError(f"{cache_dir}: not a latent cache (no meta.json); run phmdiff encode first.")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}.")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}).") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} is not "
+                         f"{FORMAT!r}.")
+    check_cache_meta(meta, path)
     for kind, given in (("autoencoder", autoencoder), ("prepared", prepared)):
         want = _as_id(given, kind)
         if want is not None and want != meta[f"{kind}_id"]:
@@ -200,6 +206,10 @@ class _Reader:
         if backend == "npy":
             self.handles = [(np.load(self.root / f"{s['name']}.mean.npy", mmap_mode="r"),
                              np.load(self.root / f"{s['name']}.logvar.npy", mmap_mode="r")) for s in self.shards]
+            for s, (mean, logvar) in zip(self.shards, self.handles):  # meta.json's counts against the files
+                if len(mean) != s["n"] or len(logvar) != s["n"] or tuple(mean.shape[1:]) != self.shape:
+                    raise ValueError(f"{self.root / (s['name'] + '.mean.npy')}: holds {len(mean)} items of shape "
+                                     f"{tuple(mean.shape[1:])} but meta.json says {s['n']} of {self.shape}.")
         elif backend == "lmdb":
             import lmdb
 

@@ -20,6 +20,7 @@ from phmdiff import __version__
 from phmdiff.data.phantom_brain import BRAIN_MODALITIES, brain_linear, make_brain_subject
 from phmdiff.data.phantom_pelvis import make_pelvis_subject, pelvis_linear
 from phmdiff.fsutil import atomic_dir, atomic_path, atomic_write_text
+from phmdiff.limits import check_voxels
 
 PHANTOM_VERSION = "1"
 KINDS = ("brain", "pelvis")
@@ -80,6 +81,7 @@ def _check(kind, n_subjects, shape, noise, seed) -> tuple[int, int, int]:
     shape = tuple(DEFAULT_SHAPES[kind] if shape is None else shape)
     if len(shape) != 3 or any(int(s) != s or s < MIN_SIZE for s in shape):
         raise ValueError(f"Phantom shape {shape} is not valid; expected three whole sizes of at least {MIN_SIZE}.")
+    check_voxels(shape, "phantom --shape", "phantom")  # before any array is allocated
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"Noise level {noise} is not valid; expected a fraction between 0 and 1.")
     if int(seed) != seed or seed < 0:

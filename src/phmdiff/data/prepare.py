@@ -23,6 +23,7 @@ from phmdiff import __version__
 from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
 from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
+from phmdiff.schema import check_manifest
 
 SPLITS = ("train", "val", "test")
 FORMAT = "phmdiff-prepared/1"
@@ -140,9 +141,13 @@ def load_manifest(prepared_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: manifest is not valid JSON ({exc.msg}).") from None
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: manifest format {manifest.get('format')!r} is not {FORMAT!r}.")
-    return manifest
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: manifest format {_format_of(manifest)!r} is not {FORMAT!r}.")
+    return check_manifest(manifest, path)  # hand-edited or crafted: a sentence naming the key
+
+
+def _format_of(manifest):
+    return manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
 
 
 def settings_from_manifest(manifest: dict) -> VolumeSettings:

@@ -23,6 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from phmdiff.limits import LimitError, check_image_size, check_nifti
+
 LAYOUTS = ("brats2021", "brats2023", "synthrad", "generic", "png")
 BRATS2021 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
 BRATS2023 = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
@@ -170,6 +172,7 @@ def load_volume(path: str | Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"{path}: file not found.")
     try:
         img = nib.load(path)
+        check_nifti(img, path)  # shape, voxel type and gzip size from the header, before decoding
         data = img.get_fdata(dtype=np.float32)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ValueError(f"{path}: truncated or corrupt gzip data ({exc}).") from None
@@ -178,6 +181,10 @@ def load_volume(path: str | Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray
             if f.read(2) == b"\x1f\x8b":  # gzip magic: a compressed file cut before its header ends
                 raise ValueError(f"{path}: truncated or corrupt gzip data (the NIfTI header is incomplete).") from None
         raise ValueError(f"{path}: not a NIfTI file (the header cannot be read).") from None
+    except LimitError:
+        raise
+    except (nib.spatialimages.HeaderDataError, nib.spatialimages.ImageDataError) as exc:  # a crafted header
+        raise ValueError(f"{path}: invalid NIfTI header ({' '.join(str(exc).split())[:160]}).") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the NIfTI volume ({' '.join(str(exc).split())}).") from None
     if data.ndim == ndim + 1 and data.shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume stored as 4D
@@ -197,14 +204,20 @@ def load_png(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: file not found.")
     try:
         with Image.open(path) as im:
+            check_image_size(im.size, path)  # from the header, before the pixels are decoded
             im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA"):
                 raise ValueError(f"{path}: PNG is in colour mode {im.mode}; expected an 8 or 16 bit grayscale image.")
             data = np.asarray(im).astype(np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except LimitError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: unreadable PNG ({' '.join(str(exc).split())}).") from None
     if data.ndim != 2:
         raise ValueError(f"{path}: PNG has shape {data.shape}; expected a single-channel image.")
+    if not np.isfinite(data).all():  # a float TIFF named .png can hold NaN
+        raise ValueError(f"{path}: image has {int(data.size - np.isfinite(data).sum())} NaN or Inf pixels; "
+                         "expected finite intensities.")
     return data
 
 

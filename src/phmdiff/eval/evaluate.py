@@ -30,11 +30,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from phmdiff.eval.distribution import fid_kid, ms_swd
 from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.metrics import format_value
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, normalize_pair
-from phmdiff.fsutil import atomic_write_text, check_writable_dir
+from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
+from phmdiff.limits import LimitError, check_nifti
 
 SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
                    "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low", "norm_high", "ms_ssim_note")
@@ -58,6 +58,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--slice-axis", type=int, default=-1, help="axis of the slices (default: last)")
     parser.add_argument("--inception", help="TorchScript Inception feature extractor file for FID/KID")
     parser.add_argument("--out", default=None, help="output folder (default: PRED/evaluation or ./evaluation)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out that holds other files (they are kept)")
 
 
 def _stem(path: Path) -> str:
@@ -99,10 +101,11 @@ def collect_subjects(args) -> tuple[list[dict], str]:
         for s in meta.get("subjects", []):
             if not s.get("reference"):
                 continue
-            subjects.append({**s, "prediction": str(pred / s["prediction"]),
-                             "std": str(pred / s["std"]) if s.get("std") else None,
-                             "ceiling": str(pred / s["ceiling"]) if s.get("ceiling") else None,
-                             "samples": [str(pred / p) for p in s.get("samples") or []]})
+            where = pred / "translate.json"  # its paths may only point inside PRED
+            subjects.append({**s, "prediction": str(safe_relpath(s["prediction"], pred, where)),
+                             "std": str(safe_relpath(s["std"], pred, where)) if s.get("std") else None,
+                             "ceiling": str(safe_relpath(s["ceiling"], pred, where)) if s.get("ceiling") else None,
+                             "samples": [str(safe_relpath(p, pred, where)) for p in s.get("samples") or []]})
         if not subjects:
             raise ValueError(f"{pred / 'translate.json'}: no subject has a reference; nothing to evaluate.")
         return subjects, args.modality or meta.get("modality_kind", "mr")
@@ -127,9 +130,12 @@ def load_volume(path, like=None, what: str = "volume") -> tuple[np.ndarray, np.n
     """Voxels (float64) and affine of a NIfTI file, checked against `like` = (shape, affine)."""
     try:
         img = nib.load(str(path))
+        check_nifti(img, path)  # before decoding: a crafted header cannot exhaust memory
         data = np.asarray(img.dataobj, dtype=np.float64)
     except FileNotFoundError:
         raise ValueError(f"{path}: {what} file not found.") from None
+    except LimitError:
+        raise
     except Exception as exc:  # nibabel raises many types for a corrupt file
         raise ValueError(f"{path}: cannot read the {what} as NIfTI ({exc}).") from None
     data = np.squeeze(data) if data.ndim > 3 else data
@@ -217,6 +223,7 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
 
 def distribution(subjects: list[dict], modality: str, slice_axis: int = -1, inception=None) -> dict:
     """MS-SWD (and FID/KID with an extractor) between predicted and reference foreground slices, pooled."""
+    from phmdiff.eval.distribution import fid_kid, ms_swd  # torch: imported only once inputs passed their checks
     pred_slices, ref_slices = [], []
     for s in subjects:
         ref, affine = load_volume(s["reference"], what="reference")
@@ -261,16 +268,19 @@ def run(args) -> int:
     protocols = _protocols(args.protocol)
     subjects, modality = collect_subjects(args)
     default_out = Path(args.pred) / "evaluation" if Path(args.pred).is_dir() and args.ref is None else "evaluation"
-    out = check_writable_dir(args.out or default_out)
+    out = check_out_dir(args.out or default_out, "evaluate", getattr(args, "overwrite", False))
+    check_writable_dir(out.parent)
     subject_rows, slice_rows, summary = evaluate(subjects, modality, protocols, args.slice_axis)
     extra = sorted({k for r in subject_rows for k in r} - set(SUBJECT_COLUMNS) - {"modality"})
-    atomic_write_text(out / "per_subject.csv", _csv(subject_rows, SUBJECT_COLUMNS + tuple(extra)))
-    atomic_write_text(out / "per_slice.csv", _csv(slice_rows, ("subject", "protocol", "slice", "psnr", "ssim", "mae")))
     summary_json = {"modality": modality, "protocols": summary,
                     "distribution": distribution(subjects, modality, args.slice_axis, args.inception)}
-    atomic_write_text(out / "summary.json", json.dumps(summary_json, indent=2, allow_nan=False) + "\n")
     inputs = {"modality": modality, "protocols": protocols, "slice_axis": args.slice_axis, "subjects": subjects}
-    atomic_write_text(out / "evaluation.json", json.dumps(inputs, indent=2) + "\n")
+    with publish_dir(out, "evaluate", getattr(args, "overwrite", False)) as tmp:  # the four files as one unit
+        atomic_write_text(tmp / "per_subject.csv", _csv(subject_rows, SUBJECT_COLUMNS + tuple(extra)))
+        atomic_write_text(tmp / "per_slice.csv", _csv(slice_rows, ("subject", "protocol", "slice", "psnr", "ssim",
+                                                                   "mae")))
+        atomic_write_text(tmp / "summary.json", json.dumps(summary_json, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(tmp / "evaluation.json", json.dumps(inputs, indent=2) + "\n")
     print(format_table(summary))
     print(f"wrote {out}/per_subject.csv, per_slice.csv, summary.json")
     return 0

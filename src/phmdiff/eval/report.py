@@ -26,7 +26,7 @@ from nibabel import orientations as nib_orient  # noqa: E402
 
 from phmdiff.eval.evaluate import load_volume  # noqa: E402
 from phmdiff.eval.protocols import CT_WINDOW  # noqa: E402
-from phmdiff.fsutil import atomic_dir  # noqa: E402
+from phmdiff.fsutil import publish_dir  # noqa: E402
 
 VIEWS = ("axial", "coronal", "sagittal")
 # Counts images that really decoded, for humans and for the headless-browser test.
@@ -44,11 +44,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("path", help="evaluation folder (from phmdiff evaluate) or run folder (with log.csv)")
     parser.add_argument("--out", required=True, help="output folder for index.html and img/")
     parser.add_argument("--panels", type=int, default=3, help="number of subjects shown as image panels")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out that holds other files (they are kept)")
 
 
 def _read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _e(value) -> str:
+    """Any value read from an input file, made inert in HTML (a name like `<script>` shows as text)."""
+    return html.escape(str(value), quote=True)
 
 
 def _num(text) -> float:
@@ -166,7 +173,7 @@ def _panels(ev: Path, meta: dict, img_dir: Path, count: int) -> str:
                     ax.set_ylabel(VIEWS[v])
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s["subject"])
         src_rel = _save(fig, img_dir, f"panel_{safe}.png")
-        parts.append(f'<h3>{html.escape(s["subject"])}</h3><img src="{src_rel}" alt="panels {html.escape(safe)}">')
+        parts.append(f'<h3>{_e(s["subject"])}</h3><img src="{_e(src_rel)}" alt="panels {_e(safe)}">')
     return "\n".join(parts)
 
 
@@ -179,28 +186,30 @@ def _tables(ev: Path) -> str:
         cells = []
         for k in keys:
             m = st.get(k)
-            text = "" if not m else ("inf" if m["mean"] is None else f"{m['mean']:.4g} &plusmn; {m['std']:.2g}")
-            cells.append(text + (f" ({m['n_inf']} inf)" if m and m["n_inf"] and m["mean"] is not None else ""))
-        body.append(f"<tr><td>{p}</td><td>{st['n_subjects']}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            text = "" if not m else ("inf" if m["mean"] is None else f"{_num(m['mean']):.4g} &plusmn; "
+                                     f"{_num(m['std']):.2g}")
+            cells.append(text + (f" ({_e(m['n_inf'])} inf)" if m and m["n_inf"] and m["mean"] is not None else ""))
+        body.append(f"<tr><td>{_e(p)}</td><td>{_e(st['n_subjects'])}</td>" + "".join(f"<td>{c}</td>" for c in cells)
+                    + "</tr>")
     dist = summary.get("distribution", {})
-    dist_text = ", ".join(f"{k} = {v:.4g}" for k, v in dist.items() if isinstance(v, float))
-    notes = " ".join(html.escape(str(v)) for k, v in dist.items() if k.endswith("note"))
+    dist_text = ", ".join(f"{_e(k)} = {v:.4g}" for k, v in dist.items() if isinstance(v, float))
+    notes = " ".join(_e(v) for k, v in dist.items() if str(k).endswith("note"))
     rows = _read_csv(ev / "per_subject.csv")
     cols = ("subject", "protocol", "psnr", "ssim", "mae", "mean_error")
-    sub = "".join("<tr>" + "".join(f"<td>{html.escape(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+    sub = "".join("<tr>" + "".join(f"<td>{_e(r.get(c) or '')}</td>" for c in cols) + "</tr>" for r in rows)
     return (f"<h2>Metrics (mean &plusmn; std across subjects)</h2><table id='summary'><tr>{head}</tr>{''.join(body)}"
-            f"</table><p>Modality: {summary['modality']}. Distribution: {dist_text or 'n/a'}. {notes}</p>"
+            f"</table><p>Modality: {_e(summary['modality'])}. Distribution: {dist_text or 'n/a'}. {notes}</p>"
             f"<h2>Subjects</h2><table id='subjects'><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{sub}</table>")
 
 
-def write_report(path, out, panels: int = 3) -> Path:
+def write_report(path, out, panels: int = 3, overwrite: bool = False) -> Path:
     """Write DIR/index.html and DIR/img/*.png for an evaluation and/or run folder."""
     path = Path(path)
     ev = path if (path / "summary.json").is_file() else path / "evaluation"
     has_eval, log = (ev / "summary.json").is_file(), path / "log.csv"
     if not has_eval and not log.is_file():
         raise ValueError(f"{path}: neither an evaluation folder (summary.json) nor a run folder (log.csv).")
-    with atomic_dir(out) as tmp:
+    with publish_dir(out, "report", overwrite) as tmp:
         img_dir = tmp / "img"
         img_dir.mkdir()
         sections = []
@@ -214,13 +223,13 @@ def write_report(path, out, panels: int = 3) -> Path:
         style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #bbb;" \
                 "padding:2px 8px;text-align:right}img{max-width:100%}"
         page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>PHMDiff report</title><style>{style}"
-                f"</style></head><body><h1>PHMDiff report: {html.escape(path.name)}</h1>\n" + "\n".join(sections)
+                f"</style></head><body><h1>PHMDiff report: {_e(path.name)}</h1>\n" + "\n".join(sections)
                 + f"\n{_LOAD_SCRIPT}</body></html>\n")
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return Path(out) / "index.html"
 
 
 def run(args) -> int:
-    page = write_report(args.path, args.out, args.panels)
+    page = write_report(args.path, args.out, args.panels, args.overwrite)
     print(f"wrote {page}")
     return 0

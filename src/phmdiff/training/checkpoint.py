@@ -134,7 +134,8 @@ def _write_failure(target: Path, exc: BaseException) -> ValueError:
         free = f"; {shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free on that disk"
     except OSError:
         free = ""
-    return ValueError(f"{target}: could not write the checkpoint ({reason}{free}); the earlier checkpoints are kept.")
+    kept = "the earlier checkpoints are kept" if _step_dirs(target.parent) else "no earlier checkpoint exists"
+    return ValueError(f"{target}: could not write the checkpoint ({reason}{free}); {kept}.")
 
 
 def _write_folder(ckpt_dir, name, step, model_state, training_state, config_yaml, ema_state, meta, best) -> None:

@@ -27,7 +27,9 @@ from phmdiff.inference import SamplingSettings, decode_target, encode_sources, l
 from phmdiff.training import checkpoint as ckpt_lib
 from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
 from phmdiff.training.ema import EMA
+from phmdiff.training.interrupt import StopSignals
 from phmdiff.training.lock import RunLock
+from phmdiff.training.resume_check import check_resume_config
 from phmdiff.training.schedules import lr_at, mask_ratio_at
 
 LOG_COLUMNS = ("step", "kimg", "loss", "denoise", "mae", "coarse_loss", "cross_granularity", "lr", "mask_ratio",
@@ -119,7 +121,8 @@ def _fmt(value) -> str:
     return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None, after_step=None) -> dict:
+def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None, after_step=None,
+          allow_config_change: bool = False) -> dict:
     """Train until `train.max_num_steps`; returns {"run_dir", "step", "nonfinite_total", "best_psnr", ...}.
 
     `resume`: "auto" continues from the newest valid checkpoint of the run folder, "none" refuses a run
@@ -133,6 +136,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
     run_dir = cfg.run_dir
     lock = RunLock(run_dir).acquire() if is_main else None
     writer = None
+    stop = StopSignals()
     try:
         if t.deterministic:
             set_deterministic(True)
@@ -155,6 +159,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         start = _resume_from(resume, run_dir)
         if start is not None:
             loaded = ckpt_lib.load_checkpoint(start)
+            check_resume_config(loaded.config_yaml, cfg, start, allow_config_change)
             old = loaded.meta.get("identity", {}).get("data", {})
             for key in ("autoencoder_id", "prepared_id"):
                 if old.get(key) and old.get(key) != identity["data"][key]:
@@ -172,7 +177,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             save_config(cfg, run_dir / "config.yaml")
             log_path = run_dir / "log.csv"
             # A resumed run forgets the log rows written after its checkpoint, so the CSV has each step once.
-            _write_csv(log_path, [r for r in _csv_rows(log_path) if int(r.get("step") or 0) <= state["step"]])
+            _write_csv(log_path, [r for r in _csv_rows(log_path)  # a row torn by a kill is dropped
+                                  if str(r.get("step") or "").isdigit() and int(r["step"]) <= state["step"]])
             if cfg.log.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -197,6 +203,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
 
             bar = tqdm(total=t.max_num_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
         streak, window, tic = 0, [], time.perf_counter()
+        stop.install()  # SIGINT/SIGTERM: finish the step, save, exit 130/143
         while state["step"] < t.max_num_steps:
             step = state["step"]
             lr = lr_at(step, t.batchsize, t.lr, t.lr_rampup_kimg)
@@ -270,15 +277,19 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 state["best_psnr"], best = val["psnr"], True
             # A skipped step changed nothing, but its checkpoint would hide which step was the last good one;
             # the final step is saved even when skipped, or the good steps since the last checkpoint are lost.
-            if (finite or step == t.max_num_steps) and (step % cfg.log.ckpt_every == 0 or step == t.max_num_steps
-                                                        or best):
+            stopping = stop.agreed(accelerator)
+            if stopping or (finite or step == t.max_num_steps) and (
+                    step % cfg.log.ckpt_every == 0 or step == t.max_num_steps or best):
                 _save(cfg, run_dir, unwrapped, ema, optimizer, state, identity, val, best, is_main)
                 accelerator.wait_for_everyone()
+            if stopping:
+                raise stop.interrupted(step, ckpt_lib.checkpoints_dir(run_dir) / ckpt_lib.step_name(step))
         if bar is not None:
             bar.close()
         return {"run_dir": str(run_dir), "step": state["step"], "nonfinite_total": state["nonfinite_total"],
                 "best_psnr": state["best_psnr"]}
     finally:
+        stop.restore()
         if writer is not None:
             writer.close()
         if lock is not None:
@@ -399,13 +410,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default="auto",
                         help="auto (newest valid checkpoint of the run folder), none, or a checkpoint folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even though seed, batch size, lr, mask ratio or model differ from the checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 0
-    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress,
+                    allow_config_change=args.allow_config_change)
     print(f"{summary['run_dir']}: trained to step {summary['step']} "
           f"({summary['nonfinite_total']} non-finite steps skipped).", file=sys.stderr)
     return 0

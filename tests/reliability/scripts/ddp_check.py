@@ -106,8 +106,8 @@ def main() -> int:
 
     loop.validate, datasets.PairedSlices.__getitem__ = validate, tracked_getitem
     original_train = loop.train
-    loop.train = lambda cfg, resume="auto", progress=True, step_hook=None: original_train(
-        cfg, resume=resume, progress=progress, step_hook=hook)
+    loop.train = lambda cfg, resume="auto", progress=True, step_hook=None, **kwargs: original_train(
+        cfg, resume=resume, progress=progress, step_hook=hook, **kwargs)
     code = cli_main(["train", *train_args])
     report["final_hash"] = state_hash(captured["model"].state_dict())
     report["exit"] = code

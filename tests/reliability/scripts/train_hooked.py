@@ -42,8 +42,8 @@ def main() -> int:
 
     original = loop.train
 
-    def train(cfg, resume="auto", progress=True, step_hook=None):
-        return original(cfg, resume=resume, progress=progress, step_hook=hook)
+    def train(cfg, resume="auto", progress=True, step_hook=None, **kwargs):
+        return original(cfg, resume=resume, progress=progress, step_hook=hook, **kwargs)
 
     loop.train = train
     return cli_main(["train", *train_args])

@@ -1,0 +1,105 @@
+"""Types of the internal JSON files (a prepared folder's manifest.json, a latent cache's meta.json), checked
+when they are read: a hand-edited or crafted file ends in a sentence naming the key, not a traceback deep
+inside a dataset, and never silently means something else (a string where a list of modalities belongs)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from phmdiff.fsutil import safe_name, safe_relpath
+from phmdiff.limits import check_voxels
+
+SPLITS = ("train", "val", "test")
+MAX_CONTEXT_CHANNELS = 65  # 2k+1 neighbouring slices per modality; far beyond any useful 2.5D context
+
+
+def _fail(path, key: str, expected: str, value) -> ValueError:
+    shown = repr(value)
+    return ValueError(f"{path}: '{key}' is {shown[:80]}{'...' if len(shown) > 80 else ''}; expected {expected}.")
+
+
+def _int(value, path, key: str, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise _fail(path, key, f"a whole number from {low}" + (f" to {high}" if high is not None else ""), value)
+    return value
+
+
+def _dict(value, path, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise _fail(path, key, "an object", value)
+    return value
+
+
+def _modalities(value, path) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+        raise _fail(path, "modalities", "a non-empty list of names", value)
+    for m in value:
+        safe_name(m, "modality name", path)
+    return value
+
+
+def _splits(meta: dict, path, file_key: str) -> None:
+    splits = _dict(meta.get("splits"), path, "splits")
+    slices = _dict(meta.get("slices"), path, "slices")
+    for split in SPLITS:
+        entry = _dict(splits.get(split), path, f"splits.{split}")
+        n = _int(entry.get("n"), path, f"splits.{split}.n")
+        shards = entry.get("shards")
+        if not isinstance(shards, list):
+            raise _fail(path, f"splits.{split}.shards", "a list", shards)
+        total = 0
+        for i, shard in enumerate(shards):
+            shard = _dict(shard, path, f"splits.{split}.shards[{i}]")
+            total += _int(shard.get("n"), path, f"splits.{split}.shards[{i}].n")
+            name = shard.get(file_key)
+            safe_relpath(name, Path(path).parent, path) if file_key == "file" else safe_name(name, "shard name", path)
+        if total != n:
+            raise _fail(path, f"splits.{split}.n", f"the sum of its shards' n ({total})", n)
+        rows = slices.get(split, [])
+        if not isinstance(rows, list) or len(rows) != n:
+            raise _fail(path, f"slices.{split}", f"a list of {n} [subject, index] pairs", f"{type(rows).__name__} "
+                        f"of {len(rows) if isinstance(rows, list) else '?'}")
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+                    and isinstance(row[1], int) and not isinstance(row[1], bool)):
+                raise _fail(path, f"slices.{split}[{i}]", "a [subject, index] pair", row)
+
+
+def check_manifest(manifest, path) -> dict:
+    """A prepared folder's manifest.json: the types every reader relies on."""
+    manifest = _dict(manifest, path, "(top level)")
+    _modalities(manifest.get("modalities"), path)
+    _int(manifest.get("channels_per_modality", 1), path, "channels_per_modality", 1, MAX_CONTEXT_CHANNELS)
+    if manifest.get("channels_per_modality", 1) % 2 == 0:
+        raise _fail(path, "channels_per_modality", "an odd number (2k+1 context slices)",
+                    manifest["channels_per_modality"])
+    _dict(_dict(manifest.get("config"), path, "config").get("volume"), path, "config.volume")
+    _dict(manifest.get("split", {}), path, "split")
+    for sid, volume in _dict(manifest.get("volumes", {}), path, "volumes").items():
+        _dict(volume, path, f"volumes.{sid}")
+    _splits(manifest, path, "file")
+    return manifest
+
+
+def check_cache_meta(meta, path) -> dict:
+    """A latent cache's meta.json: the types every reader relies on, and the item size within the limits."""
+    meta = _dict(meta, path, "(top level)")
+    modalities = _modalities(meta.get("modalities"), path)
+    shape = meta.get("item_shape")
+    if not isinstance(shape, list) or len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise _fail(path, "item_shape", "four positive sizes [n_mod, c, h, w]", shape)
+    if shape[0] != len(modalities):
+        raise _fail(path, "item_shape[0]", f"the number of modalities ({len(modalities)})", shape[0])
+    check_voxels(shape, path, "latent item")
+    if meta.get("backend") not in ("npy", "lmdb", "wds"):
+        raise _fail(path, "backend", "one of npy, lmdb, wds", meta.get("backend"))
+    if meta.get("dtype") not in ("float16", "float32"):
+        raise _fail(path, "dtype", "float16 or float32", meta.get("dtype"))
+    for key in ("latent_channels", "downsample_factor"):
+        _int(meta.get(key), path, key, 1, 1 << 16)
+    scale = meta.get("latent_scale")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise _fail(path, "latent_scale", "a finite positive number", scale)
+    _splits(meta, path, "name")
+    return meta
