@@ -110,4 +110,4 @@ def test_ddpm_masked_loss_counts_the_visible_tokens_only():
     visible = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     visible[..., :, 2:] = True  # tokens 1 and 3 of the 2x2 grid: the right half
     expected = (noise**2)[visible.expand_as(noise)].mean()
-    assert float(terms["denoise"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(terms["denoise"].detach()) == pytest.approx(float(expected), rel=1e-5)
