@@ -11,18 +11,20 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from phmdiff.cli import _one_line
+    from phmdiff.devices import DEVICES
     from phmdiff.generate import generate, parse_seeds
+    from phmdiff.sample import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="generate.py", description="sample slices from a trained PHMDiff run")
     parser.add_argument("--model-path", required=True, help="run folder or checkpoint folder")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--seeds", default="0-63")
     parser.add_argument("--num-steps", "--steps", dest="steps", type=int, default=None)
-    parser.add_argument("--sampler", choices=("heun", "dpmpp_2m", "euler", "ddim"), default=None)
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None)
     parser.add_argument("--cfg-scale", "--guidance", dest="guidance", type=float, default=None)
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:

@@ -29,6 +29,8 @@ import torch
 from common import print_table, set_threads, write_result
 from torch import nn
 
+from phmdiff.sample import SAMPLERS
+
 QUALITY_RUN = Path("bench_out") / "quality" / "brain_t1t2_to_flair"
 TARGET_NFE, TOLERANCE_DB = 20, 0.1
 MIN_SPREAD = 0.5  # spread-error ratio below this: the setting collapses toward the mean, not a sampler result
@@ -116,7 +118,7 @@ def curve(trained, counter: CountingDenoiser, source: torch.Tensor, target: np.n
 def plans(levels: int, steps: list[int], sigma_start: float, sigma_max: float = 80.0) -> list[dict]:
     out = []
     for n in steps:
-        for sampler in ("heun", "dpmpp_2m", "ddim"):
+        for sampler in SAMPLERS:
             out.append({"curve": sampler, "sampler": sampler, "num_steps": n, "fine_num_steps": n,
                         "sigma_start": sigma_max})
         if levels < 2:

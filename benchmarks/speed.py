@@ -229,7 +229,7 @@ def bench_sampling(args) -> list[dict]:
         return denoiser
     nfe = args.nfe
     # Heun's last step (to sigma = 0) is Euler, so n steps cost 2n - 1 calls; the others cost one per step.
-    plans = {"heun": (nfe + 1) // 2, "dpmpp_2m": nfe, "euler": nfe, "ddim": nfe}
+    plans = {name: (nfe + 1) // 2 if name == "heun" else nfe for name in SAMPLERS}
     variants = {}
     for name, n_steps in plans.items():
         sigmas = get_sigmas_karras(n_steps, 0.002, 80.0, device=args.device).float()

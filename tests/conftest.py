@@ -7,6 +7,7 @@ inherit it too.
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -36,3 +37,29 @@ def tiny_pyramid_denoiser(seed: int = 0, levels: int = 2) -> EDMPrecond:
 @pytest.fixture
 def tiny_denoiser() -> EDMPrecond:
     return tiny_pyramid_denoiser()
+
+
+TINY = Path(__file__).parent / "training" / "tiny.yaml"
+# Pixel space (identity autoencoder) keeps the shared run fast; test_entry_points covers the learned autoencoder.
+PIXEL = ["data.resolution=16", "model.in_size=16", "model.in_channels=1", "model.autoencoder.preset=identity"]
+
+
+def tiny_config(root: Path, *overrides: str, run: str = "run"):
+    """The tiny pixel-space config on the phantom under `root`, with the run in `root / run`."""
+    from phmdiff.config import load_config
+
+    return load_config(TINY, [*PIXEL, f"data.root={root / 'ph'}", f"data.prepared={root / 'prep'}",
+                              f"data.cache={root / 'lat'}", f"log.run_dir={root / run}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny trained run (EDM, 4 steps) made once per session: root / {ph, prep, lat, run}. Read it, never
+    write into it (copy what a test changes)."""
+    from phmdiff.data.phantom import write_phantom
+    from phmdiff.training import run_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    write_phantom(root / "ph", "brain", n_subjects=4, shape=(16, 16, 16), seed=1)
+    run_pipeline(tiny_config(root), progress=False, log=lambda m: None)
+    return root

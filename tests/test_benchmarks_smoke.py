@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from phmdiff.sample import SAMPLERS
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -70,13 +72,15 @@ def test_quick_benchmarks_write_their_fields(tmp_path, restore_threads):
                    "noise_free_ceiling"):
         m = task["methods"][method]
         assert math.isfinite(m["psnr"]) and 0 <= m["ssim"] <= 1 and m["mae"] >= 0 and "nfe" in m, method
-    assert task["methods"]["noise_free_ceiling"]["psnr"] > task["methods"]["copy_t2"]["psnr"]
+    gap = task["methods"]["phmdiff_mean2"]["psnr"] - task["methods"]["noise_free_ceiling"]["psnr"]
+    assert task["targets"]["vs_ceiling"]["value_db"] == pytest.approx(gap)
+    assert task["targets"]["vs_ceiling"]["met"] == (gap >= quality.TARGETS["vs_ceiling_db"])
     assert set(task["targets"]) == {"vs_regression", "vs_monai_ddpm", "vs_ceiling"}
 
     # quality.py's PHMDiff has one pyramid level; sampling.py trains its own two-level run for the pyramid curve.
     assert sampling.main(["--quick", "--out-dir", str(out), "--work", str(tmp_path / "s")]) == 0
     s = _load(out / "sampling.json")
-    assert {r["curve"] for r in s["rows"]} == {"heun", "dpmpp_2m", "ddim", "pyramid_heun"}
+    assert {r["curve"] for r in s["rows"]} == {*SAMPLERS, "pyramid_heun"}  # every registered sampler
     heun = {r["num_steps"]: r["nfe"] for r in s["rows"] if r["curve"] == "heun"}
     assert heun == {1: 2, 2: 6}  # 2n - 1 calls per level, two levels
     assert s["fewest_nfe_within_0.1db"]["overall"]["psnr"] >= s["fewest_nfe_within_0.1db"]["overall"]["best_psnr"] - 0.1
@@ -86,7 +90,7 @@ def test_quick_benchmarks_write_their_fields(tmp_path, restore_threads):
     kinds = {(t["kind"], t["mask_ratio"], t["dtype"]) for t in r["training"]}
     assert ("diffusers", 0.0, "bf16") in kinds and ("phmdiff", 0.75, "fp32") in kinds
     assert all(t["step_s"] > 0 and t["flops_per_step"] > 0 for t in r["training"])
-    assert {x["sampler"] for x in r["sampling"]} == {"heun", "dpmpp_2m", "euler", "ddim"}
+    assert {x["sampler"] for x in r["sampling"]} == set(SAMPLERS)
     assert all(x["nfe"] == 3 for x in r["sampling"])
     assert r["matmul_peak"]["bfloat16"]["flops_per_s_median"] > 0
     assert "mask0.5_over_unmasked_fp32" in r["targets"] and "no GPU" in r["gpu_section"]

@@ -4,10 +4,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from phmdiff.demo import demo_config, run_demo
 
 TINY = Path(__file__).parent / "training" / "tiny.yaml"
+pytestmark = pytest.mark.slow  # the whole demo chain, learned autoencoder included
 
 
 def test_demo_runs_the_whole_chain_and_reports_the_four_scores(tmp_path):

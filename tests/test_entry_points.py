@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: trains (or reads) a whole tiny run
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "training" / "tiny.yaml"
 

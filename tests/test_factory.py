@@ -31,7 +31,7 @@ def test_build_objective_takes_the_loss_options_of_the_config():
     objective = build_objective(D, cfg.model)
     assert objective.denoiser is D
     assert objective.options["coarse_aug_sigma"] == 0.25 and objective.options["cross_granularity_weight"] == 0
-    assert objective.options["P_mean"] == -1 and objective.options["levels"] == cfg.model.pyramid_levels
+    assert objective.loss_fn.P_mean == -1 and objective.options["levels"] == cfg.model.pyramid_levels
 
 
 def test_bad_mask_block_sizes_are_refused():

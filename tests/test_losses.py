@@ -4,13 +4,9 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from phmdiff.diffusion.edm import EDMPrecond
+from phmdiff.diffusion.edm import EDMLoss, EDMPrecond
 from phmdiff.losses import (
-    PatchDiscriminator,
-    adversarial_weight,
     cross_granularity_loss,
-    discriminator_loss,
-    generator_adversarial_loss,
     masked_denoising_loss,
     mmd_rbf,
     phmdiff_loss,
@@ -114,7 +110,7 @@ def test_masked_loss_closed_form_with_zero_backbone():
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.3, 1.0, 2.5])
     for ratio in (0.0, 0.5):
-        terms, feats = masked_denoising_loss(D, x, {}, ratio, mae_loss_coef=0.1, sigma=sigma,
+        terms, feats = masked_denoising_loss(D, x, {}, ratio, mae_loss_coef=0.1, noise_level=sigma,
                                              generator=torch.Generator().manual_seed(7))
         g = torch.Generator().manual_seed(7)  # replay: noise first, then the model's mask
         x_noisy = x + torch.randn(x.shape, generator=g) * sigma[:, None, None, None]
@@ -146,7 +142,7 @@ def test_tiny_model_overfits_a_handful_of_latents():
 
     def evaluate():
         with torch.no_grad():
-            terms, _ = masked_denoising_loss(D, x, label, 0.0, sigma=eval_sigma,
+            terms, _ = masked_denoising_loss(D, x, label, 0.0, noise_level=eval_sigma,
                                              generator=torch.Generator().manual_seed(123))
         return float(terms["loss"])
 
@@ -154,7 +150,7 @@ def test_tiny_model_overfits_a_handful_of_latents():
     opt = torch.optim.Adam(net.parameters(), lr=5e-3)
     g = torch.Generator().manual_seed(2)
     for _ in range(250):
-        terms, _ = masked_denoising_loss(D, x, label, 0.5, P_mean=1.5, P_std=0.5, generator=g)
+        terms, _ = masked_denoising_loss(D, x, label, 0.5, loss_fn=EDMLoss(P_mean=1.5, P_std=0.5), generator=g)
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
@@ -194,17 +190,3 @@ def test_ssim_matches_scikit_image_and_ae_loss_is_zero_for_perfect_recon():
     assert abs(float(ssim(a, a)) - 1) < 1e-6
     vol = torch.rand(1, 1, 12, 12, 12, generator=g)
     assert float(ssim(vol, vol)) == pytest.approx(1.0, abs=1e-5) and float(ssim(vol, 1 - vol)) < 0.5
-
-
-def test_discriminator_and_adversarial_losses():
-    disc = PatchDiscriminator(in_channels=1, channels=8, num_layers=2)
-    assert disc(torch.randn(2, 1, 32, 32)).shape[:2] == (2, 1)
-    assert PatchDiscriminator(1, 8, 2, spatial_dims=3)(torch.randn(1, 1, 16, 16, 16)).dim() == 5
-    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
-    assert discriminator_loss(real, fake, "hinge") == pytest.approx(0.5 * (0.25 + 0.5))
-    assert discriminator_loss(real, fake, "least_squares") == pytest.approx(0.5 * ((1 + 0.25) / 2 + 2.0))
-    assert generator_adversarial_loss(fake, "hinge") == pytest.approx(1.0)
-    assert generator_adversarial_loss(fake, "least_squares") == pytest.approx((9 + 1) / 2)
-    assert adversarial_weight(99, 100) == 0 and adversarial_weight(100, 100, 0.5) == 0.5
-    with pytest.raises(ValueError, match="Unknown adversarial loss"):
-        discriminator_loss(real, fake, "wgan")

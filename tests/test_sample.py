@@ -15,8 +15,6 @@ from torch import nn
 from phmdiff.diffusion.edm import EDMPrecond, EpsilonDDPMDenoiser
 from phmdiff.sample import (
     StackedRandomGenerator,
-    ablation_sampler,
-    edm_sampler,
     get_sigmas_karras,
     guided_denoiser,
     level_kwargs,
@@ -63,14 +61,12 @@ def test_get_sigmas_karras_closed_form():
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_edm_sampler_and_heun_reach_the_ode_solution(shape):
+def test_heun_and_dpmpp_reach_the_ode_solution(shape):
     noise = seeds(shape)
     exact = ode_solution(noise, 80.0)
-    out = edm_sampler(ideal(), noise, num_steps=200)
-    assert out.shape == shape and rel_err(out, exact) < 1e-3
-    # sample_heun is the same algorithm written the k-diffusion way.
     heun = sample_heun(ideal(), noise * 80.0, get_sigmas_karras(200, 0.002, 80.0))
-    torch.testing.assert_close(heun, out, rtol=1e-12, atol=1e-12)
+    assert heun.shape == shape and rel_err(heun, exact) < 1e-3
+    torch.testing.assert_close(sample(ideal(), noise, "heun", num_steps=200), heun, rtol=1e-12, atol=1e-12)
     dpm = sample_dpmpp_2m(ideal(), noise * 80.0, get_sigmas_karras(200, 0.002, 80.0))
     assert rel_err(dpm, exact) < 1e-3
 
@@ -95,51 +91,14 @@ def test_ddim_eta_zero_is_euler_and_eta_one_keeps_the_variance():
     assert float(out.var()) / S**2 == pytest.approx(1.0, abs=0.05)  # 4.5 standard errors of 16384 draws
 
 
-def _iddpm_sigma_max(sigma_max=81.0, M=1000, C_1=0.001, C_2=0.008):
-    """Largest iDDPM noise level not above sigma_max, by the recurrence of EDM Appendix C.3.1."""
-    u, sigmas = 0.0, []
-    abar = [math.sin(0.5 * math.pi * j / M / (C_2 + 1)) ** 2 for j in range(M + 1)]
-    for j in range(M, 0, -1):
-        u = math.sqrt((u**2 + 1) / max(abar[j - 1] / abar[j], C_1) - 1)
-        sigmas.append(u)
-    return max(s for s in sigmas if s <= sigma_max)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("disc, schedule, scaling, steps, T, tol", [
-    ("vp", "vp", "vp", 200, math.sqrt(math.exp(0.5 * 19.9 + 0.1) - 1), 2e-4),  # VP sigma(1) = 152.17
-    ("ve", "ve", "none", 400, 100.0, 2e-3),  # VE needs many steps (EDM Fig. 2)
-    ("iddpm", "linear", "none", 200, None, 2e-5),
-    ("edm", "vp", "vp", 200, 80.0, 2e-4),
-])
-def test_ablation_sampler_reaches_the_ode_solution(shape, disc, schedule, scaling, steps, T, tol):
-    T = T or _iddpm_sigma_max()
-    noise = seeds(shape, 3)
-    out = ablation_sampler(ideal(), noise, num_steps=steps, discretization=disc, schedule=schedule, scaling=scaling)
-    assert rel_err(out, ode_solution(noise, T)) < tol
-
-
-def test_ablation_sampler_edm_settings_equal_edm_sampler_and_euler_is_first_order():
-    noise = seeds((2, 1, 3, 3))
-    ablation = ablation_sampler(ideal(), noise, num_steps=40)
-    torch.testing.assert_close(ablation, edm_sampler(ideal(), noise, num_steps=40), rtol=1e-10, atol=1e-12)
-    exact = ode_solution(noise, 80.0)
-    errs = [rel_err(ablation_sampler(ideal(), noise, num_steps=n, solver="euler"), exact) for n in (64, 128)]
-    assert errs[0] / errs[1] == pytest.approx(2.0, rel=0.15)
-    with pytest.raises(ValueError, match="discretization must be one of"):
-        ablation_sampler(ideal(), noise, discretization="karras")
-
-
 def test_sample_variance_over_seeds_is_s_squared():
     g = torch.Generator().manual_seed(5)
     big = torch.randn(1024, 1, 4, 4, dtype=torch.float64, generator=g)  # 16384 independent draws
     tol = 0.05  # 4.5 standard errors of a variance estimated from 16384 draws
-    assert float(edm_sampler(ideal(), big, num_steps=64).var()) / S**2 == pytest.approx(1.0, abs=tol)
-    churned = edm_sampler(ideal(), big, num_steps=256, S_churn=40, S_min=0.05, S_max=50,
-                          randn_like=lambda x: torch.randn(x.shape, dtype=x.dtype, generator=g))
+    assert float(sample(ideal(), big, "heun", num_steps=64).var()) / S**2 == pytest.approx(1.0, abs=tol)
+    churned = sample(ideal(), big, "heun", num_steps=256, s_churn=40, s_tmin=0.05, s_tmax=50,
+                     randn_like=lambda x: torch.randn(x.shape, dtype=x.dtype, generator=g))
     assert float(churned.var()) / S**2 == pytest.approx(1.0, abs=tol)
-    vp = ablation_sampler(ideal(), big, num_steps=64, discretization="vp", schedule="vp", scaling="vp")
-    assert float(vp.var()) / S**2 == pytest.approx(1.0, abs=tol)
 
 
 def nonlinear(x, sigma, **kwargs):
@@ -153,7 +112,7 @@ def test_same_seed_different_batch_gives_identical_samples(shape):
     def run(seed_list):
         rnd = StackedRandomGenerator("cpu", seed_list)
         latents = rnd.randn([len(seed_list), *shape[1:]], dtype=torch.float64)
-        a = edm_sampler(nonlinear, latents, randn_like=rnd.randn_like, num_steps=8, S_churn=10, S_max=50)
+        a = sample(nonlinear, latents, "heun", num_steps=8, s_churn=10, s_tmax=50, randn_like=rnd.randn_like)
         b = sample(nonlinear, latents, sampler="dpmpp_2m", num_steps=8)
         return a, b
 
@@ -262,7 +221,7 @@ def test_preconditioned_network_samples_2d_and_3d(shape):
         assert out.shape == shape and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-def test_quantized_ddpm_network_with_edm_sampler_uses_training_sigmas():
+def test_quantized_ddpm_network_sees_integer_training_steps():
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     seen = []
 
@@ -273,9 +232,9 @@ def test_quantized_ddpm_network_with_edm_sampler_uses_training_sigmas():
 
     D = EpsilonDDPMDenoiser(Recording(abar), abar, quantize=True)
     noise = seeds((2, 1, 3, 3), 6)
-    out = edm_sampler(D, noise, num_steps=100)
-    assert all(t.dtype == torch.long for t in seen)
     T = float(D.round_sigma(torch.tensor(80.0, dtype=torch.float64)))
+    out = sample(D, noise, "heun", num_steps=100, sigma_max=T)
+    assert all(t.dtype == torch.long for t in seen)
     grid = np.sqrt((1 - abar) / abar)
     assert T == pytest.approx(grid[np.argmin(np.abs(np.log(grid) - np.log(80.0)))])
     assert rel_err(out, ode_solution(noise, T)) < 2e-3

@@ -9,25 +9,14 @@ import numpy as np
 import pytest
 
 from phmdiff import cli
-from phmdiff.config import load_config
-from phmdiff.training import run_pipeline
 from phmdiff.translate import translate
 
-TINY = Path(__file__).parent / "training" / "tiny.yaml"
-# Pixel space (identity autoencoder) keeps these tests fast; the demo test covers the learned autoencoder.
-PIXEL = ["data.resolution=16", "model.in_size=16", "model.in_channels=1", "model.autoencoder.preset=identity"]
+pytestmark = pytest.mark.slow  # end to end: trains (or reads) a whole tiny run
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from phmdiff.data.phantom import write_phantom
-
-    root = tmp_path_factory.mktemp("translate")
-    write_phantom(root / "ph", "brain", n_subjects=4, shape=(16, 16, 16), seed=1)
-    cfg = load_config(TINY, [*PIXEL, f"data.root={root / 'ph'}", f"data.prepared={root / 'prep'}",
-                             f"data.cache={root / 'lat'}", f"log.run_dir={root / 'run'}"])
-    run_pipeline(cfg, progress=False, log=lambda m: None)
-    return root
+@pytest.fixture
+def trained(tiny_run):
+    return tiny_run
 
 
 def test_outputs_keep_the_input_grid_header_and_translate_json(trained, tmp_path):
@@ -115,9 +104,14 @@ def test_a_damaged_checkpoint_is_refused(trained, tmp_path):
         translate(run, trained / "ph" / "PHANTOM_00000", tmp_path / "out", progress=False)
 
 
-def test_one_write_like_lives_in_data_volume():
+def test_translate_writes_through_volume_write_like(trained, tmp_path, monkeypatch):
     import phmdiff.translate as translate_module
     from phmdiff.data import volume
 
     assert not hasattr(translate_module, "write_like")  # translate writes through volume.write_like only
-    assert "mtime 0" in volume.write_like.__doc__
+    calls = []
+    real = volume.write_like
+    monkeypatch.setattr(volume, "write_like", lambda *a: calls.append(a) or real(*a))
+    translate(trained / "run", trained / "ph" / "PHANTOM_00000", tmp_path, n_samples=2, progress=False)
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*.nii.gz")}
+    assert len(written) == 4 and {Path(c[2]).relative_to(tmp_path) for c in calls} == written

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -19,18 +18,21 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from phmdiff.autoencoder import AE_presets
+from phmdiff.devices import DEVICES
+from phmdiff.diffusion.timestep_sampler import SCHEDULE_SAMPLERS
+from phmdiff.factory import PRECONDS
 from phmdiff.fsutil import atomic_write_text
+from phmdiff.masked_dit import PRESETS as MODEL_PRESETS
+from phmdiff.sample import SAMPLERS
 
 AMP_MODES = ("bf16", "fp16", "no")
-PRECONDS = ("edm", "vp", "ve", "ddpm")
 CATEGORIES = ("npy", "lmdb", "tar")
 MASK_RATIO_FNS = ("constant", "linear", "exp", "cosine2", "cosine3", "cosine4", "cosine5", "cosine6")
-SAMPLERS = ("heun", "euler", "dpmpp_2m", "ddim")
-DEVICES = ("auto", "cuda", "mps", "cpu")
-# Autoencoder presets (phmdiff.autoencoder.AE_presets) and their downsampling factors.
-AE_FACTORS = {"tiny": 4, "f4": 4, "f8": 8, "identity": 1}
-# Model names: our sizes (T is the tiny CPU size) with the patch size, e.g. "PHMDiff-XL/2".
-MODEL_TYPE_RE = re.compile(r"^PHMDiff-(T|S|B|L|XL)/(1|2|4|8)$")
+# The closed sets live in their registries (samplers in sample.py, devices in devices.py, model presets in
+# masked_dit.py, autoencoder presets in autoencoder.py); the config only reads them.
+# Autoencoder presets and their downsampling factors; "identity" is pixel-space diffusion.
+AE_FACTORS = {**{name: c.downsample_factor for name, c in AE_presets.items()}, "identity": 1}
 
 
 @dataclass
@@ -73,7 +75,8 @@ class AutoencoderConfig:
 class ModelConfig:
     """The masked pyramid DiT and its diffusion formulation (original `model` section)."""
 
-    precond: str = "edm"
+    precond: str = "edm"  # edm | vp | ve | ddpm, each trained with its own loss (factory.PRECONDS)
+    timestep_sampler: str = "uniform"  # ddpm only: uniform | loss-aware (iDDPM importance sampling)
     model_type: str = "PHMDiff-XL/2"
     in_size: int = 32  # latent grid size at level 0
     in_channels: int = 4  # latent channels per modality
@@ -231,17 +234,18 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     if t.amp in ("False", "false"):  # YAML 1.1 reads an unquoted `no` as false
         t.amp = "no"
     _choice(origin, "data.category", d.category, CATEGORIES)
-    _choice(origin, "model.precond", m.precond, PRECONDS)
+    _choice(origin, "model.precond", m.precond, tuple(PRECONDS))
+    _choice(origin, "model.timestep_sampler", m.timestep_sampler, tuple(SCHEDULE_SAMPLERS))
     _choice(origin, "model.mask_ratio_fn", m.mask_ratio_fn, MASK_RATIO_FNS)
     _choice(origin, "train.amp", t.amp, AMP_MODES)
     _choice(origin, "train.device", t.device, DEVICES)
-    _choice(origin, "eval.sampler", e.sampler, SAMPLERS)
+    _choice(origin, "eval.sampler", e.sampler, tuple(SAMPLERS))
     if m.model_type.startswith("DiT-"):  # the original names map onto our sizes
         m.model_type = "PHMDiff-" + m.model_type[len("DiT-") :]
     _check(
-        bool(MODEL_TYPE_RE.match(m.model_type)),
+        m.model_type in MODEL_PRESETS,
         origin,
-        f"'model.model_type' is {m.model_type!r}; expected a name like 'PHMDiff-XL/2' (sizes T, S, B, L, XL).",
+        f"'model.model_type' is {m.model_type!r}; expected one of {', '.join(MODEL_PRESETS)}.",
     )
     positive = {
         "data.resolution": d.resolution,

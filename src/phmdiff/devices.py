@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+# The device choices every command offers; "auto" picks the first available of the others, in this order.
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
 
 def mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
@@ -22,6 +25,6 @@ def choose_device(preference: str = "auto") -> torch.device:
         raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use train.device=auto or cpu.")
     if preference == "mps" and not mps_available():
         raise ValueError("device 'mps' was requested but Apple MPS is not available; use train.device=auto or cpu.")
-    if preference not in ("cuda", "mps", "cpu"):
-        raise ValueError(f"device {preference!r} is unknown; expected auto, cuda, mps or cpu.")
+    if preference not in DEVICES:
+        raise ValueError(f"device {preference!r} is unknown; expected one of {', '.join(DEVICES)}.")
     return torch.device(preference)

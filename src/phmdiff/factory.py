@@ -6,13 +6,35 @@ The masked DiT (`masked_dit.py`) knows nothing of diffusion and the objective (`
 
 from __future__ import annotations
 
-import numpy as np
 from torch import nn
 
-from phmdiff.diffusion import edm
-from phmdiff.diffusion.gaussian_diffusion import get_named_beta_schedule
+from phmdiff.diffusion import create_diffusion, edm
+from phmdiff.diffusion.ddpm_loss import DDPMLoss
+from phmdiff.diffusion.timestep_sampler import create_named_schedule_sampler
 from phmdiff.masked_dit import build_masked_dit
 from phmdiff.objective import PyramidObjective
+
+
+def _ddpm():
+    """The DDPM process the `ddpm` formulation trains on: 1000 linear-beta steps, epsilon target, fixed variance."""
+    return create_diffusion("", noise_schedule="linear", learn_sigma=False, diffusion_steps=1000)
+
+
+def _ddpm_loss(m) -> DDPMLoss:
+    diffusion = _ddpm()
+    return DDPMLoss(diffusion, create_named_schedule_sampler(m.timestep_sampler, diffusion))
+
+
+# precond -> (preconditioned denoiser around the network, the formulation's training loss); the one table.
+PRECONDS = {
+    "edm": (lambda net, m: edm.EDMPrecond(net, sigma_data=m.sigma_data),
+            lambda m: edm.EDMLoss(P_mean=m.P_mean, P_std=m.P_std, sigma_data=m.sigma_data)),
+    "vp": (lambda net, m: edm.VPPrecond(net), lambda m: edm.VPLoss()),
+    "ve": (lambda net, m: edm.VEPrecond(net), lambda m: edm.VELoss()),
+    # Sampled on the sigma axis: every sampler serves it, with the Karras sigmas clipped to its schedule's range.
+    "ddpm": (lambda net, m: edm.EpsilonDDPMDenoiser(net, _ddpm().alphas_cumprod),
+             _ddpm_loss),
+}
 
 
 def build_denoiser(cfg, num_sources: int, num_targets: int) -> nn.Module:
@@ -31,14 +53,14 @@ def build_denoiser(cfg, num_sources: int, num_targets: int) -> nn.Module:
         source_aware_mask_tokens=m.source_aware_mask_tokens,
         conv_head_width=m.conv_head_width,
     )
-    if m.precond == "edm":
-        return edm.EDMPrecond(net, sigma_data=m.sigma_data)
-    if m.precond == "vp":
-        return edm.VPPrecond(net)
-    if m.precond == "ve":
-        return edm.VEPrecond(net)
-    alphas_cumprod = np.cumprod(1.0 - np.asarray(get_named_beta_schedule("linear", 1000), dtype=np.float64))
-    return edm.EpsilonDDPMDenoiser(net, alphas_cumprod)
+    if m.precond not in PRECONDS:
+        raise ValueError(f"model.precond is {m.precond!r}; expected one of {', '.join(PRECONDS)}.")
+    return PRECONDS[m.precond][0](net, m)
+
+
+def build_loss(model_cfg):
+    """The per-level denoising loss of the formulation `model_cfg.precond` (EDMLoss, VPLoss, VELoss or DDPMLoss)."""
+    return PRECONDS[model_cfg.precond][1](model_cfg)
 
 
 def build_objective(denoiser: nn.Module, model_cfg) -> PyramidObjective:
@@ -46,4 +68,4 @@ def build_objective(denoiser: nn.Module, model_cfg) -> PyramidObjective:
     m = model_cfg
     return PyramidObjective(denoiser, levels=m.pyramid_levels, mae_loss_coef=m.mae_loss_coef,
                             class_dropout_prob=m.class_dropout_prob, coarse_aug_sigma=m.coarse_aug_sigma,
-                            cross_granularity_weight=m.cross_granularity_weight, P_mean=m.P_mean, P_std=m.P_std)
+                            cross_granularity_weight=m.cross_granularity_weight, loss_fn=build_loss(m))

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phmdiff.config import DEVICES, SAMPLERS
+from phmdiff.devices import DEVICES
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
 from phmdiff.inference import decode_target, encode_sources, load_trained
+from phmdiff.sample import SAMPLERS
 
 MAX_SEEDS = 100_000
 
@@ -123,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seeds", default="0-63", help="seeds such as 0-63 or 1,5,9 (one sample per seed)")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--sampler", choices=SAMPLERS, default=None)
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none",
                         help="unconditional (none) or conditioned on the source slices of a prepared split")

@@ -1,6 +1,6 @@
 """Training losses: MaskDiT's masked denoising + reconstruction loss on the EDM sigma axis (Zheng et al. 2023;
 Karras et al. 2022), multi-bandwidth RBF MMD (Gretton et al. 2012) for cross-granularity regularization, and
-the autoencoder losses (L1 + (1 - SSIM) + beta KL, PatchGAN discriminator; Isola et al. 2017, Esser et al. 2021).
+the autoencoder loss (L1 + (1 - SSIM) + beta KL).
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from phmdiff.diffusion.edm import edm_sigma_and_weight
+from phmdiff.diffusion.ddpm_loss import DDPMLoss
+from phmdiff.diffusion.edm import EDMLoss, SigmaLoss
 
 
 def _patchify(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -26,59 +25,93 @@ def _patchify(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return torch.einsum("nchpwq->nhwpqc", x).reshape(n, num_tokens, p * p * c)  # (N, T, p*p*C)
 
 
+def _token_mask_pixels(mask: torch.Tensor, shape) -> torch.Tensor:
+    """(N, T) token mask (True = masked) -> (N, 1, H, W) on the pixel grid of `shape` (N, C, H, W)."""
+    n, _, H, W = shape
+    p = math.isqrt(H * W // mask.shape[1])
+    m = mask.reshape(n, 1, H // p, 1, W // p, 1).expand(n, 1, H // p, p, W // p, p)  # (N, 1, h, p, w, p)
+    return m.reshape(n, 1, H, W)
+
+
 class _LevelLoss(NamedTuple):
     terms: dict
     features: torch.Tensor
     mask: torch.Tensor
-    sigma: torch.Tensor
+    noise_level: torch.Tensor
     grid: tuple[int, int]
 
 
-def _masked_level_loss(denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef, generator, P_mean, P_std,
-                       sigma, mae_target) -> _LevelLoss:
+def _sigma_level(loss_fn: SigmaLoss, denoiser, x_start, model_kwargs, noise_level, generator):
+    """Per-token weighted denoising error (N, T), noisy input, output, mask and features on the sigma axis."""
+    out = loss_fn.terms(denoiser, x_start, noise_level, model_kwargs, generator)
+    _, mask, features = out["pred"], *out["aux"]
+    per_token = _patchify(out["loss"], mask.shape[1]).mean(dim=-1)  # (N, T)
+    visible = (~mask).float()
+    return (per_token * visible).sum() / visible.sum(), out, mask, features
+
+
+def _ddpm_level(loss_fn: DDPMLoss, denoiser, x_start, model_kwargs, noise_level, generator):
+    """The DDPM loss of the epsilon network inside `denoiser` on the visible tokens, importance weighted."""
+    n = x_start.shape[0]
+    if noise_level is None:
+        t, importance = loss_fn.draw(n, generator, x_start.device)
+    else:
+        t, importance = noise_level, torch.ones(n, device=x_start.device)
+    noise = torch.randn(x_start.shape, generator=generator, dtype=x_start.dtype).to(x_start.device)
+    seen = {}
+
+    def network(x_t, timesteps, **kw):
+        eps, mask, features = denoiser.model(x_t, timesteps.float(), **kw)
+        eps = eps[:, : x_t.shape[1]].float()  # a learned-variance output's first half is epsilon
+        seen.update(x_t=x_t, pred=eps, mask=mask, features=features)
+        # Masked tokens answer with their own target, the noise: they add no error, and the mean over all elements
+        # rescaled by the visible fraction below is MaskDiT's loss on the visible tokens.
+        return torch.where(_token_mask_pixels(mask, x_t.shape), noise, eps)
+
+    per_sample = loss_fn.terms(network, x_start, t, model_kwargs, noise=noise)["loss"]  # (N,)
+    per_sample = per_sample / (~seen["mask"]).float().mean(dim=1)
+    if noise_level is None:
+        loss_fn.update(t, per_sample.detach())
+    out = {"noise_level": t, "x_t": seen["x_t"], "pred": seen["pred"]}
+    return (importance * per_sample).mean(), out, seen["mask"], seen["features"]
+
+
+def _masked_level_loss(loss_fn, denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef, generator, noise_level,
+                       mae_target) -> _LevelLoss:
+    """MaskDiT's loss at one level: the formulation's denoising error on visible tokens + the MAE term."""
     if mae_target not in ("noisy", "clean"):
         raise ValueError(f"mae_target must be 'noisy' or 'clean', got {mae_target!r}.")
     x_start = x_start.float()
-    n = x_start.shape[0]
-    sigma_data = float(getattr(denoiser, "sigma_data", 0.5))
-    if sigma is None:
-        sigma, weight = edm_sigma_and_weight(n, P_mean, P_std, sigma_data, generator, x_start.device, x_start.dtype)
-    else:
-        sigma = torch.as_tensor(sigma, dtype=x_start.dtype, device=x_start.device).reshape(-1).expand(n)
-        weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    noise = torch.randn(x_start.shape, generator=generator, dtype=x_start.dtype).to(x_start.device)
-    x_noisy = x_start + noise * sigma.reshape(n, 1, 1, 1)
-    D_x, mask, features = denoiser(x_noisy, sigma, **(model_kwargs or {}), mask_ratio=mask_ratio,
-                                   generator=generator, return_aux=True)
-    D_x = D_x.float()
+    kwargs = {**(model_kwargs or {}), "mask_ratio": mask_ratio, "generator": generator, "return_aux": True}
+    level = _ddpm_level if isinstance(loss_fn, DDPMLoss) else _sigma_level
+    denoise, out, mask, features = level(loss_fn, denoiser, x_start, kwargs, noise_level, generator)
     T = mask.shape[1]
-    per_token = _patchify(weight.reshape(n, 1, 1, 1) * (D_x - x_start) ** 2, T).mean(dim=-1)  # (N, T)
-    visible = (~mask).float()
-    terms = {"denoise": (per_token * visible).sum() / visible.sum()}
+    terms = {"denoise": denoise}
     if mae_loss_coef > 0 and mask.any():
-        target = _patchify(x_noisy if mae_target == "noisy" else x_start, T)  # (N, T, p*p*C)
+        target = _patchify(out["x_t"].float() if mae_target == "noisy" else x_start, T)  # (N, T, p*p*C)
         target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-        mae = ((_patchify(D_x, T) - target) ** 2).mean(dim=-1)  # (N, T)
+        mae = ((_patchify(out["pred"], T) - target) ** 2).mean(dim=-1)  # (N, T)
         terms["mae"] = (mae * mask.float()).sum() / mask.float().sum()
     else:
-        terms["mae"] = D_x.new_zeros(())
+        terms["mae"] = denoise.new_zeros(())
     terms["loss"] = terms["denoise"] + mae_loss_coef * terms["mae"]
     p = math.isqrt(x_start.shape[2] * x_start.shape[3] // T)
-    return _LevelLoss(terms, features, mask, sigma, (x_start.shape[2] // p, x_start.shape[3] // p))
+    return _LevelLoss(terms, features, mask, out["noise_level"], (x_start.shape[2] // p, x_start.shape[3] // p))
 
 
 def masked_denoising_loss(denoiser, x_start: torch.Tensor, model_kwargs: dict | None = None, mask_ratio: float = 0.0,
                           mae_loss_coef: float = 0.1, generator: torch.Generator | None = None,
-                          P_mean: float = -1.2, P_std: float = 1.2, sigma: torch.Tensor | None = None,
+                          loss_fn: SigmaLoss | DDPMLoss | None = None, noise_level: torch.Tensor | None = None,
                           mae_target: str = "noisy"):
-    """MaskDiT loss: EDM-weighted denoising error on visible tokens + mae_loss_coef * masked-token reconstruction.
+    """MaskDiT loss: the formulation's denoising error on visible tokens + mae_loss_coef * masked-token reconstruction.
 
-    `denoiser` is a preconditioned D(x, sigma, **kw) around a MaskedDiT; sigma ~ EDM log-normal unless given.
-    The masked tokens' reconstruction target is the per-patch normalized noisy input (MaskDiT) or, with
-    mae_target="clean", x_start. Returns ({"loss", "denoise", "mae"} scalars, encoder features (N, T_vis, D)).
+    `denoiser` is a preconditioned D(x, sigma, **kw) around a MaskedDiT; `loss_fn` the formulation's loss (EDMLoss
+    when None), which draws the noise levels unless `noise_level` (sigmas, or DDPM timesteps) is given. The masked
+    tokens' reconstruction target is the per-patch normalized noisy input (MaskDiT) or, with mae_target="clean",
+    x_start. Returns ({"loss", "denoise", "mae"} scalars, encoder features (N, T_vis, D)).
     """
-    out = _masked_level_loss(denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef, generator, P_mean, P_std,
-                             sigma, mae_target)
+    out = _masked_level_loss(loss_fn or EDMLoss(), denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef,
+                             generator, noise_level, mae_target)
     return out.terms, out.features
 
 
@@ -158,20 +191,22 @@ def cross_granularity_loss(feat_fine: torch.Tensor, feat_coarse: torch.Tensor, g
 
 def phmdiff_loss(denoiser, x_start, model_kwargs=None, mask_ratio: float = 0.5, mae_loss_coef: float = 0.1,
                  coarse_x_start=None, coarse_kwargs: dict | None = None, cross_granularity_weight: float = 0.0,
-                 coarse_loss_weight: float = 1.0, generator: torch.Generator | None = None, P_mean: float = -1.2,
-                 P_std: float = 1.2, mae_target: str = "noisy"):
+                 coarse_loss_weight: float = 1.0, generator: torch.Generator | None = None,
+                 loss_fn: SigmaLoss | DDPMLoss | None = None, mae_target: str = "noisy"):
     """PHMDiff objective: the masked denoising loss at one pyramid level and, when the same examples one level
-    coarser are given, their masked loss at the same sigma plus the cross-granularity MMD between the levels.
+    coarser are given, their masked loss at the same noise level plus the cross-granularity MMD between the levels.
+    `loss_fn` is the formulation's loss (`factory.LOSSES`; EDMLoss when None).
 
     Returns ({"loss", "denoise", "mae"[, "coarse_loss", "cross_granularity"]}, fine-level encoder features).
     """
-    fine = _masked_level_loss(denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef, generator, P_mean, P_std,
-                              None, mae_target)
+    loss_fn = loss_fn or EDMLoss()
+    fine = _masked_level_loss(loss_fn, denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef, generator, None,
+                              mae_target)
     terms = dict(fine.terms)
     if coarse_x_start is None:
         return terms, fine.features
-    coarse = _masked_level_loss(denoiser, coarse_x_start, coarse_kwargs, mask_ratio, mae_loss_coef, generator,
-                                P_mean, P_std, fine.sigma, mae_target)
+    coarse = _masked_level_loss(loss_fn, denoiser, coarse_x_start, coarse_kwargs, mask_ratio, mae_loss_coef,
+                                generator, fine.noise_level, mae_target)
     terms["coarse_loss"] = coarse.terms["loss"]
     terms["cross_granularity"] = cross_granularity_loss(fine.features, coarse.features, fine.grid, fine.mask,
                                                         coarse.mask, weight=1.0 if cross_granularity_weight else 0.0)
@@ -183,73 +218,27 @@ def phmdiff_loss(denoiser, x_start, model_kwargs=None, mask_ratio: float = 0.5, 
 # ---- autoencoder losses ---------------------------------------------------------------------------------------
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, win_size: int = 11, sigma: float = 1.5):
-    """Mean SSIM (Wang et al. 2004) with an 11-tap Gaussian window, 2D or 3D, through MONAI; differentiable."""
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0):
+    """Mean SSIM (Wang et al. 2004), 11-tap Gaussian window, 2D or 3D, differentiable: the project's one SSIM
+    (`eval.metrics.ssim_maps`), averaged as scikit-image averages it."""
     dims = x.dim() - 2
     if dims not in (2, 3) or x.shape != y.shape:
         raise ValueError(f"ssim expects two tensors of one shape (N, C, H, W) or (N, C, D, H, W), "
                          f"got {tuple(x.shape)} and {tuple(y.shape)}.")
-    from monai.metrics.regression import compute_ssim_and_cs  # here: importing monai costs seconds at start-up
+    from phmdiff.eval.metrics import inner, ssim_maps
 
-    win = min(win_size, *x.shape[2:])
-    win -= 1 - win % 2  # odd window that fits the smallest side
-    value, _ = compute_ssim_and_cs(x.float(), y.float(), spatial_dims=dims, kernel_size=[win] * dims,
-                                   kernel_sigma=[sigma] * dims, data_range=data_range)
-    return value.mean()
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    values, _ = ssim_maps(x.to(dtype), y.to(dtype), float(data_range))
+    return inner(values, dims).mean()
 
 
-def ae_loss(recon: torch.Tensor, x: torch.Tensor, posterior, beta: float = 1e-6, data_range: float = 2.0):
-    """Autoencoder loss L1 + (1 - SSIM) + beta * KL (KL summed over latent elements, averaged over the batch).
+def ae_loss(recon: torch.Tensor, x: torch.Tensor, posterior, beta: float = 1e-6, data_range: float = 2.0,
+            ssim_weight: float = 1.0):
+    """Autoencoder loss L1 + ssim_weight (1 - SSIM) + beta * KL (KL summed over latent elements, batch-averaged).
 
     Returns a dict of scalars {"loss", "l1", "ssim", "kl"}; images in [-1, 1] give data_range 2.
     """
     l1 = (recon.float() - x.float()).abs().mean()
     s = ssim(recon, x, data_range)
     kl = posterior.kl().mean()
-    return {"loss": l1 + (1 - s) + beta * kl, "l1": l1, "ssim": s, "kl": kl}
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN discriminator (pix2pix, Isola et al. 2017): strided convs, one real/fake logit per patch."""
-
-    def __init__(self, in_channels: int = 1, channels: int = 64, num_layers: int = 3, spatial_dims: int = 2):
-        super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"PatchDiscriminator supports spatial_dims 2 or 3, got {spatial_dims}.")
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        layers: list[nn.Module] = [conv(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
-        ch = channels
-        for i in range(1, num_layers + 1):
-            out = channels * min(2**i, 8)
-            stride = 2 if i < num_layers else 1
-            # GroupNorm instead of BatchNorm: autoencoder batches are small and sometimes single slices.
-            layers += [conv(ch, out, 4, stride, 1), nn.GroupNorm(min(32, out // 4), out), nn.LeakyReLU(0.2)]
-            ch = out
-        layers.append(conv(ch, 1, 4, 1, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (N, 1, h', w') patch logits
-
-
-def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
-    """Discriminator objective: hinge (Lim & Ye 2017) or least squares (Mao et al. 2017)."""
-    if kind == "hinge":
-        return 0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean())
-    if kind in ("lsgan", "least_squares"):
-        return 0.5 * ((logits_real - 1).pow(2).mean() + logits_fake.pow(2).mean())
-    raise ValueError(f"Unknown adversarial loss {kind!r}; expected 'hinge' or 'least_squares'.")
-
-
-def generator_adversarial_loss(logits_fake: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
-    """The autoencoder's adversarial term for the same two objectives."""
-    if kind == "hinge":
-        return -logits_fake.mean()
-    if kind in ("lsgan", "least_squares"):
-        return (logits_fake - 1).pow(2).mean()
-    raise ValueError(f"Unknown adversarial loss {kind!r}; expected 'hinge' or 'least_squares'.")
-
-
-def adversarial_weight(step: int, start_step: int, weight: float = 0.5) -> float:
-    """The discriminator switches on at `start_step` (the autoencoder first learns to reconstruct)."""
-    return weight if step >= start_step else 0.0
+    return {"loss": l1 + ssim_weight * (1 - s) + beta * kl, "l1": l1, "ssim": s, "kl": kl}

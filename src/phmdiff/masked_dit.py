@@ -444,7 +444,7 @@ def keep_condition(kwargs: dict, keep: torch.Tensor, num_sources: int | None = N
 
 # DiT widths/depths/heads; the mask decoder is proportioned to the encoder so that masking pays off
 # (MaskDiT's 8 x 512 decoder is light next to XL, but heavier than the whole S encoder).
-_PRESETS: dict[str, dict] = {
+PRESETS: dict[str, dict] = {
     "PHMDiff-T/2": dict(hidden_size=128, depth=4, num_heads=4, decoder_depth=1, decoder_hidden_size=128,
                         decoder_num_heads=4),
     # Patch 4: pixel-space diffusion of small planes (identity autoencoder) at the token count of a latent /2.
@@ -465,10 +465,10 @@ def masked_dit_config(name_or_cfg: str | MaskedDiTConfig, **overrides) -> Masked
     """Resolve a preset name or a config, then apply keyword overrides."""
     if isinstance(name_or_cfg, MaskedDiTConfig):
         base = dataclasses.asdict(name_or_cfg)
-    elif name_or_cfg in _PRESETS:
-        base = dict(_PRESETS[name_or_cfg])
+    elif name_or_cfg in PRESETS:
+        base = dict(PRESETS[name_or_cfg])
     else:
-        raise ValueError(f"Unknown masked DiT preset {name_or_cfg!r}; expected one of {sorted(_PRESETS)}.")
+        raise ValueError(f"Unknown masked DiT preset {name_or_cfg!r}; expected one of {sorted(PRESETS)}.")
     known = {f.name for f in dataclasses.fields(MaskedDiTConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -481,4 +481,4 @@ def build_masked_dit(name_or_cfg: str | MaskedDiTConfig, **overrides) -> MaskedD
     return MaskedDiT(masked_dit_config(name_or_cfg, **overrides))
 
 
-PHMDiff_models = {name: partial(build_masked_dit, name) for name in _PRESETS}
+PHMDiff_models = {name: partial(build_masked_dit, name) for name in PRESETS}

@@ -4,7 +4,7 @@ Burt-Adelson pyramids).
 Each call picks one pyramid level. At level l the network sees the noisy target at level l, the source latents
 at level l and, when l is not the coarsest, the target of level l+1 upsampled and noised (conditioning
 augmentation, so sampling tolerates its own imperfect coarse results). The same examples are also seen one
-level coarser, at the same sigma, for the cross-granularity term (`losses.phmdiff_loss`).
+level coarser, at the same noise level, for the cross-granularity term (`losses.phmdiff_loss`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def _augment(x: torch.Tensor, max_sigma: float, generator: torch.Generator | Non
 def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: torch.Tensor,
                  target_label: torch.Tensor | None, *, levels: int, mask_ratio: float, mae_loss_coef: float = 0.1,
                  class_dropout_prob: float = 0.1, coarse_aug_sigma: float = 0.5,
-                 cross_granularity_weight: float = 0.05, P_mean: float = -1.2, P_std: float = 1.2,
+                 cross_granularity_weight: float = 0.05, loss_fn=None,
                  generator: torch.Generator | None = None) -> dict:
     """PHMDiff training terms for one batch at a random pyramid level (and the same examples one level coarser).
 
-    `source` (N, n_src*C, H, W) and `target` (N, C, H, W) are latents at level 0, `avail` (N, n_src). Returns
+    `source` (N, n_src*C, H, W) and `target` (N, C, H, W) are latents at level 0, `avail` (N, n_src). `loss_fn`
+    is the formulation's per-level denoising loss (`factory.LOSSES`; EDM's when None). Returns
     {"loss", "denoise", "mae", "level"[, "coarse_loss", "cross_granularity"]} as scalars.
     """
     level = int(torch.randint(levels, (1,), generator=generator))
@@ -54,8 +55,7 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
     fine_kw = kwargs_at(level)
     terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, mask_ratio=mask_ratio, mae_loss_coef=mae_loss_coef,
                             coarse_x_start=coarse_x, coarse_kwargs=coarse_kw,
-                            cross_granularity_weight=cross_granularity_weight, generator=generator, P_mean=P_mean,
-                            P_std=P_std)
+                            cross_granularity_weight=cross_granularity_weight, generator=generator, loss_fn=loss_fn)
     terms["level"] = torch.tensor(float(level))
     return terms
 
@@ -66,19 +66,18 @@ class PyramidObjective(nn.Module):
     The objective evaluates the denoiser twice per batch (a level and the same examples one level coarser).
     DDP's gradient reducer expects one forward per backward, so it must wrap this whole objective, not the
     denoiser; the denoiser itself still knows nothing of losses. The loss options are typed constructor
-    arguments (`factory.build_objective` reads them from the config).
+    arguments and `loss_fn` the formulation's loss (`factory.build_objective` reads them from the config).
     """
 
     def __init__(self, denoiser: nn.Module, levels: int, mae_loss_coef: float = 0.1, class_dropout_prob: float = 0.1,
-                 coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, P_mean: float = -1.2,
-                 P_std: float = 1.2):
+                 coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, loss_fn=None):
         super().__init__()
         self.denoiser = denoiser
+        self.loss_fn = loss_fn
         self.options = dict(levels=int(levels), mae_loss_coef=float(mae_loss_coef),
                             class_dropout_prob=float(class_dropout_prob), coarse_aug_sigma=float(coarse_aug_sigma),
-                            cross_granularity_weight=float(cross_granularity_weight), P_mean=float(P_mean),
-                            P_std=float(P_std))
+                            cross_granularity_weight=float(cross_granularity_weight))
 
     def forward(self, source, target, avail, target_label, mask_ratio: float, generator=None) -> dict:
         return pyramid_loss(self.denoiser, source, target, avail, target_label, mask_ratio=mask_ratio,
-                            generator=generator, **self.options)
+                            loss_fn=self.loss_fn, generator=generator, **self.options)

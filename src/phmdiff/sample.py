@@ -1,18 +1,19 @@
 """Samplers on the sigma axis x = x_start + sigma * n for any denoiser D(x, sigma, **cond).
 
-EDM's Heun sampler (Karras et al. 2022, Algorithm 2) and its generalized ablation sampler, k-diffusion-style
-samplers `sampler(denoiser, x, sigmas, extra_args=None, callback=None, **options)` (Euler, Heun, DDIM,
-DPM-Solver++(2M)), the Karras noise schedule, per-sample seeding, classifier-free guidance, and the PHMDiff
-pyramid sampler `sample_pyramid`, which runs one of the k-diffusion-style samplers per pyramid level, coarse
-to fine: the coarsest level from pure noise, each finer level from the upsampled coarser result noised to
-`sigma_start`, which needs far fewer steps than starting from sigma_max.
+k-diffusion-style samplers `sampler(denoiser, x, sigmas, extra_args=None, callback=None, **options)` (Euler,
+EDM's Heun with churn (Karras et al. 2022, Algorithm 2), DDIM, DPM-Solver++(2M)), registered by name in
+`SAMPLERS` (the one list every command, the config and the benchmarks read), the Karras noise schedule,
+per-sample seeding, classifier-free guidance, and the PHMDiff pyramid sampler `sample_pyramid`, which runs one
+of the k-diffusion-style samplers per pyramid level, coarse to fine: the coarsest level from pure noise, each
+finer level from the upsampled coarser result noised to `sigma_start`, which needs far fewer steps than
+starting from sigma_max. Every formulation samples here: a DDPM network through `EpsilonDDPMDenoiser`, with
+the Karras sigmas clipped to its schedule's range.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .diffusion.edm import as_sigma
@@ -162,141 +163,6 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
-@torch.no_grad()
-def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
-                sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float("inf"), S_noise=1, model_kwargs=None):
-    """EDM Algorithm 2 (Heun, with churn) from latents ~ N(0, I); class_labels go to the denoiser as a kwarg."""
-    sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))
-    sigma_max = min(sigma_max, getattr(net, "sigma_max", float("inf")))
-    round_sigma = getattr(net, "round_sigma", torch.as_tensor)
-    kwargs = dict(model_kwargs or {})
-    if class_labels is not None:
-        kwargs["class_labels"] = class_labels
-    t_steps = get_sigmas_karras(num_steps, sigma_min, sigma_max, rho, device=latents.device)
-    t_steps = torch.cat([torch.as_tensor(round_sigma(t_steps[:-1]), dtype=torch.float64), t_steps[-1:]])
-    x_next = latents.to(torch.float64) * t_steps[0]
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        x_cur = x_next
-        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
-        t_hat = torch.as_tensor(round_sigma(t_cur + gamma * t_cur), dtype=torch.float64)
-        x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * randn_like(x_cur) if gamma > 0 else x_cur
-        d_cur = (x_hat - _call(net, x_hat, t_hat, kwargs).to(torch.float64)) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur
-        if i < num_steps - 1:  # second-order correction, except into sigma = 0
-            d_prime = (x_next - _call(net, x_next, t_next, kwargs).to(torch.float64)) / t_next
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
-    return x_next
-
-
-def _noise_schedule(schedule, beta_d=None, beta_min=None):
-    """sigma(t), sigma'(t) and sigma^-1 of the VP, VE or linear schedule (EDM Table 1)."""
-    if schedule == "vp":
-        def sigma(t):
-            return ((0.5 * beta_d * t**2 + beta_min * t).exp() - 1).sqrt()
-
-        def sigma_deriv(t):
-            return 0.5 * (beta_min + beta_d * t) * (sigma(t) + 1 / sigma(t))
-
-        def sigma_inv(s):
-            return ((beta_min**2 + 2 * beta_d * (s**2 + 1).log()).sqrt() - beta_min) / beta_d
-
-        return sigma, sigma_deriv, sigma_inv
-    if schedule == "ve":
-        return (lambda t: t.sqrt()), (lambda t: 0.5 / t.sqrt()), (lambda s: s**2)
-    return (lambda t: t), (lambda t: torch.ones_like(t)), (lambda s: s)
-
-
-def _ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M,
-                          vp_beta, device):
-    """The N noise levels of each time discretization of EDM Table 1 (VP, VE, iDDPM, EDM)."""
-    i = torch.arange(num_steps, dtype=torch.float64, device=device) / max(num_steps - 1, 1)  # 0 .. 1
-    if discretization == "vp":
-        return _noise_schedule("vp", *vp_beta)[0](1 + i * (epsilon_s - 1))
-    if discretization == "ve":  # geometric in sigma
-        return sigma_max * (sigma_min / sigma_max) ** i
-    if discretization == "iddpm":
-        # u_M = 0, u_{j-1} = sqrt((u_j^2 + 1) / max(abar(j-1)/abar(j), C_1) - 1) with the cosine abar.
-        alpha_bar = lambda j: math.sin(0.5 * math.pi * j / M / (C_2 + 1)) ** 2  # noqa: E731
-        u = np.zeros(M + 1)
-        for j in range(M, 0, -1):
-            u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C_1) - 1)
-        u = torch.from_numpy(u[(u >= sigma_min) & (u <= sigma_max)]).to(device)
-        return u[((len(u) - 1) * i).round().long()]
-    return get_sigmas_karras(num_steps, sigma_min, sigma_max, rho, device=device)[:-1]
-
-
-@torch.no_grad()
-def ablation_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=None,
-                     sigma_max=None, rho=7, solver="heun", discretization="edm", schedule="linear", scaling="none",
-                     epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1, S_churn=0, S_min=0, S_max=float("inf"),
-                     S_noise=1, model_kwargs=None):
-    """EDM's generalized sampler (Algorithm 1 with churn): any discretization, schedule sigma(t), scaling s(t).
-
-    Integrates dx/dt = (sigma'/sigma + s'/s) x - sigma' s / sigma D(x / s, sigma) (EDM Eq. 4) in t.
-    """
-    options = {"solver": (solver, ("euler", "heun")), "discretization": (discretization, ("vp", "ve", "iddpm", "edm")),
-               "schedule": (schedule, ("vp", "ve", "linear")), "scaling": (scaling, ("vp", "none"))}
-    for name, (value, allowed) in options.items():
-        if value not in allowed:
-            raise ValueError(f"ablation_sampler {name} must be one of {', '.join(allowed)}, got {value!r}.")
-    vp_default = _noise_schedule("vp", 19.9, 0.1)[0]
-    if sigma_min is None:
-        sigma_min = {"vp": float(vp_default(torch.tensor(epsilon_s, dtype=torch.float64))), "ve": 0.02,
-                     "iddpm": 0.002, "edm": 0.002}[discretization]
-    if sigma_max is None:
-        sigma_max = {"vp": float(vp_default(torch.tensor(1.0, dtype=torch.float64))), "ve": 100.0, "iddpm": 81.0,
-                     "edm": 80.0}[discretization]
-    sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))
-    sigma_max = min(sigma_max, getattr(net, "sigma_max", float("inf")))
-    round_sigma = getattr(net, "round_sigma", torch.as_tensor)
-    kwargs = dict(model_kwargs or {})
-    if class_labels is not None:
-        kwargs["class_labels"] = class_labels
-
-    # VP betas that hit sigma_max at t = 1 and sigma_min at t = epsilon_s.
-    l_min, l_max = math.log(sigma_min**2 + 1), math.log(sigma_max**2 + 1)
-    vp_beta_d = 2 * (l_min / epsilon_s - l_max) / (epsilon_s - 1)
-    vp_beta = (vp_beta_d, l_max - 0.5 * vp_beta_d)
-    sigma_steps = _ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2,
-                                        M, vp_beta, latents.device)
-    sigma, sigma_deriv, sigma_inv = _noise_schedule(schedule, *vp_beta)
-    if scaling == "vp":
-        def s(t):
-            return 1 / (1 + sigma(t) ** 2).sqrt()
-
-        def s_deriv(t):
-            return -sigma(t) * sigma_deriv(t) * s(t) ** 3
-    else:
-        s, s_deriv = (lambda t: torch.ones_like(t)), (lambda t: torch.zeros_like(t))
-
-    def dxdt(x, t):
-        denoised = _call(net, x / s(t), sigma(t), kwargs).to(torch.float64)
-        return (sigma_deriv(t) / sigma(t) + s_deriv(t) / s(t)) * x - sigma_deriv(t) * s(t) / sigma(t) * denoised
-
-    def rounded(sig):
-        return torch.as_tensor(round_sigma(sig), dtype=torch.float64, device=latents.device)
-
-    t_steps = sigma_inv(rounded(sigma_steps))
-    t_steps = torch.cat([t_steps, t_steps.new_zeros(1)])
-    x_next = latents.to(torch.float64) * (sigma(t_steps[0]) * s(t_steps[0]))
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        x_cur = x_next
-        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= sigma(t_cur) <= S_max else 0
-        t_hat = sigma_inv(rounded(sigma(t_cur) * (1 + gamma)))
-        x_hat = s(t_hat) / s(t_cur) * x_cur
-        if gamma > 0:
-            noise_std = (sigma(t_hat) ** 2 - sigma(t_cur) ** 2).clamp(min=0).sqrt() * s(t_hat) * S_noise
-            x_hat = x_hat + noise_std * randn_like(x_cur)
-        h = t_next - t_hat
-        d_cur = dxdt(x_hat, t_hat)
-        if solver == "euler" or i == num_steps - 1:
-            x_next = x_hat + h * d_cur
-        else:  # generalized second-order step (EDM Algorithm 1 with alpha; alpha = 1 is Heun)
-            d_prime = dxdt(x_hat + alpha * h * d_cur, t_hat + alpha * h)
-            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
-    return x_next
-
-
 class GuidedDenoiser:
     """Classifier-free guidance D = D_u + scale (D_c - D_u) over all channels (Ho & Salimans 2022)."""
 
@@ -338,6 +204,7 @@ def guided_denoiser(D, scale: float, uncond_kwargs: dict) -> GuidedDenoiser:
     return GuidedDenoiser(D, scale, uncond_kwargs)
 
 
+# The samplers by name: adding one here offers it to the config, translate, generate and the benchmarks.
 SAMPLERS = {"heun": sample_heun, "euler": sample_euler, "dpmpp_2m": sample_dpmpp_2m, "ddim": sample_ddim}
 
 

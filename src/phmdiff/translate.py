@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phmdiff.config import DEVICES, SAMPLERS
+from phmdiff.devices import DEVICES
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, load_trained
 from phmdiff.limits import check_voxels
+from phmdiff.sample import SAMPLERS
 
 NII = ".nii.gz"
 
@@ -231,7 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="a subject folder or a folder of subjects")
     parser.add_argument("--out", required=True, help="output folder for NIfTI volumes and translate.json")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps at the coarsest level")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=None)
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None)
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--n-samples", type=int, default=1, help="samples per subject: mean and std volumes")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""MS-SWD, Frechet distance against its closed form, FID/KID through a TorchScript model, ensembles."""
+"""MS-SWD, Frechet distance against its closed form, FID/KID through a TorchScript model."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,6 @@ import torch
 from scipy import ndimage
 
 from phmdiff.eval.distribution import fid_kid, frechet_distance, kid, ms_swd
-from phmdiff.eval.ensemble import evaluate_ensemble, uncertainty_error_correlation
 
 
 def _images(n=6, size=64, seed=0):
@@ -75,19 +74,3 @@ def test_fid_without_extractor_says_so(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a TorchScript module"):
         fid_kid(tmp_path / "junk.pt", _images(2), _images(2))
-
-
-def test_ensemble_mean_beats_single_samples_and_std_points_at_errors():
-    rng = np.random.default_rng(3)
-    ref = 100 + 300 * rng.random((20, 20, 8))
-    head = np.ones(ref.shape, bool)
-    sigma = np.linspace(1, 40, ref.size).reshape(ref.shape)  # the model is unsure where it errs more
-    samples = [ref + sigma * rng.standard_normal(ref.shape) for _ in range(8)]
-    out = evaluate_ensemble(samples, ref, mask=head)
-    assert out["n_samples"] == 8
-    assert out["mean_psnr"] > out["single_psnr_mean"] + 3  # averaging 8 samples: ~9 dB better
-    assert out["std_error_pearson"] > 0.3 and out["std_error_spearman"] > 0.3
-    flat = uncertainty_error_correlation(np.ones(ref.shape), ref, head)
-    assert np.isnan(flat["pearson"])
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        evaluate_ensemble(samples[:1], ref)

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from phmdiff.config import load_config
-from phmdiff.training import run_pipeline
 from phmdiff.training.checkpoint import find_latest, load_checkpoint
 from phmdiff.training.lock import RunLock
 from phmdiff.training.loop import train
+
+pytestmark = pytest.mark.slow  # trains several tiny runs, one in a subprocess killed mid-run
 
 TINY = Path(__file__).with_name("tiny.yaml")
 # Pixel-space (identity autoencoder) keeps these tests to seconds: 16x16 slices, 8x8 and 4x4 token grids.
@@ -27,16 +28,14 @@ PIXEL = ["data.resolution=16", "model.in_size=16", "model.in_channels=1", "model
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from phmdiff.data.phantom import write_phantom
-
+def data(tiny_run, tmp_path_factory):
+    """The session's prepared data and latent cache (linked, never written), with runs of this module's own."""
     root = tmp_path_factory.mktemp("loop")
-    write_phantom(root / "ph", "brain", n_subjects=4, shape=(16, 16, 16), seed=0)
+    for part in ("ph", "prep", "lat"):
+        (root / part).symlink_to(tiny_run / part)
     paths = [f"data.root={root / 'ph'}", f"data.prepared={root / 'prep'}", f"data.cache={root / 'lat'}",
-             f"model.autoencoder.path={root / 'ae.safetensors'}", f"log.run_dir={root / 'run0'}"]
-    cfg = load_config(TINY, PIXEL + paths)
-    run_pipeline(cfg, stages=("prepare", "train-ae", "encode"), progress=False, log=lambda m: None)
-    return root, PIXEL + paths[:-1]
+             f"model.autoencoder.path={tiny_run / 'run' / 'autoencoder.safetensors'}"]
+    return root, PIXEL + paths
 
 
 def _cfg(data, run, *extra):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from phmdiff import __version__
+from phmdiff.data.intensity import CT_WINDOW
 from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
 from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
@@ -317,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm", default="median", choices=MR_NORMS, help="MR normalization (default median)")
     parser.add_argument("--relative", nargs="+", default=[], metavar="TARGET=SRC[,SRC]",
                         help="normalize a target by its sources' parameters (what a translation run needs)")
-    parser.add_argument("--ct-window", nargs=2, type=float, default=(-1024.0, 3071.0), metavar=("LOW", "HIGH"))
+    parser.add_argument("--ct-window", nargs=2, type=float, default=CT_WINDOW, metavar=("LOW", "HIGH"))
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--dry-run", action="store_true", help="list subjects, modalities and problems only")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")

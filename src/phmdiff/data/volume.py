@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_lib
 
+from phmdiff.data.intensity import CT_WINDOW, foreground
 from phmdiff.data.readers import Subject, load_png_stack, load_volume
 from phmdiff.fsutil import atomic_write_bytes
 
@@ -36,7 +37,7 @@ class VolumeSettings:
     # MR normalization: median (default; the lesion cannot move it) | percentile | zscore
     norm: str = "median"
     percentiles: tuple[float, float] = (0.5, 99.5)
-    ct_window: tuple[float, float] = (-1024.0, 3071.0)  # HU window mapped to [0, 1] for CT modalities
+    ct_window: tuple[float, float] = CT_WINDOW  # HU window mapped to [0, 1] for CT modalities
     ct_modalities: tuple[str, ...] = ("ct",)
     fit: str = "pad"  # pad | resize: centred pad/crop, or pad to square then bilinear resize
     # target -> sources: the target is normalized by its sources' parameters (`relative_norm`), not its own,
@@ -148,14 +149,6 @@ def load_subject_volumes(
     return volumes, affine, header
 
 
-def _foreground(v: np.ndarray, is_ct: bool) -> np.ndarray:
-    """Body/brain voxels: above -500 HU for CT; for MR above 10% of the way from the minimum to the 99th pct."""
-    if is_ct:
-        return v > -500.0
-    lo = float(v.min())
-    return v > lo + 0.1 * (float(np.percentile(v, 99)) - lo)
-
-
 def _norm_params(v: np.ndarray, fg: np.ndarray, mod: str, s: VolumeSettings) -> NormParams:
     if mod in s.ct_modalities:
         lo, hi = s.ct_window
@@ -234,7 +227,7 @@ def volume_to_slices(
     for mod in mods:
         v = np.moveaxis(ornt_lib.apply_orientation(volumes[mod], to_canonical), axis, 0)  # (n, A, B), a view
         is_ct = mod in settings.ct_modalities
-        fg = _foreground(v, is_ct)
+        fg = foreground(v, is_ct)
         norm[mod] = _norm_params(v, fg, mod, settings)
         background[mod] = float(settings.ct_window[0]) if is_ct else float(v.min())
         per_slice = fg.reshape(fg.shape[0], -1).mean(1)  # (n,)

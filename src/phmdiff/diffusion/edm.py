@@ -42,16 +42,21 @@ def _join_output(D_x: torch.Tensor, rest):
 
 
 def _randn(shape, generator, device, dtype) -> torch.Tensor:
-    """Normal noise from a torch.Generator, a per-sample StackedRandomGenerator, or the global RNG."""
-    if generator is not None and not isinstance(generator, torch.Generator):
+    """Normal noise from a torch.Generator (drawn on its own device, then moved: a seeded CPU generator serves a
+    CUDA run too), a per-sample StackedRandomGenerator, or the global RNG."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    if generator is not None:
         return generator.randn(shape, device=device, dtype=dtype)
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return torch.randn(shape, device=device, dtype=dtype)
 
 
 def _rand(n, generator, device, dtype) -> torch.Tensor:
-    if generator is not None and not isinstance(generator, torch.Generator):
+    if isinstance(generator, torch.Generator):
+        return torch.rand(n, generator=generator, device=generator.device, dtype=dtype).to(device)
+    if generator is not None:
         return generator.rand([n], device=device, dtype=dtype)
-    return torch.rand(n, generator=generator, device=device, dtype=dtype)
+    return torch.rand(n, device=device, dtype=dtype)
 
 
 class _Precond(nn.Module):
@@ -231,68 +236,98 @@ class EpsilonDDPMDenoiser(nn.Module):
 
 def edm_sigma_and_weight(n: int, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5,
                          generator=None, device=None, dtype=torch.float32):
-    """EDM training noise levels ln(sigma) ~ N(P_mean, P_std^2) and loss weight (sigma^2+sd^2)/(sigma sd)^2.
-
-    A torch.Generator draws on its own device and the result moves to `device`, so a seeded CPU generator
-    serves a CUDA run too (torch refuses a generator of another device).
-    """
-    if isinstance(generator, torch.Generator):
-        rnd_normal = torch.randn([n], generator=generator, device=generator.device, dtype=dtype).to(device)
-    else:
-        rnd_normal = _randn([n], generator, device, dtype)
-    sigma = (rnd_normal * P_std + P_mean).exp()
+    """EDM training noise levels ln(sigma) ~ N(P_mean, P_std^2) and loss weight (sigma^2+sd^2)/(sigma sd)^2."""
+    sigma = (_randn([n], generator, device, dtype) * P_std + P_mean).exp()
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     return sigma, weight
 
 
-def _denoising_loss(denoiser, x_start, sigma, weight, model_kwargs, generator):
-    """weight(sigma) * ||D(x_start + sigma n, sigma) - x_start||^2 per element (EDM Eq. 2 and 8)."""
-    noise = _randn(x_start.shape, generator, x_start.device, x_start.dtype) * append_dims(sigma, x_start.ndim)
-    D_x, _ = _split_output(denoiser(x_start + noise, sigma, **(model_kwargs or {})))
-    return append_dims(weight, x_start.ndim) * (D_x - x_start) ** 2
+class SigmaLoss:
+    """A training loss on the sigma axis: noise levels `draw`n per example and a `weight(sigma)`.
+
+    `terms` is the whole loss, weight(sigma) * ||D(x_start + sigma n, sigma) - x_start||^2 per element (EDM Eq. 2
+    and 8), with what callers build on it: the noisy input, the denoiser output and its auxiliary outputs. Options
+    of the network (a mask ratio) travel in `model_kwargs`; the loss never reads them.
+    """
+
+    def draw(self, n: int, generator, device, dtype) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def terms(self, denoiser, x_start, sigma=None, model_kwargs=None, generator=None) -> dict:
+        n = x_start.shape[0]
+        if sigma is None:
+            sigma = self.draw(n, generator, x_start.device, x_start.dtype)  # (N,)
+        else:
+            sigma = torch.as_tensor(sigma, dtype=x_start.dtype, device=x_start.device).reshape(-1).expand(n)
+        noise = _randn(x_start.shape, generator, x_start.device, x_start.dtype)
+        x_t = x_start + noise * append_dims(sigma, x_start.ndim)
+        D_x, rest = _split_output(denoiser(x_t, sigma, **(model_kwargs or {})))
+        loss = append_dims(self.weight(sigma), x_start.ndim) * (D_x.float() - x_start) ** 2
+        return {"loss": loss, "noise_level": sigma, "x_t": x_t, "pred": self.prediction(x_t, D_x.float(), sigma),
+                "aux": rest}
+
+    def prediction(self, x_t, D_x, sigma):
+        """The output that auxiliary terms (MaskDiT's reconstruction of masked tokens) compare with the noisy
+        input: the predicted noise (x_t - D) / sigma, unit-scale at every sigma (D itself carries x_t's scale
+        when c_skip = 1, as for VP and VE)."""
+        return (x_t - D_x) / append_dims(sigma, x_t.ndim)
+
+    def __call__(self, denoiser, x_start, model_kwargs=None, generator=None) -> torch.Tensor:
+        """The per-element loss (N, C, ...) at freshly drawn noise levels."""
+        return self.terms(denoiser, x_start, model_kwargs=model_kwargs, generator=generator)["loss"]
 
 
 # EDM loss (Sec. 5, Table 1 "Training").
-class EDMLoss:
-    """Per-element EDM loss with log-normal sigma and weight (sigma^2 + sd^2)/(sigma sd)^2."""
+class EDMLoss(SigmaLoss):
+    """EDM loss: ln(sigma) ~ N(P_mean, P_std^2), weight (sigma^2 + sd^2)/(sigma sd)^2."""
 
     def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5):
-        self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+        self.P_mean, self.P_std, self.sigma_data = float(P_mean), float(P_std), float(sigma_data)
 
-    def __call__(self, denoiser, x_start, model_kwargs=None, generator=None):
-        sigma, weight = edm_sigma_and_weight(x_start.shape[0], self.P_mean, self.P_std, self.sigma_data,
-                                             generator, x_start.device, _compute_dtype(x_start))
-        return _denoising_loss(denoiser, x_start, sigma, weight, model_kwargs, generator)
+    def draw(self, n, generator, device, dtype):
+        return edm_sigma_and_weight(n, self.P_mean, self.P_std, self.sigma_data, generator, device, dtype)[0]
+
+    def prediction(self, x_t, D_x, sigma):
+        """D itself, as MaskDiT compares it (EDM's c_skip keeps it near the data's scale)."""
+        return D_x
+
+    def weight(self, sigma):
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
 
-# VP loss (Song et al. 2021, Table 1 "Training": t ~ U(epsilon_t, 1), weight 1/sigma^2).
-class VPLoss:
-    """Per-element VP loss: sigma = sigma_VP(t), t uniform in [epsilon_t, 1], weight 1/sigma^2."""
+# VP loss (Song et al. 2021; EDM Table 1 "Training": t ~ U(epsilon_t, 1), weight 1/sigma^2).
+class VPLoss(SigmaLoss):
+    """VP loss: sigma = sigma_VP(t) with t uniform in [epsilon_t, 1], weight 1/sigma^2."""
 
     def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5):
-        self.beta_d, self.beta_min, self.epsilon_t = beta_d, beta_min, epsilon_t
+        self.beta_d, self.beta_min, self.epsilon_t = float(beta_d), float(beta_min), float(epsilon_t)
 
     def sigma(self, t):
         return ((0.5 * self.beta_d * t**2 + self.beta_min * t).exp() - 1).sqrt()
 
-    def __call__(self, denoiser, x_start, model_kwargs=None, generator=None):
-        u = _rand(x_start.shape[0], generator, x_start.device, _compute_dtype(x_start))
-        sigma = self.sigma(1 + u * (self.epsilon_t - 1))
-        return _denoising_loss(denoiser, x_start, sigma, 1 / sigma**2, model_kwargs, generator)
+    def draw(self, n, generator, device, dtype):
+        return self.sigma(1 + _rand(n, generator, device, dtype) * (self.epsilon_t - 1))
+
+    def weight(self, sigma):
+        return 1 / sigma**2
 
 
-# VE loss (Song et al. 2021, Table 1 "Training": ln sigma uniform, weight 1/sigma^2).
-class VELoss:
-    """Per-element VE loss: sigma log-uniform in [sigma_min, sigma_max], weight 1/sigma^2."""
+# VE loss (Song et al. 2021; EDM Table 1 "Training": ln sigma uniform, weight 1/sigma^2).
+class VELoss(SigmaLoss):
+    """VE loss: sigma log-uniform in [sigma_min, sigma_max], weight 1/sigma^2."""
 
     def __init__(self, sigma_min: float = 0.02, sigma_max: float = 100.0):
-        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
-    def __call__(self, denoiser, x_start, model_kwargs=None, generator=None):
-        u = _rand(x_start.shape[0], generator, x_start.device, _compute_dtype(x_start))
-        sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** u
-        return _denoising_loss(denoiser, x_start, sigma, 1 / sigma**2, model_kwargs, generator)
+    def draw(self, n, generator, device, dtype):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _rand(n, generator, device, dtype)
+
+    def weight(self, sigma):
+        return 1 / sigma**2
 
 
-__all__ = ["EDMPrecond", "VPPrecond", "VEPrecond", "EpsilonDDPMDenoiser", "EDMLoss", "VPLoss", "VELoss",
+__all__ = ["EDMPrecond", "VPPrecond", "VEPrecond", "EpsilonDDPMDenoiser", "SigmaLoss", "EDMLoss", "VPLoss", "VELoss",
            "edm_sigma_and_weight", "as_sigma"]

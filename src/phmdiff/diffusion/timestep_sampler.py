@@ -96,10 +96,12 @@ class LossSecondMomentResampler(LossAwareSampler):
         return bool((self._loss_counts == self.history_per_term).all())
 
 
+# The timestep samplers a config can name (`model.timestep_sampler`).
+SCHEDULE_SAMPLERS = {"uniform": UniformSampler, "loss-aware": LossSecondMomentResampler}
+
+
 def create_named_schedule_sampler(name: str, diffusion) -> ScheduleSampler:
-    """"uniform" or "loss-second-moment"."""
-    if name == "uniform":
-        return UniformSampler(diffusion)
-    if name == "loss-second-moment":
-        return LossSecondMomentResampler(diffusion)
-    raise ValueError(f"Unknown schedule sampler {name!r}; expected 'uniform' or 'loss-second-moment'.")
+    """A sampler of SCHEDULE_SAMPLERS by name."""
+    if name not in SCHEDULE_SAMPLERS:
+        raise ValueError(f"Unknown schedule sampler {name!r}; expected one of {', '.join(SCHEDULE_SAMPLERS)}.")
+    return SCHEDULE_SAMPLERS[name](diffusion)

@@ -5,7 +5,10 @@ structural similarity") with the constants most papers use: a Gaussian window of
 11 taps (sigma 1.5, truncated at 3.5 sigma), K1 0.01, K2 0.03 and population
 (co)variances. It equals scikit-image's
 `structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-data_range=...)`, which the tests check. `data_range` is never guessed: every
+data_range=...)`, which the tests check. It is the project's one SSIM: written once in torch
+(`ssim_maps`, differentiable, 2D or 3D, batched), used as is by the autoencoder's loss and through numpy here.
+(The `selfrdb` and `syndiff` protocols call scikit-image's defaults on purpose: they reproduce those papers'
+scripts, uniform 7-tap window and sample covariance, a different estimator.) `data_range` is never guessed: every
 function takes it explicitly, because a data range read from each image is the
 main reason published numbers disagree.
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
+import torch
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5, i.e. an 11-tap window
@@ -89,30 +92,53 @@ def mean_error(pred, ref, mask=None) -> float:
     return float(np.mean(diff))
 
 
-def _gaussian_filter(x: np.ndarray) -> np.ndarray:
-    """Separable 11-tap Gaussian (sigma 1.5) with half-sample symmetric borders."""
+def _symmetric_index(n: int, pad: int) -> torch.Tensor:
+    """Indices of a half-sample symmetric extension by `pad` (scipy's "reflect", numpy's "symmetric")."""
+    i = torch.arange(-pad, n + pad)
+    i = torch.remainder(i, 2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)
+
+
+def _gaussian_filter(x: torch.Tensor) -> torch.Tensor:
+    """Separable 11-tap Gaussian (sigma 1.5) with half-sample symmetric borders over the spatial axes of
+    (N, C, *spatial)."""
     radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    taps = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (taps / SSIM_SIGMA) ** 2)
-    kernel /= kernel.sum()
-    for axis in range(x.ndim):
-        x = ndimage.correlate1d(x, kernel, axis=axis, mode="reflect")
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / SSIM_SIGMA) ** 2)
+    kernel = kernel / kernel.sum()
+    for axis in range(2, x.ndim):
+        idx = _symmetric_index(x.shape[axis], radius).to(x.device)
+        x = x.index_select(axis, idx).unfold(axis, 2 * radius + 1, 1) @ kernel  # window axis last, summed
     return x
+
+
+def ssim_maps(x: torch.Tensor, y: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and contrast-structure maps (Wang et al. 2004, eq. 13) of (N, C, *spatial) tensors, same shape."""
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    mu_x, mu_y = _gaussian_filter(x), _gaussian_filter(y)
+    var_x = _gaussian_filter(x * x) - mu_x * mu_x
+    var_y = _gaussian_filter(y * y) - mu_y * mu_y
+    cov_xy = _gaussian_filter(x * y) - mu_x * mu_y
+    cs = (2 * cov_xy + c2) / (var_x + var_y + c2)
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return luminance * cs, cs
+
+
+def inner(values, spatial_dims: int):
+    """The map without the window radius at the borders, as scikit-image averages it (sides too short: kept)."""
+    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    lead = values.ndim - spatial_dims
+    return values[(slice(None),) * lead + tuple(slice(pad, n - pad) if n > 2 * pad else slice(None)
+                                                for n in values.shape[lead:])]
 
 
 def ssim_map(pred, ref, data_range: float) -> tuple[np.ndarray, np.ndarray]:
     """SSIM and contrast-structure maps, Wang et al. 2004 eq. 13, same shape as the input."""
     pred, ref = _pair(pred, ref)
     data_range = _check_range(data_range)
-    c1 = (SSIM_K1 * data_range) ** 2
-    c2 = (SSIM_K2 * data_range) ** 2
-    mu_x, mu_y = _gaussian_filter(pred), _gaussian_filter(ref)
-    var_x = _gaussian_filter(pred * pred) - mu_x * mu_x
-    var_y = _gaussian_filter(ref * ref) - mu_y * mu_y
-    cov_xy = _gaussian_filter(pred * ref) - mu_x * mu_y
-    cs = (2 * cov_xy + c2) / (var_x + var_y + c2)
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
-    return luminance * cs, cs
+    full, cs = ssim_maps(torch.from_numpy(pred)[None, None], torch.from_numpy(ref)[None, None], data_range)
+    return full[0, 0].numpy(), cs[0, 0].numpy()
 
 
 def _mean_of_map(values: np.ndarray, mask: np.ndarray | None) -> float:
@@ -120,9 +146,7 @@ def _mean_of_map(values: np.ndarray, mask: np.ndarray | None) -> float:
         return float(values[mask].mean())
     # Without a mask, drop the window radius at the borders as scikit-image does,
     # so padded values never enter the mean.
-    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    inner = tuple(slice(pad, n - pad) if n > 2 * pad else slice(None) for n in values.shape)
-    return float(values[inner].mean())
+    return float(inner(values, values.ndim).mean())
 
 
 def ssim(pred, ref, data_range: float, mask=None) -> float:

@@ -43,23 +43,24 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from phmdiff.data.intensity import CT_FOREGROUND_HU, CT_WINDOW, MR_FOREGROUND_FRACTION, MR_PERCENTILES
 from phmdiff.eval import metrics as M
 
 PROTOCOLS = ("volume", "slice", "selfrdb", "syndiff")
-CT_WINDOW = (-1024.0, 3071.0)  # the HU window prepare uses (data/volume.py VolumeSettings)
-MR_PERCENTILES = (0.5, 99.5)
 
 
 def foreground_mask(ref: np.ndarray, modality: str = "mr") -> np.ndarray:
     """Head/body mask by threshold on the reference, holes filled, largest component kept."""
     ref = np.asarray(ref, dtype=np.float64)
     if modality == "ct":
-        mask = ref > -500.0
+        mask = ref > CT_FOREGROUND_HU
     else:
         positive = ref[ref > 0]
         if positive.size == 0:
             raise ValueError("the reference is empty (no positive voxel); cannot derive a foreground mask.")
-        mask = ref > 0.1 * np.percentile(positive, 99)
+        # A reference's background is 0 after registration: the rule of `intensity.foreground` on its positive
+        # voxels, so a large empty field of view does not pull the percentile down.
+        mask = ref > MR_FOREGROUND_FRACTION * np.percentile(positive, 99)
     labels, count = ndimage.label(mask)
     if count > 1:
         sizes = ndimage.sum(mask, labels, index=range(1, count + 1))

@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from nibabel import orientations as nib_orient  # noqa: E402
 
+from phmdiff.data.intensity import CT_WINDOW  # noqa: E402
 from phmdiff.eval.evaluate import load_volume  # noqa: E402
-from phmdiff.eval.protocols import CT_WINDOW  # noqa: E402
 from phmdiff.fsutil import publish_dir  # noqa: E402
 
 VIEWS = ("axial", "coronal", "sagittal")

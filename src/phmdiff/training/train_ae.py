@@ -106,7 +106,7 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
     from phmdiff.autoencoder import save_autoencoder
     from phmdiff.devices import choose_device
     from phmdiff.inference import autoencoder_path
-    from phmdiff.losses import ssim as ssim_loss
+    from phmdiff.losses import ae_loss
     from phmdiff.training.distributed import seed_everything
 
     a = cfg.model.autoencoder
@@ -137,10 +137,8 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
             x = (random_crop(x, a.crop, g) if a.crop else x).to(device)
             posterior = ae.encode(x)
             recon = ae.decode(posterior.sample(g))
-            l1 = (recon.float() - x).abs().mean()
-            s = ssim_loss(recon, x, data_range=2.0)
-            kl = posterior.kl().mean()
-            loss = l1 + a.ssim_weight * (1 - s) + a.kl_weight * kl
+            terms = ae_loss(recon, x, posterior, beta=a.kl_weight, ssim_weight=a.ssim_weight)
+            l1, s, loss = terms["l1"], terms["ssim"], terms["loss"]
             if not torch.isfinite(loss):
                 raise RuntimeError(f"autoencoder training stopped at step {step}: the loss is not finite; "
                                    "lower model.autoencoder.lr.")
