@@ -282,9 +282,9 @@ def test_sample_pyramid_does_not_depend_on_the_batch(tiny_denoiser, sampler, gui
     whole = sample_pyramid(D, src, avail, label, seeds, **kw)
     parts = torch.cat([sample_pyramid(D, src[:2], avail[:2], label[:2], seeds[:2], **kw),
                        sample_pyramid(D, src[2:], avail[2:], label[2:], seeds[2:], **kw)])
-    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-4)  # float32 GEMMs of other batch sizes
     alone = sample_pyramid(D, src[3:4], avail[3:4], label[3:4], seeds[3:4], **kw)
-    torch.testing.assert_close(alone, whole[3:4], rtol=0, atol=1e-5)
+    torch.testing.assert_close(alone, whole[3:4], rtol=1e-4, atol=1e-4)
     other = sample_pyramid(D, src[3:4], avail[3:4], label[3:4], [99], **kw)
     assert float((other - alone).abs().max()) > 1e-2  # another seed, another sample
 
@@ -292,10 +292,10 @@ def test_sample_pyramid_does_not_depend_on_the_batch(tiny_denoiser, sampler, gui
 # Computed once (re-pinned after the pyramid half-pixel fix and source-aware mask tokens), so a change of
 # behaviour anywhere in the sampler, the pyramid or the network shows up here (diffusers-style full loop).
 PINNED = {
-    ("heun", 1.0): ([[-0.10744, 1.048462, 0.088608], [2.471299, 0.555043, 0.323288],
-                     [-0.332545, 3.421607, 1.236657]], 21.60221),
-    ("dpmpp_2m", 2.0): ([[0.282326, 0.67121, 0.214092], [0.82379, 0.506108, -0.272887],
-                         [0.211353, 0.741229, -0.116571]], 3.72556),
+    ("heun", 1.0): ([[-1.346953, -2.379132, -2.009693], [0.603015, -2.058409, -1.222241],
+                     [-1.289642, 0.247163, 0.337105]], -97.68124),
+    ("dpmpp_2m", 2.0): ([[0.124311, -0.599883, 0.006679], [0.180036, 0.003854, 0.046004],
+                         [0.091772, -0.284843, 0.065561]], -37.07387),
 }
 
 

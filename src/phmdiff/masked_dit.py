@@ -244,12 +244,14 @@ class MaskedDiT(nn.Module):
             self.decoder_embed = nn.Linear(d, dd)
             self.decoder_cond = nn.Linear(d, dd)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
-            if cfg.source_aware_mask_tokens:
-                self.decoder_cond_embed = PatchEmbed(cfg.in_channels - cfg.latent_channels, dd, p)
             self.decoder_blocks = nn.ModuleList(
                 [DiTBlock(dd, cfg.decoder_num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)])
             out_width = dd
         self.final_layer = FinalLayer(out_width, p, cfg.latent_channels)
+        # Optional parts are built last and initialised last, so switching one on leaves every other weight's
+        # initial value (the random stream) as it was.
+        if cfg.use_decoder and cfg.source_aware_mask_tokens:
+            self.decoder_cond_embed = PatchEmbed(cfg.in_channels - cfg.latent_channels, cfg.decoder_hidden_size, p)
         if cfg.conv_head_width > 0:
             self.conv_head = ConvHead(cfg.latent_channels, cfg.in_channels - cfg.latent_channels, cfg.conv_head_width)
         self._pos_cache: dict = {}
@@ -265,10 +267,6 @@ class MaskedDiT(nn.Module):
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        if hasattr(self, "decoder_cond_embed"):
-            w = self.decoder_cond_embed.proj.weight
-            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            nn.init.zeros_(self.decoder_cond_embed.proj.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.level_embedder.weight, std=0.02)
@@ -281,6 +279,10 @@ class MaskedDiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
         if self.cfg.use_decoder:
             nn.init.normal_(self.mask_token, std=0.02)
+        if hasattr(self, "decoder_cond_embed"):
+            w = self.decoder_cond_embed.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(self.decoder_cond_embed.proj.bias)
 
     def encoder_parameters(self):
         """Parameters of the encoder path (everything but the mask decoder and, with a decoder, its output layer)."""

@@ -21,9 +21,14 @@ print "inf" and summaries count them apart).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+# torch is imported inside the SSIM functions: `phmdiff evaluate` must refuse an oversized file with little
+# memory, before torch's start-up (some 300 MB) is paid.
+if TYPE_CHECKING:
+    import torch
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5, i.e. an 11-tap window
@@ -93,6 +98,8 @@ def mean_error(pred, ref, mask=None) -> float:
 
 
 def _symmetric_index(n: int, pad: int) -> torch.Tensor:
+    import torch
+
     """Indices of a half-sample symmetric extension by `pad` (scipy's "reflect", numpy's "symmetric")."""
     i = torch.arange(-pad, n + pad)
     i = torch.remainder(i, 2 * n)
@@ -100,6 +107,8 @@ def _symmetric_index(n: int, pad: int) -> torch.Tensor:
 
 
 def _gaussian_filter(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     """Separable 11-tap Gaussian (sigma 1.5) with half-sample symmetric borders over the spatial axes of
     (N, C, *spatial)."""
     radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
@@ -134,6 +143,8 @@ def inner(values, spatial_dims: int):
 
 
 def ssim_map(pred, ref, data_range: float) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
     """SSIM and contrast-structure maps, Wang et al. 2004 eq. 13, same shape as the input."""
     pred, ref = _pair(pred, ref)
     data_range = _check_range(data_range)
