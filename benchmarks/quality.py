@@ -28,14 +28,9 @@ from baselines.unet_regression import predict_unet, train_unet
 from common import RESULTS, apply_slicewise, print_table, set_threads, test_subjects, write_result
 
 DEFAULT_BUDGET_S = 120.0
-# PHMDiff as tuned for a two-minute CPU budget on 16x16x4 latents (brain T1 -> T2, 120 s, mean of 4 samples,
-# measured side by side on an idle machine, 2026-11-26): one pyramid level (an 8x8 coarse level costs steps and
-# adds its errors: 15.4 -> 16.7 dB), lr 2e-3 (16.7 -> 17.2), training noise centred higher, P_mean 0.4
-# (translation needs the image's layout, decided at high noise: 17.5 -> 18.0, both sampled with DDIM 8),
-# sigma_data 1 (the latents are scaled to unit variance; +0.1, within noise) and deterministic DDIM with 8
-# steps (samples vary less: 17.2 -> 17.5 dB with a quarter of the 34 network calls of Heun's 12 + 6).
-PHMDIFF_OVERRIDES = ["model.pyramid_levels=1", "train.lr=2e-3", "model.P_mean=0.4", "model.sigma_data=1.0",
-                     "eval.sampler=ddim", "eval.num_steps=8"]
+# PHMDiff runs as shipped: the demo config (configs/demo.yaml) with only the budget-driven step count changed,
+# so the headline measures the full method (pyramid, masking, cross-granularity, source-aware mask tokens).
+PHMDIFF_OVERRIDES: list[str] = []
 DEFAULT_WORK = Path("bench_out") / "quality"
 TARGETS = {"vs_regression_db": -0.3, "vs_monai_ddpm_db": 0.0, "vs_ceiling_db": -1.5}
 
@@ -75,15 +70,17 @@ def score(pred_path_or_array, subject, task: Task) -> dict:
 
 
 def config_for(task: Task, work: Path, quick: bool, overrides: list[str]):
-    """The demo config (PHMDiff-T/2 in a tiny-f4 latent space) with PHMDIFF_OVERRIDES, at this task's folders."""
-    from phmdiff.config import load_config
+    """The shipped demo config with PHMDIFF_OVERRIDES, at this task's folders."""
+    from phmdiff.config import AE_FACTORS, load_config
     from phmdiff.demo import DEMO_CONFIG
 
     paths = [f"data.root={work / 'phantom'}", f"data.prepared={work / 'prepared'}", f"data.cache={work / 'latents'}",
              f"log.run_dir={work / 'run'}", f"data.sources=[{','.join(task.sources)}]", f"data.target={task.target}",
              "log.tensorboard=false", "eval.every=0", "data.val_fraction=0.2", "data.test_fraction=0.2"]
     if quick:
-        paths += ["data.resolution=32", "model.in_size=8", "train.batchsize=8", "model.autoencoder.batchsize=8",
+        factor = AE_FACTORS[load_config(DEMO_CONFIG).model.autoencoder.preset]
+        paths += ["data.resolution=32", f"model.in_size={32 // factor}", "train.batchsize=8",
+                  "model.autoencoder.batchsize=8",
                   "eval.num_steps=2", "eval.fine_num_steps=2", "data.val_fraction=0.34", "data.test_fraction=0.34",
                   "model.cross_granularity_weight=0"]  # a 2x2-token coarse grid leaves the MMD nothing to compare
     return load_config(DEMO_CONFIG, [*PHMDIFF_OVERRIDES, *paths, *overrides])
