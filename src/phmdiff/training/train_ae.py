@@ -71,32 +71,44 @@ def latent_scale_of(ae, data, device, n_max: int = 512, batch: int = 32, seed: i
 
 @torch.no_grad()
 def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> dict:
-    """Reconstruction PSNR/SSIM on validation slices, in each volume's original intensity units."""
+    """Reconstruction PSNR/SSIM of validation subjects in the `volume` protocol `evaluate` uses: each subject's
+    slices of each modality, back in original units, scored on the reference's foreground (not the whole slice,
+    whose easy background inflates the figure)."""
     from phmdiff.data.datasets import TargetSlices
-    from phmdiff.data.prepare import load_manifest
+    from phmdiff.data.prepare import load_manifest, settings_from_manifest
     from phmdiff.data.volume import NormParams
-    from phmdiff.eval.metrics import psnr, ssim
+    from phmdiff.eval.protocols import evaluate_subject
 
     manifest = load_manifest(cfg.data.prepared)
-    psnrs, ssims = [], []
+    ct = settings_from_manifest(manifest).ct_modalities
+    psnrs, ssims, n = [], [], 0
     mods = [*cfg.data.sources, cfg.data.target]
     split = "val" if manifest["splits"]["val"]["n"] else "train"
-    per_mod = max(max_slices // len(mods), 1)
     for mod in mods:
         data = TargetSlices(cfg.data.prepared, split, target=mod)
-        picks = np.unique(np.linspace(0, len(data) - 1, min(per_mod, len(data))).round().astype(int))
-        for lo in range(0, len(picks), 32):
-            items = [data[int(i)] for i in picks[lo : lo + 32]]
-            x = torch.stack([it["target"] for it in items]).to(device)
-            recon = ae.decode(ae.encode(x).mode()).float().cpu().numpy()[:, 0]
-            for it, r in zip(items, recon):
-                norm = NormParams(**manifest["volumes"][it["subject"]]["norm"][mod])
-                ref_u = norm.inverse((it["target"][0].numpy() + 1) / 2)  # original units
-                rec_u = norm.inverse((r + 1) / 2)
-                psnrs.append(psnr(rec_u, ref_u, data_range=norm.scale))
-                ssims.append(ssim(rec_u, ref_u, data_range=norm.scale))
+        by_subject: dict[str, list[int]] = {}
+        for i, (sid, _) in enumerate(data.slices):
+            by_subject.setdefault(sid, []).append(i)
+        budget = max(max_slices // len(mods), 1)
+        for sid, rows in by_subject.items():
+            if budget <= 0:
+                break
+            rows = rows[:budget]
+            budget -= len(rows)
+            norm = NormParams(**manifest["volumes"][sid]["norm"][mod])
+            refs, recs = [], []
+            for lo in range(0, len(rows), 32):
+                x = torch.stack([data[i]["target"] for i in rows[lo : lo + 32]]).to(device)  # (n, 1, H, W)
+                recs.append(ae.decode(ae.encode(x).mode()).float().cpu().numpy()[:, 0])
+                refs.append(x.cpu().numpy()[:, 0])
+            ref_u = norm.inverse((np.concatenate(refs) + 1) / 2)  # (n, H, W) in original units
+            rec_u = norm.inverse((np.concatenate(recs) + 1) / 2)
+            r = evaluate_subject(rec_u, ref_u, protocol="volume", modality="ct" if mod in ct else "mr", slice_axis=0)
+            psnrs.append(r["psnr"])
+            ssims.append(r["ssim"])
+            n += len(rows)
     finite = [p for p in psnrs if math.isfinite(p)]
-    return {"split": split, "n": len(psnrs), "psnr": float(np.mean(finite)) if finite else math.inf,
+    return {"split": split, "n": n, "protocol": "volume", "psnr": float(np.mean(finite)) if finite else math.inf,
             "psnr_std": float(np.std(finite)) if finite else 0.0, "ssim": float(np.mean(ssims)),
             "ssim_std": float(np.std(ssims))}
 
@@ -180,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = train_autoencoder(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"autoencoder: validation PSNR {report['psnr']:.2f} +- {report['psnr_std']:.2f} dB, SSIM "
-          f"{report['ssim']:.4f} (original units, {report['n']} slices); latent scale {report['latent_scale']:.4f}.",
+          f"{report['ssim']:.4f} (volume protocol: foreground of {report['n']} slices); latent scale {report['latent_scale']:.4f}.",
           file=sys.stderr)
     return 0
 
