@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = train_autoencoder(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"autoencoder: validation PSNR {report['psnr']:.2f} +- {report['psnr_std']:.2f} dB, SSIM "
-          f"{report['ssim']:.4f} (volume protocol: foreground of {report['n']} slices); latent scale {report['latent_scale']:.4f}.",
+          f"{report['ssim']:.4f} (volume protocol, {report['n']} slices); latent scale {report['latent_scale']:.4f}.",
           file=sys.stderr)
     return 0
 
