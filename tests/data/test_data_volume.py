@@ -77,3 +77,22 @@ def test_write_like_keeps_the_reference_grid_and_is_byte_reproducible(tmp_path):
     np.testing.assert_allclose(img.get_fdata(), data, atol=1e-6)
     with pytest.raises(ValueError, match="reference has shape"):
         write_like(data[:3], ref, tmp_path / "c.nii.gz")
+
+
+def test_slices_dropped_by_the_foreground_rule_come_back_as_background_for_a_synthesized_target():
+    # The head fills only the middle slices; the end slices are dropped. A synthesized FLAIR (normalized
+    # relative to its sources) must come back as background there, not as a tissue-level intensity.
+    from phmdiff.data.volume import relative_norm
+
+    v = _head()
+    v[:, :, :3] = 0.0
+    v[:, :, -3:] = 0.0
+    vols = {"t1": v, "t2": 2.0 * v}
+    s = VolumeSettings(modalities=["t1", "t2"], size=24, min_foreground=0.05, relative={"flair": ["t1", "t2"]})
+    slices, spec = volume_to_slices(vols, np.diag([1.0, 1.0, 2.0, 1.0]), s)
+    assert 0 < len(spec.indices) < v.shape[2]  # some slices were dropped
+    norm = relative_norm(spec.norm, ["t1", "t2"])
+    pred = np.full((len(spec.indices), 24, 24), 0.5, np.float32)  # any prediction for the kept slices
+    back = slices_to_volume(pred, spec, "flair", norm=norm)
+    dropped = [z for z in range(v.shape[2]) if z not in spec.indices]
+    assert np.abs(back[:, :, dropped]).max() < 0.05 * float(v.max())  # background (~0), not tissue (~100)
