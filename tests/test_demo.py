@@ -16,6 +16,8 @@ def test_demo_runs_the_whole_chain_and_reports_the_four_scores(tmp_path):
     lines = []
     result = run_demo(tmp_path, subjects=4, shape=(32, 32, 16), config=TINY, progress=False, log=lines.append)
     mean = result["scores"]["mean"]
+    scored = [row["subject"] for row in result["scores"]["subjects"]]
+    assert sorted(scored) == sorted(result["test_subjects"])  # each held-out subject once
     assert set(mean) == {"prediction", "copy_t2", "pipeline_ceiling", "ceiling"}
     for name in mean:
         assert np.isfinite(mean[name]["psnr"]) and -1 <= mean[name]["ssim"] <= 1
@@ -36,7 +38,7 @@ def test_demo_runs_the_whole_chain_and_reports_the_four_scores(tmp_path):
 
 def test_demo_config_puts_every_path_under_the_output_folder(tmp_path):
     cfg = demo_config(tmp_path)
-    assert cfg.model.model_type == "PHMDiff-T/2"
+    assert cfg.model.model_type == "PHMDiff-T/4" and cfg.model.autoencoder.preset == "identity"
     for path in (cfg.data.root, cfg.data.prepared, cfg.data.cache, str(cfg.run_dir)):
         assert Path(path).is_relative_to(tmp_path)
 

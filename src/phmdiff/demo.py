@@ -143,7 +143,9 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     pred_dir = out / "translate"
     metas = [translate(cfg.run_dir, Path(cfg.data.root) / sid, pred_dir, n_samples=n_samples, overwrite=True,
                        progress=progress, ceiling=True) for sid in test_ids]
-    meta = {**metas[0], "subjects": [s for m in metas for s in m["subjects"]]}
+    # translate adds to an earlier translate.json in the same folder: one entry per subject, the newest
+    latest = {s["subject"]: s for m in metas for s in m["subjects"] if s["subject"] in test_ids}
+    meta = {**metas[-1], "subjects": [latest[sid] for sid in test_ids]}
     atomic_write_text(pred_dir / "translate.json", json.dumps(meta, indent=1))
     times["translate"] = time.perf_counter() - t0
     copy_source = "t2" if "t2" in cfg.data.sources else cfg.data.sources[0]

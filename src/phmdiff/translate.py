@@ -104,7 +104,7 @@ def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = F
 def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
-              ceiling: bool = False) -> dict:
+              ceiling: bool = False, log=None) -> dict:
     """Translate every subject under `input_path`; returns the translate.json content.
 
     With `ceiling`, subjects whose real target is present also get the pipeline ceiling (`phmdiff.ceiling`):
@@ -198,6 +198,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             "seeds": {"seed": seed, "n_samples": n_samples},
             "target_norm": asdict(norm),
         })
+        if log is not None:  # --no-progress still says what was done, a line per subject
+            log(f"translate: {sub.id} ({len(entries)}/{len(subjects)}) -> {files['prediction']}")
     if bar is not None:
         bar.close()
     meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
@@ -241,10 +243,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per subject instead)")
 
 
 def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
-                     args.seed, args.overwrite, args.batch_size, args.device, ceiling=args.ceiling)
+                     args.seed, args.overwrite, args.batch_size, args.device, progress=not args.no_progress,
+                     ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None)
     print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {meta['target']}.", file=sys.stderr)
     return 0
