@@ -1,6 +1,6 @@
 """Does each part of PHMDiff earn its place? The shipped configuration against itself with one part switched
 off, at the same CPU budget, on quality.py's phantom tasks (held-out subjects, volume protocol, n-sample mean):
-pyramid levels 1 / 2 / 3, cross-granularity weight 0, mask ratio 0, source-aware mask tokens off.
+pyramid levels 1 / 2 / 3, cross-granularity weight 0, mask ratio 0, source-aware mask tokens off, no conv head.
 
     python benchmarks/ablation.py                        # FLAIR and CT tasks, 120 s per variant
     python benchmarks/ablation.py --quick                # one tiny task, seconds (smoke test)
@@ -24,6 +24,7 @@ VARIANTS = {
     "cross_granularity_0": ["model.cross_granularity_weight=0"],
     "mask_ratio_0": ["model.mask_ratio=0", "train.unmasked_finetune_steps=0"],
     "source_aware_off": ["model.source_aware_mask_tokens=false"],
+    "conv_head_0": ["model.conv_head_width=0"],
 }
 DEFAULT_TASKS = ["brain_t1t2_to_flair", "pelvis_mr_to_ct"]
 

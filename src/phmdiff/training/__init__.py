@@ -56,7 +56,11 @@ def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
 
             report = train_autoencoder(cfg, progress=progress)
             done["train-ae"] = report
-            log(f"train-ae: PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} on validation slices")
+            if report.get("preset") == "identity":
+                log("train-ae: identity autoencoder (pixel-space diffusion): nothing to train")
+            else:
+                log(f"train-ae: PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} (volume protocol, "
+                    "validation subjects)")
     if "encode" in stages:
         from phmdiff.autoencoder import load_autoencoder
         from phmdiff.data.latent_cache import autoencoder_id, encode_prepared
