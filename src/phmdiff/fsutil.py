@@ -90,7 +90,8 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -121,7 +122,7 @@ def clean_dead_temps(path: str | os.PathLike, min_age_s: float = 3600.0) -> list
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         owner = tmp.name[len(path.name) + 2 : -len(".tmp")].split("-")[0]
         try:
-            dead = not _pid_alive(int(owner)) if owner.isdigit() else now - tmp.stat().st_mtime > min_age_s
+            dead = not pid_alive(int(owner)) if owner.isdigit() else now - tmp.stat().st_mtime > min_age_s
         except OSError:
             continue
         if dead and tmp.is_dir():

@@ -12,20 +12,12 @@ import os
 import socket
 from pathlib import Path
 
+from phmdiff.fsutil import pid_alive
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _read_owner(path: Path) -> tuple[int | None, str]:
@@ -63,7 +55,7 @@ class RunLock:
             previous_pid is not None
             and previous_pid != os.getpid()
             and previous_host == socket.gethostname()
-            and _pid_alive(previous_pid)
+            and pid_alive(previous_pid)
         ):
             os.close(fd)
             raise ValueError(
