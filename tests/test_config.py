@@ -27,7 +27,7 @@ def test_original_presets_keep_the_paper_settings(name, in_size, resolution, sou
 
 def test_demo_preset_is_tiny_and_on_cpu():
     cfg = load_config(CONFIGS / "demo.yaml")
-    assert cfg.model.model_type == "PHMDiff-T/2"
+    assert cfg.model.model_type == "PHMDiff-T/4" and cfg.model.autoencoder.preset == "identity"
     assert cfg.data.dataset == "phantom"
     assert cfg.train.device == "cpu" and cfg.train.amp == "no"
 
@@ -66,7 +66,7 @@ def test_original_dit_name_maps_to_ours():
         ("train.max_num_steps=0", "positive"),
         ("model.model_type=Foo-XL/2", "PHMDiff-XL/2"),
         ("data.resolution=100", "power of two"),
-        ("model.pyramid_levels=5", "divisible"),
+        ("model.pyramid_levels=6", "divisible"),  # 64 / 2^5 = 2 pixels: less than one 4x4 patch
         ("data.target=t1", "missing modality"),
         ("train.grad_accum=3", "multiple"),
         ("justtext", "section.key=value"),

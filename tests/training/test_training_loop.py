@@ -129,7 +129,9 @@ def test_validation_logs_psnr_ssim_and_keeps_the_best_checkpoint(data):
     header = rows[0].split(",")
     values = [dict(zip(header, r.split(","))) for r in rows[1:]]
     psnrs = [float(v["val_psnr"]) for v in values if v["val_psnr"]]
-    assert len(psnrs) == 2 and all(math.isfinite(p) and 0 < p < 100 for p in psnrs)
+    # Four training steps: the samples are still close to unit-variance noise (sigma_data 1), whose decoded
+    # images can stray beyond [0, 1], so the PSNR can be below 0 dB; it must be a finite, logged number.
+    assert len(psnrs) == 2 and all(math.isfinite(p) and -40 < p < 100 for p in psnrs)
     best = (cfg.run_dir / "checkpoints" / "best").read_text().strip()
     meta = load_checkpoint(cfg.run_dir / "checkpoints" / best).meta
     assert meta["validation"]["psnr"] == pytest.approx(max(psnrs), rel=1e-5)
