@@ -4,7 +4,6 @@ refused where they enter (item 5). Real crafted files, real processes; peak memo
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 import struct
 import subprocess
@@ -20,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import rel_fixture as fx  # noqa: E402
 
 from phmdiff.limits import LimitError, check_gzip_size, check_voxels  # noqa: E402
-from phmdiff.training.checkpoint import _write_manifest, find_latest  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 MB = 2**20
@@ -156,14 +154,11 @@ def test_phantom_shape_and_batchsize_bounds(tmp_path):
 
 def test_a_checkpoint_with_a_huge_plane_size_is_refused(tmp_path_factory, tmp_path):
     data, run = fx.shared(tmp_path_factory), fx.trained_run(tmp_path_factory)
-    crafted = tmp_path / "run"
-    shutil.copytree(run, crafted)
-    ckpt = find_latest(crafted)
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["identity"]["volume_settings"]["size"] = 200000
-    (ckpt / "meta.json").write_text(json.dumps(meta))
-    (ckpt / "manifest.json").unlink()
-    _write_manifest(ckpt)
+
+    def huge_plane(meta):
+        meta["identity"]["volume_settings"]["size"] = 200000
+
+    crafted = fx.crafted_run(tmp_path, run, edit_meta=huge_plane)
     res = fx.cli("translate", "--run", str(crafted), "--input", str(data / "phantom" / "PHANTOM_00001"), "--out",
                  str(tmp_path / "out"), "--steps", "1", "--device", "cpu", check=False)
     assert res.returncode == 2 and "voxels" in res.stderr and "Traceback" not in res.stderr, res.stderr

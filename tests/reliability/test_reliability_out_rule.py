@@ -22,7 +22,6 @@ import rel_fixture as fx  # noqa: E402
 
 from phmdiff.cli import main  # noqa: E402
 from phmdiff.fsutil import atomic_dir, check_out_dir, clean_dead_temps, publish_dir, safe_name  # noqa: E402
-from phmdiff.training.checkpoint import _write_manifest, find_latest  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 EVIL = '<script>alert("x")</script>'
@@ -75,17 +74,14 @@ def test_safe_name_refuses_names_that_leave_the_folder(name):
 
 def test_translate_refuses_a_checkpoint_whose_target_name_leaves_out(tmp_path_factory, tmp_path):
     data, run = fx.shared(tmp_path_factory), fx.trained_run(tmp_path_factory)
-    evil_run = tmp_path / "run"
-    shutil.copytree(run, evil_run)
-    ckpt = find_latest(evil_run)
-    meta = json.loads((ckpt / "meta.json").read_text())
     evil = "../../escaped"
-    mods = meta["identity"]["data"]["modalities"]
-    meta["identity"]["data"]["modalities"] = [evil if m == meta["identity"]["target"] else m for m in mods]
-    meta["identity"]["target"] = evil
-    (ckpt / "meta.json").write_text(json.dumps(meta))
-    (ckpt / "manifest.json").unlink()
-    _write_manifest(ckpt)  # an attacker rewrites the hashes too
+
+    def escape(meta):
+        mods = meta["identity"]["data"]["modalities"]
+        meta["identity"]["data"]["modalities"] = [evil if m == meta["identity"]["target"] else m for m in mods]
+        meta["identity"]["target"] = evil
+
+    evil_run = fx.crafted_run(tmp_path, run, edit_meta=escape)  # an attacker rewrites the hashes too
     out = tmp_path / "a" / "b" / "out"
     res = fx.cli("translate", "--run", str(evil_run), "--input", str(data / "phantom" / "PHANTOM_00001"),
                  "--out", str(out), "--steps", "1", "--device", "cpu", check=False)

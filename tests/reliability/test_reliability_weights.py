@@ -20,28 +20,8 @@ import rel_fixture as fx  # noqa: E402
 from phmdiff.autoencoder import AutoencoderConfig, build_autoencoder, load_autoencoder, save_autoencoder  # noqa: E402
 from phmdiff.data.readers import load_volume  # noqa: E402
 from phmdiff.eval.evaluate import load_volume as load_eval_volume  # noqa: E402
-from phmdiff.training.checkpoint import _write_manifest, find_latest  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _crafted_run(tmp_path, run, edit_weights=None, edit_meta=None) -> Path:
-    crafted = tmp_path / "run"
-    shutil.copytree(run, crafted)
-    ckpt = find_latest(crafted)
-    if edit_weights:
-        for name in ("model.safetensors", "ema.safetensors"):
-            tensors = load_file(str(ckpt / name))
-            key = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
-            tensors[key] = edit_weights(tensors[key])
-            save_file(tensors, str(ckpt / name), metadata={"format": "phmdiff-checkpoint-v1"})
-    if edit_meta:
-        meta = json.loads((ckpt / "meta.json").read_text())
-        edit_meta(meta)
-        (ckpt / "meta.json").write_text(json.dumps(meta))
-    (ckpt / "manifest.json").unlink()
-    _write_manifest(ckpt)  # the hashes match: only the content is wrong
-    return crafted
 
 
 def _set_nan_norm(meta):
@@ -58,7 +38,7 @@ def _set_nan_norm(meta):
 def test_crafted_weights_or_norm_end_in_one_sentence_and_no_output(tmp_path_factory, tmp_path, label, edit_weights,
                                                                    edit_meta, words):
     data, run = fx.shared(tmp_path_factory), fx.trained_run(tmp_path_factory)
-    crafted = _crafted_run(tmp_path, run, edit_weights, edit_meta)
+    crafted = fx.crafted_run(tmp_path, run, edit_weights, edit_meta)
     out = tmp_path / "out"
     res = fx.cli("translate", "--run", str(crafted), "--input", str(data / "phantom" / "PHANTOM_00001"), "--out",
                  str(out), "--steps", "1", "--device", "cpu", check=False)

@@ -196,6 +196,34 @@ def trained_run(tmp_path_factory) -> Path:
     return _BUILT["run"]
 
 
+def crafted_run(tmp_path: Path, run: Path, edit_weights=None, edit_meta=None) -> Path:
+    """A copy of `run` whose latest checkpoint has edited weights and/or meta.json, its manifest re-signed (an
+    attacker rewrites the hashes too): only the content is wrong."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from phmdiff.training.checkpoint import _write_manifest, find_latest
+
+    crafted = tmp_path / "run"
+    shutil.copytree(run, crafted)
+    ckpt = find_latest(crafted)
+    if edit_weights:
+        for name in ("model.safetensors", "ema.safetensors"):
+            tensors = load_file(str(ckpt / name))
+            key = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+            tensors[key] = edit_weights(tensors[key])
+            save_file(tensors, str(ckpt / name), metadata={"format": "phmdiff-checkpoint-v1"})
+    if edit_meta:
+        meta = json.loads((ckpt / "meta.json").read_text())
+        edit_meta(meta)
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+    (ckpt / "manifest.json").unlink()
+    _write_manifest(ckpt)
+    return crafted
+
+
 def files_of(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (hidden ones included) by relative path -> bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
