@@ -47,20 +47,22 @@ def score(meta: dict, out: Path, copy_source: str) -> dict:
     """Mean PSNR/SSIM (volume protocol) and lesion PSNR of the prediction, the copy-the-source baseline and two
     ceilings: the pipeline's (a perfect prediction through normalization, autoencoder and inverse) and the
     noise-free one (the clean target against the noisy reference: no method can do better)."""
+    from phmdiff.eval.evaluate import ceiling_volumes, load_volume
     from phmdiff.eval.protocols import evaluate_subject, foreground_mask
 
     rows = []
     for s in meta["subjects"]:
-        ref = _load(s["reference"])
+        ref, affine = load_volume(s["reference"], what="reference")
         mask = foreground_mask(ref)
         seg = _load(s["seg"]) if s.get("seg") else None
-        clean = Path(s["reference"]).parent / "noise_free" / Path(s["reference"]).name
         row = {"subject": s["subject"]}
+        tops = ceiling_volumes({**s, "ceiling": str(out / s["ceiling"]) if s.get("ceiling") else None},
+                               (ref.shape, affine))
         candidates = {
             "prediction": _load(out / s["prediction"]),
             "copy_" + copy_source: matched_copy(_load(s["source_images"][copy_source]), ref, mask),
-            "pipeline_ceiling": _load(out / s["ceiling"]) if s.get("ceiling") else None,
-            "ceiling": _load(clean) if clean.exists() else None,
+            "pipeline_ceiling": tops.get("pipeline_ceiling"),
+            "ceiling": tops.get("noise_free"),
         }
         for name, vol in candidates.items():
             if vol is not None:

@@ -182,7 +182,7 @@ def summarize(rows: list[dict], keys=SUMMARY_KEYS) -> dict:
     return out
 
 
-def _ceilings(s: dict, like) -> dict[str, np.ndarray]:
+def ceiling_volumes(s: dict, like) -> dict[str, np.ndarray]:
     """The ceiling volumes known for one subject (see CEILINGS)."""
     out = {}
     if s.get("ceiling"):
@@ -202,7 +202,7 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
         pred, _ = load_volume(s["prediction"], like, "prediction")
         mask = load_volume(s["mask"], like, "mask")[0] > 0 if s.get("mask") else None
         seg = load_volume(s["seg"], like, "segmentation")[0] if s.get("seg") else None
-        ceilings = _ceilings(s, like)
+        ceilings = ceiling_volumes(s, like)
         for protocol in protocols:
             res = evaluate_subject(pred, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
                                    slice_axis=slice_axis)
