@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
+# -n auto: one pytest-xdist worker per core (each test runs one torch thread, see tests/conftest.py).
 test: setup
-	$(PY) -m pytest -q tests; rc=$$?; \
+	$(PY) -m pytest -q -n auto tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose."; exit 1; fi; \
 	exit $$rc
 
