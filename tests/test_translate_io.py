@@ -77,7 +77,8 @@ def test_mha_in_mha_out_with_the_input_geometry_through_prepare_and_translate(ti
     nii = tmp_path / "nii" / "PHANTOM_00000"
     nii.mkdir(parents=True)
     for mod in ("t1", "t2"):
-        sitk.WriteImage(sitk.ReadImage(str(tmp_path / "in" / "PHANTOM_00000" / f"{mod}.mha")), str(nii / f"{mod}.nii.gz"))
+        mha = sitk.ReadImage(str(tmp_path / "in" / "PHANTOM_00000" / f"{mod}.mha"))
+        sitk.WriteImage(mha, str(nii / f"{mod}.nii.gz"))
     as_nii = translate(tiny_run / "run", nii, tmp_path / "out_nii", progress=False)
     other = sitk.ReadImage(str(tmp_path / "out_nii" / as_nii["subjects"][0]["prediction"]))
     _same_geometry(other, source)
