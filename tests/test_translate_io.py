@@ -20,8 +20,11 @@ TILT = 0.3  # radians about z: a direction matrix that is not the identity
 ROTATION = np.array([[np.cos(TILT), -np.sin(TILT), 0.0], [np.sin(TILT), np.cos(TILT), 0.0], [0.0, 0.0, 1.0]])
 
 
-def _itk_image(data: np.ndarray, spacing=(1.1, 0.9, 2.0), origin=(12.5, -30.0, 7.0), dtype=np.float32):
-    """(x, y, z) voxels as a SimpleITK image with a non-trivial origin, spacing and direction."""
+BRAIN = (15.0, 15.0, 9.6875)  # the 16-voxel brain phantom's spacing (mm): the run's training spacing
+
+
+def _itk_image(data: np.ndarray, spacing=BRAIN, origin=(12.5, -30.0, 7.0), dtype=np.float32):
+    """(x, y, z) voxels as a SimpleITK image with a non-trivial origin and direction (and anisotropic spacing)."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)).astype(dtype))  # (z, y, x)
     img.SetSpacing(spacing)
     img.SetOrigin(origin)
@@ -180,11 +183,58 @@ def test_ct_output_is_int16_in_the_hu_window_for_nifti_and_mha(pelvis_run, tmp_p
     mha = tmp_path / "mha" / sid
     mha.mkdir(parents=True)
     for mod, dtype in (("mr", np.float32), ("ct", np.int16)):
-        sitk.WriteImage(_itk_image(load_volume(pelvis_run / "ph" / sid / f"{mod}.nii.gz")[0], dtype=dtype),
-                        str(mha / f"{mod}.mha"), True)
+        data, affine, _ = load_volume(pelvis_run / "ph" / sid / f"{mod}.nii.gz")
+        zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
+        sitk.WriteImage(_itk_image(data, spacing=zooms, dtype=dtype), str(mha / f"{mod}.mha"), True)
     meta = translate(pelvis_run / "run", mha, tmp_path / "out", progress=False)
     out = sitk.ReadImage(str(tmp_path / "out" / meta["subjects"][0]["prediction"]))
     assert meta["subjects"][0]["prediction"].endswith(".mha") and out.GetPixelID() == sitk.sitkInt16
     _same_geometry(out, sitk.ReadImage(str(mha / "mr.mha")))
     values = sitk.GetArrayViewFromImage(out)
     assert values.min() >= -1024 and values.max() <= 3071
+
+
+def test_an_anisotropic_input_is_resampled_to_the_training_spacing_and_back(tiny_run, tmp_path, capsys):
+    from phmdiff.data.spacing import resize
+
+    manifest = json.loads((tiny_run / "prep" / "manifest.json").read_text())
+    # The 16-voxel phantom is sliced along R, its coarsest axis (15 mm): the slice plane is A x S.
+    assert manifest["config"]["volume"]["spacing"] == [15.0, 9.6875]  # prepare recorded the training spacing
+    data = _phantom_subject(tiny_run, "PHANTOM_00001")
+    shape = (12, 24, 26)  # 20 mm slices (still the coarsest axis), 10 x 6 mm in-plane
+    affine = np.diag([-20.0, -10.0, 6.0, 1.0])
+    affine[:3, 3] = (100.0, 90.0, -60.0)
+    subject = tmp_path / "in" / "PHANTOM_00001"
+    subject.mkdir(parents=True)
+    for mod in ("t1", "t2"):
+        nib.save(nib.Nifti1Image(resize(data[mod], shape), affine), subject / f"{mod}.nii.gz")
+    args = ["translate", "--run", str(tiny_run / "run"), "--input", str(subject), "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "PHANTOM_00001: in-plane spacing 10 x 6 mm, training 15 x 9.69 mm: resampled to 15 x 9.75 mm" in err
+    pred = nib.load(tmp_path / "out" / "PHANTOM_00001" / "PHANTOM_00001_flair.nii.gz")
+    assert pred.shape == shape and np.allclose(pred.affine, affine)
+    assert np.asarray(pred.dataobj).std() > 0
+    entry = json.loads((tmp_path / "out" / "translate.json").read_text())["subjects"][0]
+    assert entry["spacing"] == {"input": [10.0, 6.0], "training": [15.0, 9.6875], "resampled": True}
+    # Resampling off: the input's own grid, and a sentence saying the scale is not the trained one.
+    assert cli.main([*args, "--out", str(tmp_path / "off"), "--no-resample"]) == 0
+    err = capsys.readouterr().err
+    assert "in-plane spacing 10 x 6 mm differs by more than 10% from the training spacing 15 x 9.69 mm" in err
+    assert nib.load(tmp_path / "off" / "PHANTOM_00001" / "PHANTOM_00001_flair.nii.gz").shape == shape
+
+
+def test_a_run_without_a_recorded_spacing_says_it_is_not_checked(tiny_run, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "reliability" / "scripts"))
+    from rel_fixture import crafted_run
+
+    def drop_spacing(meta):  # a run trained before prepare recorded the spacing
+        meta["identity"]["volume_settings"].pop("spacing")
+
+    run = crafted_run(tmp_path, tiny_run / "run", edit_meta=drop_spacing)
+    args = ["translate", "--run", str(run), "--input", str(tiny_run / "ph" / "PHANTOM_00000"), "--out",
+            str(tmp_path / "out"), "--no-progress"]
+    assert cli.main(args) == 0
+    assert "this run records no training voxel spacing" in capsys.readouterr().err

@@ -153,11 +153,14 @@ def _files_of(files: dict) -> list[Path]:
 def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
-              ceiling: bool = False, log=None) -> dict:
+              ceiling: bool = False, log=None, resample: bool = True) -> dict:
     """Translate every subject under `input_path`; returns the translate.json content.
 
     With `ceiling`, subjects whose real target is present also get the pipeline ceiling (`phmdiff.ceiling`):
     their true target sent through normalization, autoencoder and translate's inverse.
+    With `resample` (default), each input's slice plane is resampled to the run's training spacing and the
+    prediction back to the input's grid (`phmdiff.data.spacing`); without it, a spacing more than 10 % off is
+    a warning. Notes and warnings go to `log` (stderr when None).
     """
     from phmdiff.data.volume import NormParams, VolumeSettings
 
@@ -197,6 +200,10 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     check_voxels((settings.size or 1,) * 2, trained.checkpoint / "meta.json", "volume_settings plane")
     target_norm = NormParams(**ident["target_norm"])
     kind = "ct" if target in settings.ct_modalities else "mr"
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    if settings.spacing is None:
+        say("translate: note: this run records no training voxel spacing (its data was prepared before phmdiff "
+            "recorded it); the inputs' spacing is not checked.")
     entries = []
     bar = None
     if progress:
@@ -207,7 +214,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         files = planned[sub.id]
         try:
             entry = _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files,
-                                       n_samples, seed, batch_size, out, ident.get("target_gain"), bar)
+                                       n_samples, seed, batch_size, out, ident.get("target_gain"), bar, resample, say)
         except (ValueError, MemoryError) as exc:  # this subject only: unreadable, NaN, too big, mismatched grids
             reason = "out of memory (the volume is too big for this machine)" if isinstance(exc, MemoryError) \
                 else " ".join(str(exc).split())
@@ -239,11 +246,27 @@ def _missing_sources(sub, sources: list[str]) -> str:
 
 
 def _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files, n_samples, seed,
-                       batch_size, out, gain, bar) -> dict:
+                       batch_size, out, gain, bar, resample=True, say=print) -> dict:
     """Translate one subject and write its files; returns its translate.json entry (ValueError: skip it)."""
+    from dataclasses import replace
+
+    from phmdiff.data import spacing as sp
     from phmdiff.data.volume import load_subject_volumes, slices_to_volume, volume_to_slices, write_like
 
     volumes, affine, _ = load_subject_volumes(sub, sources)
+    axis, _, in_plane = sp.slice_plane(affine, settings.axis)
+    settings = replace(settings, axis=axis)  # resampling the plane must not change which axis is sliced
+    plan = sp.plan(next(iter(volumes.values())).shape, affine, axis, settings.spacing) if settings.spacing else None
+    if plan is not None and resample:
+        say(f"translate: {sub.id}: in-plane spacing {sp.mm(plan.spacing)}, training {sp.mm(settings.spacing)}: "
+            f"resampled to {sp.mm(plan.new_spacing)} and the prediction back onto the input's grid.")
+        volumes = {m: sp.resize(v, plan.new_shape) for m, v in volumes.items()}
+        affine = plan.affine
+    elif plan is not None and any(abs(a / b - 1) > sp.TOLERANCE for a, b in zip(plan.spacing, settings.spacing)):
+        say(f"translate: warning: {sub.id}: in-plane spacing {sp.mm(plan.spacing)} differs by more than "
+            f"{sp.TOLERANCE:.0%} from the training spacing {sp.mm(settings.spacing)} and resampling is off "
+            "(--no-resample): the model sees anatomy at a scale it was not trained on.")
+    back = plan.back if plan is not None and resample else (lambda v: v)
     slices, spec = volume_to_slices(volumes, affine, settings)
     del volumes
     k = 2 * spec.context + 1
@@ -255,7 +278,7 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
     for j in range(n_samples):
         seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
         pred = translate_slices(trained, src, seeds, sampling, batch_size)
-        samples.append(slices_to_volume(pred, spec, target, norm=norm))
+        samples.append(back(slices_to_volume(pred, spec, target, norm=norm)))
         if n_samples > 1:
             write_like(to_output(samples[-1], dtype, settings.ct_window), reference, files["samples"][j], dtype)
         if bar is not None:
@@ -283,6 +306,7 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
         "seeds": {"seed": seed, "n_samples": n_samples},
         "target_norm": asdict(norm),
         "dtype": str(dtype),
+        "spacing": {"input": in_plane, "training": settings.spacing, "resampled": plan is not None and resample},
     }
 
 
@@ -321,12 +345,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per subject instead)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
 
 
 def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
                      args.seed, args.overwrite, args.batch_size, args.device, progress=not args.no_progress,
-                     ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None)
+                     ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None,
+                     resample=not args.no_resample)
     done = len(meta["subjects"])
     print(f"{args.out}: {done} subject(s) translated to {meta['target']}.", file=sys.stderr)
     if meta["skipped"]:  # every subject is accounted for: the ones left out, each with its reason; exit 1

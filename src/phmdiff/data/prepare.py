@@ -23,6 +23,7 @@ from phmdiff import __version__
 from phmdiff.data.intensity import CT_WINDOW
 from phmdiff.data.names import canonical_list
 from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
+from phmdiff.data.spacing import slice_plane, training_spacing
 from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
 from phmdiff.schema import check_manifest
@@ -249,6 +250,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     check_writable_dir(out.parent)
     layout, subjects, modalities = _resolve(root, settings, modalities)
     settings.volume.modalities = modalities
+    settings.volume.spacing = None  # measured from the data below, never an input of the fingerprint
     skipped = {}
     for s in subjects:  # a requested modality missing anywhere stops here, before any work
         for m in modalities:
@@ -295,9 +297,11 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
             writers[split[sub.id]].add(slices)
             slice_map[split[sub.id]] += [[sub.id, i] for i in spec.indices]
             volumes_meta[sub.id] = {"split": split[sub.id], "reference": str(next(iter(
-                _subject_files(sub, modalities).values()))[0]), **spec.to_dict()}
+                _subject_files(sub, modalities).values()))[0]), **spec.to_dict(),
+                "spacing": slice_plane(affine, spec.axis)[2]}  # in-plane mm, the RAS order of the slice plane
         for w in writers.values():
             w.flush()
+        settings.volume.spacing = training_spacing(volumes_meta)  # the run carries it; translate resamples to it
         manifest = {
             "format": FORMAT,
             "package_version": __version__,

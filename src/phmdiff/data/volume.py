@@ -43,6 +43,9 @@ class VolumeSettings:
     # target -> sources: the target is normalized by its sources' parameters (`relative_norm`), not its own,
     # so a synthesized target is put back into scanner units exactly, with no guess of its own scale.
     relative: dict[str, list[str]] = field(default_factory=dict)
+    # In-plane voxel spacing (mm) of the training volumes, recorded by prepare (`phmdiff.data.spacing`);
+    # translate resamples new volumes to it. None: not recorded (data prepared before it was).
+    spacing: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in MR_NORMS:
@@ -62,6 +65,10 @@ class VolumeSettings:
         self.ct_modalities = tuple(self.ct_modalities)
         self.modalities = list(self.modalities)
         self.relative = {str(t): [str(m) for m in srcs] for t, srcs in dict(self.relative or {}).items()}
+        if self.spacing is not None:
+            self.spacing = [float(v) for v in self.spacing]
+            if len(self.spacing) != 2 or not all(np.isfinite(v) and v > 0 for v in self.spacing):
+                raise ValueError(f"spacing {self.spacing} is invalid; expected two positive in-plane sizes in mm.")
         for t, srcs in self.relative.items():
             if not srcs or t in srcs:
                 raise ValueError(f"relative normalization of '{t}' needs other modalities as sources, got {srcs}.")
