@@ -1,12 +1,15 @@
-"""`phmdiff translate`: synthesize the missing modality of NIfTI subjects with a trained PHMDiff run.
+"""`phmdiff translate`: synthesize the missing modality of subjects' volumes with a trained PHMDiff run.
 
 Each subject goes through the same per-volume steps as training (`phmdiff.data.volume`), its source slices
 are encoded with the run's autoencoder, the target latents are sampled coarse to fine, decoded, and the
 slices are put back on the input's grid, orientation and intensity units (the target's scale follows the
 subject's own source scales, `prepare.subject_norm`). Every random draw is seeded by
-(seed, subject, sample, slice), so reruns are identical and the batch size does not matter. Each NIfTI is
-written atomically; nothing is overwritten without `--overwrite`. OUT/translate.json lists the outputs in
-the format `phmdiff evaluate` reads.
+(seed, subject, sample, slice), so reruns are identical and the batch size does not matter. Each output is
+written atomically, in the input's format (NIfTI; MHA and NRRD through SimpleITK; a DICOM series gives NIfTI)
+with its geometry; a CT target stored in integers stays integer HU, clipped to the run's window. Nothing is
+overwritten without `--overwrite`. OUT/translate.json lists the outputs in the format `phmdiff evaluate`
+reads, and every subject left out ("skipped": missing source, unreadable, NaN voxels, too big) with its
+reason; one bad subject never stops the others, and the command exits 1 when any was left out.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phmdiff.data.names import canonical
 from phmdiff.devices import DEVICES
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
@@ -52,23 +56,64 @@ def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], set
 
 
 def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]):
-    """Subjects under a dataset root, or the one subject whose folder is `path`."""
-    from phmdiff.data.readers import LAYOUTS, find_subjects
+    """Subjects under a dataset root, or the one subject whose folder is `path`; all of them, complete or not.
+
+    The folder's own naming is detected (a run trained on BraTS 2021 names reads a 2023 folder: both map to
+    one set of names, `phmdiff.data.names`); the run's `layout` is the fallback for an ambiguous folder.
+    A ValueError when no subject has every source (nothing could be translated: the wrong folder or run).
+    """
+    from phmdiff.data.readers import LAYOUTS, _nifti_stem, detect_layout, find_subjects
 
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: input folder not found; expected a subject folder or a folder of subjects.")
-    layout = layout if layout in LAYOUTS and layout != "png" else "auto"
-    single = any(p.name.endswith((".nii", ".nii.gz")) for p in path.iterdir() if p.is_file())
+    single = any(_nifti_stem(p) for p in path.iterdir())  # volumes (or DICOM series) right here: one subject
     root = path.parent if single else path
+    try:
+        layout = detect_layout(root)
+    except ValueError:
+        layout = layout if layout in LAYOUTS and layout != "png" else "auto"
+    if layout == "png":
+        layout = "auto"
     subjects = find_subjects(root, layout)
     if single:
         subjects = [s for s in subjects if s.id == path.name]
-    usable = [s for s in subjects if all(m in s.paths for m in sources)]
-    if not usable:
+    if not any(all(m in s.paths for m in sources) for s in subjects):
         missing = sorted({m for s in subjects for m in sources if m not in s.paths})
         raise ValueError(f"{path}: no subject has all source modalities {sources} (missing {missing}).")
-    return usable
+    return subjects
+
+
+def output_suffix(reference: Path) -> str:
+    """Outputs are written in the input's format: .nii.gz for NIfTI and DICOM series, .mha, .nrrd."""
+    name = reference.name.lower()
+    if name.endswith((".mha", ".mhd")):
+        return ".mha"
+    if name.endswith((".nrrd", ".nhdr")):
+        return ".nrrd"
+    return NII
+
+
+def output_dtype(target: str, settings, reference: Path) -> np.dtype:
+    """int16 for a CT target when the subject's CT (or first source) is stored in integers, else float32."""
+    from phmdiff.data.readers import stored_dtype
+
+    if target not in settings.ct_modalities:
+        return np.dtype(np.float32)
+    try:
+        kind = stored_dtype(reference).kind
+    except Exception:  # noqa: BLE001 - an unreadable header was already reported by the reader
+        return np.dtype(np.float32)
+    lo, hi = settings.ct_window
+    fits = np.iinfo(np.int16).min <= lo and hi <= np.iinfo(np.int16).max
+    return np.dtype(np.int16 if kind in "iu" and fits else (np.int32 if kind in "iu" else np.float32))
+
+
+def to_output(volume: np.ndarray, dtype: np.dtype, window) -> np.ndarray:
+    """A float prediction in the written type: integer CT rounded to whole HU and clipped to the HU window."""
+    if np.dtype(dtype).kind in "iu":
+        return np.clip(np.rint(volume), window[0], window[1]).astype(dtype)
+    return volume.astype(dtype, copy=False)
 
 
 def target_norm_for(settings, target: str, sources: list[str], source_norms: dict, reference, gain) -> object:
@@ -90,34 +135,34 @@ def target_norm_for(settings, target: str, sources: list[str], source_norms: dic
     return relative_norm(source_norms, rel)
 
 
-def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = False) -> dict:
+def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = False, suffix: str = NII) -> dict:
     folder = out / sid
-    files = {"prediction": folder / f"{sid}_{target}{NII}"}
+    files = {"prediction": folder / f"{sid}_{target}{suffix}"}
     if ceiling:
-        files["ceiling"] = folder / f"{sid}_{target}_ceiling{NII}"
+        files["ceiling"] = folder / f"{sid}_{target}_ceiling{suffix}"
     if n_samples > 1:
-        files["std"] = folder / f"{sid}_{target}_std{NII}"
-        files["samples"] = [folder / "samples" / f"{sid}_{target}_sample{j}{NII}" for j in range(n_samples)]
+        files["std"] = folder / f"{sid}_{target}_std{suffix}"
+        files["samples"] = [folder / "samples" / f"{sid}_{target}_sample{j}{suffix}" for j in range(n_samples)]
     return files
+
+
+def _files_of(files: dict) -> list[Path]:
+    return [f for f in [files["prediction"], files.get("std"), files.get("ceiling"), *files.get("samples", [])] if f]
 
 
 def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
-              ceiling: bool = False, log=None) -> dict:
+              ceiling: bool = False, log=None, resample: bool = True) -> dict:
     """Translate every subject under `input_path`; returns the translate.json content.
 
     With `ceiling`, subjects whose real target is present also get the pipeline ceiling (`phmdiff.ceiling`):
     their true target sent through normalization, autoencoder and translate's inverse.
+    With `resample` (default), each input's slice plane is resampled to the run's training spacing and the
+    prediction back to the input's grid (`phmdiff.data.spacing`); without it, a spacing more than 10 % off is
+    a warning. Notes and warnings go to `log` (stderr when None).
     """
-    from phmdiff.data.volume import (
-        NormParams,
-        VolumeSettings,
-        load_subject_volumes,
-        slices_to_volume,
-        volume_to_slices,
-        write_like,
-    )
+    from phmdiff.data.volume import NormParams, VolumeSettings
 
     if steps is not None and steps < 1:
         raise ValueError(f"--steps is {steps}; expected a positive number of sampling steps.")
@@ -131,7 +176,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     trained = load_trained(run, device)
     sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
-    sources, target = list(ident["sources"]), ident["target"]
+    sources, target = [canonical(m) for m in ident["sources"]], canonical(ident["target"])
     check_finite_numbers({k: ident.get(k) for k in ("target_norm", "target_gain")}, "identity",
                          trained.checkpoint / "meta.json")
     for name in [target, *sources]:  # they become file names: none may lead outside --out
@@ -139,19 +184,26 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     subjects = find_input_subjects(input_path, ident.get("layout"), sources)
     for sub in subjects:
         safe_name(sub.id, "subject id", input_path)
+    settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
+    skipped = {s.id: _missing_sources(s, sources) for s in subjects if any(m not in s.paths for m in sources)}
+    subjects = [s for s in subjects if s.id not in skipped]
     check_writable_dir(check_out_dir(out, "translate", overwrite))
     earlier = _earlier_entries(out, target, sources, overwrite)
     claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])  # a killed run's out stays ours
-    planned = {s.id: _outputs(out, s.id, target, n_samples, ceiling and target in s.paths) for s in subjects}
+    planned = {s.id: _outputs(out, s.id, target, n_samples, ceiling and target in s.paths,
+                              output_suffix(s.paths[sources[0]])) for s in subjects}
     if not overwrite:  # refuse before any work, so nothing is half replaced
         for files in planned.values():
-            for f in [files["prediction"], files.get("std"), files.get("ceiling"), *files.get("samples", [])]:
-                if f is not None and f.exists():
+            for f in _files_of(files):
+                if f.exists():
                     raise ValueError(f"{f}: output exists; pass --overwrite to replace it.")
-    settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
     check_voxels((settings.size or 1,) * 2, trained.checkpoint / "meta.json", "volume_settings plane")
     target_norm = NormParams(**ident["target_norm"])
     kind = "ct" if target in settings.ct_modalities else "mr"
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    if settings.spacing is None:
+        say("translate: note: this run records no training voxel spacing (its data was prepared before phmdiff "
+            "recorded it); the inputs' spacing is not checked.")
     entries = []
     bar = None
     if progress:
@@ -159,54 +211,103 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
 
         bar = tqdm(total=len(subjects) * n_samples, desc="translate", unit="volume", file=sys.stderr)
     for sub in subjects:
-        volumes, affine, _ = load_subject_volumes(sub, sources)
-        slices, spec = volume_to_slices(volumes, affine, settings)
-        del volumes
-        k = 2 * spec.context + 1
-        norm = target_norm_for(settings, target, sources, spec.norm, target_norm, ident.get("target_gain"))
-        src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
-        reference = sub.paths[sources[0]]
         files = planned[sub.id]
-        samples = []
-        for j in range(n_samples):
-            seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
-            pred = translate_slices(trained, src, seeds, sampling, batch_size)
-            samples.append(slices_to_volume(pred, spec, target, norm=norm))
-            if n_samples > 1:
-                write_like(samples[-1], reference, files["samples"][j])
-            if bar is not None:
-                bar.update(1)
-        stack = np.stack(samples)  # (n_samples, X, Y, Z)
-        write_like(stack.mean(0), reference, files["prediction"])
-        if n_samples > 1:
-            write_like(stack.std(0), reference, files["std"])
-        if "ceiling" in files:
-            from phmdiff.ceiling import oracle_volume
-
-            write_like(oracle_volume(trained, sub, settings, sources, target, norm), reference, files["ceiling"])
-        is_brats = (sub.layout or "").startswith("brats")
-        entries.append({
-            "subject": sub.id,
-            "prediction": str(files["prediction"].relative_to(out)),
-            "std": str(files["std"].relative_to(out)) if n_samples > 1 else None,
-            "ceiling": str(files["ceiling"].relative_to(out)) if "ceiling" in files else None,
-            "samples": [str(p.relative_to(out)) for p in files.get("samples", [])],
-            "reference": str(sub.paths[target].resolve()) if target in sub.paths else None,
-            "mask": str(sub.mask.resolve()) if sub.mask and not is_brats else None,
-            "seg": str(sub.mask.resolve()) if sub.mask and is_brats else None,
-            "source_images": {m: str(sub.paths[m].resolve()) for m in sources},
-            "seeds": {"seed": seed, "n_samples": n_samples},
-            "target_norm": asdict(norm),
-        })
+        try:
+            entry = _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files,
+                                       n_samples, seed, batch_size, out, ident.get("target_gain"), bar, resample, say)
+        except (ValueError, MemoryError) as exc:  # this subject only: unreadable, NaN, too big, mismatched grids
+            reason = "out of memory (the volume is too big for this machine)" if isinstance(exc, MemoryError) \
+                else " ".join(str(exc).split())
+            skipped[sub.id] = reason
+            for f in _files_of(files):  # nothing half-written: this subject's new files go
+                if f.exists() and not any(e.get("subject") == sub.id for e in earlier):
+                    f.unlink()
+            if log is not None:
+                log(f"translate: {sub.id} skipped: {reason}")
+            continue
+        entries.append(entry)
         if log is not None:  # --no-progress still says what was done, a line per subject
             log(f"translate: {sub.id} ({len(entries)}/{len(subjects)}) -> {files['prediction']}")
     if bar is not None:
         bar.close()
     meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
             "sampler": sampling.sampler, "steps": sampling.num_steps, "guidance": sampling.guidance,
-            "subjects": [e for e in earlier if e.get("subject") not in {n["subject"] for n in entries}] + entries}
+            "subjects": [e for e in earlier if e.get("subject") not in {n["subject"] for n in entries}] + entries,
+            "skipped": [{"subject": sid, "reason": why} for sid, why in sorted(skipped.items())]}
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
     return meta
+
+
+def _missing_sources(sub, sources: list[str]) -> str:
+    missing = [m for m in sources if m not in sub.paths]
+    named = [p for p in sub.problems if any(f"({m})" in p for m in missing)]
+    return (f"missing source modality {', '.join(missing)} (the model needs {', '.join(sources)})"
+            + (f": {named[0]}" if named else "."))
+
+
+def _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files, n_samples, seed,
+                       batch_size, out, gain, bar, resample=True, say=print) -> dict:
+    """Translate one subject and write its files; returns its translate.json entry (ValueError: skip it)."""
+    from dataclasses import replace
+
+    from phmdiff.data import spacing as sp
+    from phmdiff.data.volume import load_subject_volumes, slices_to_volume, volume_to_slices, write_like
+
+    volumes, affine, _ = load_subject_volumes(sub, sources)
+    axis, _, in_plane = sp.slice_plane(affine, settings.axis)
+    settings = replace(settings, axis=axis)  # resampling the plane must not change which axis is sliced
+    plan = sp.plan(next(iter(volumes.values())).shape, affine, axis, settings.spacing) if settings.spacing else None
+    if plan is not None and resample:
+        say(f"translate: {sub.id}: in-plane spacing {sp.mm(plan.spacing)}, training {sp.mm(settings.spacing)}: "
+            f"resampled to {sp.mm(plan.new_spacing)} and the prediction back onto the input's grid.")
+        volumes = {m: sp.resize(v, plan.new_shape) for m, v in volumes.items()}
+        affine = plan.affine
+    elif plan is not None and any(abs(a / b - 1) > sp.TOLERANCE for a, b in zip(plan.spacing, settings.spacing)):
+        say(f"translate: warning: {sub.id}: in-plane spacing {sp.mm(plan.spacing)} differs by more than "
+            f"{sp.TOLERANCE:.0%} from the training spacing {sp.mm(settings.spacing)} and resampling is off "
+            "(--no-resample): the model sees anatomy at a scale it was not trained on.")
+    back = plan.back if plan is not None and resample else (lambda v: v)
+    slices, spec = volume_to_slices(volumes, affine, settings)
+    del volumes
+    k = 2 * spec.context + 1
+    norm = target_norm_for(settings, target, sources, spec.norm, target_norm, gain)
+    src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
+    reference = sub.paths[sources[0]]
+    dtype = output_dtype(target, settings, sub.paths.get(target, reference))
+    samples = []
+    for j in range(n_samples):
+        seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
+        pred = translate_slices(trained, src, seeds, sampling, batch_size)
+        samples.append(back(slices_to_volume(pred, spec, target, norm=norm)))
+        if n_samples > 1:
+            write_like(to_output(samples[-1], dtype, settings.ct_window), reference, files["samples"][j], dtype)
+        if bar is not None:
+            bar.update(1)
+    stack = np.stack(samples)  # (n_samples, X, Y, Z)
+    write_like(to_output(stack.mean(0), dtype, settings.ct_window), reference, files["prediction"], dtype)
+    if n_samples > 1:
+        write_like(stack.std(0), reference, files["std"])
+    if "ceiling" in files:
+        from phmdiff.ceiling import oracle_volume
+
+        oracle = oracle_volume(trained, sub, settings, sources, target, norm)
+        write_like(to_output(oracle, dtype, settings.ct_window), reference, files["ceiling"], dtype)
+    is_brats = (sub.layout or "").startswith("brats")
+    return {
+        "subject": sub.id,
+        "prediction": str(files["prediction"].relative_to(out)),
+        "std": str(files["std"].relative_to(out)) if n_samples > 1 else None,
+        "ceiling": str(files["ceiling"].relative_to(out)) if "ceiling" in files else None,
+        "samples": [str(p.relative_to(out)) for p in files.get("samples", [])],
+        "reference": str(sub.paths[target].resolve()) if target in sub.paths else None,
+        "mask": str(sub.mask.resolve()) if sub.mask and not is_brats else None,
+        "seg": str(sub.mask.resolve()) if sub.mask and is_brats else None,
+        "source_images": {m: str(sub.paths[m].resolve()) for m in sources},
+        "seeds": {"seed": seed, "n_samples": n_samples},
+        "target_norm": asdict(norm),
+        "dtype": str(dtype),
+        "spacing": {"input": in_plane, "training": settings.spacing, "resampled": plan is not None and resample},
+    }
 
 
 def _earlier_entries(out: Path, target: str, sources: list[str], overwrite: bool) -> list[dict]:
@@ -244,11 +345,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per subject instead)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
 
 
 def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
                      args.seed, args.overwrite, args.batch_size, args.device, progress=not args.no_progress,
-                     ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None)
-    print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {meta['target']}.", file=sys.stderr)
+                     ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None,
+                     resample=not args.no_resample)
+    done = len(meta["subjects"])
+    print(f"{args.out}: {done} subject(s) translated to {meta['target']}.", file=sys.stderr)
+    if meta["skipped"]:  # every subject is accounted for: the ones left out, each with its reason; exit 1
+        print(f"{args.out}: {len(meta['skipped'])} subject(s) not translated (listed in translate.json):",
+              file=sys.stderr)
+        for s in meta["skipped"]:
+            print(f"  {s['subject']}: {s['reason']}", file=sys.stderr)
+        return 1
     return 0

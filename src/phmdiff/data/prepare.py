@@ -21,7 +21,9 @@ import numpy as np
 
 from phmdiff import __version__
 from phmdiff.data.intensity import CT_WINDOW
+from phmdiff.data.names import canonical_list
 from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
+from phmdiff.data.spacing import slice_plane, training_spacing
 from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
 from phmdiff.schema import check_manifest
@@ -207,7 +209,7 @@ def _resolve(root: Path, settings: PrepareSettings, modalities: list[str] | None
     subjects = find_subjects(root, layout)
     if not modalities:
         modalities = DEFAULT_MODALITIES.get(layout) or sorted({m for s in subjects for m in s.modalities})
-    return layout, subjects, list(modalities)
+    return layout, subjects, canonical_list(modalities)  # BraTS 2023 and other spellings: one name each
 
 
 def _missing_sentence(root: Path, sub: Subject, mod: str, subjects: list[Subject]) -> str:
@@ -234,8 +236,12 @@ def dry_run_report(root: Path, settings: PrepareSettings, modalities: list[str] 
 
 
 def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modalities: list[str] | None = None,
-            overwrite: bool = False, progress: bool = True) -> str:
-    """Build (or reuse) the prepared folder `out` from `root`; returns 'built' or 'reused'."""
+            overwrite: bool = False, progress: bool = True, skip_incomplete: bool = False, log=None) -> str:
+    """Build (or reuse) the prepared folder `out` from `root`; returns 'built' or 'reused'.
+
+    A subject missing a requested modality stops the run with a sentence naming the file, or, with
+    `skip_incomplete`, is left out: each one is reported through `log` and listed in the manifest's "skipped".
+    """
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise ValueError(f"{root}: input folder not found.")
@@ -244,10 +250,23 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     check_writable_dir(out.parent)
     layout, subjects, modalities = _resolve(root, settings, modalities)
     settings.volume.modalities = modalities
+    settings.volume.spacing = None  # measured from the data below, never an input of the fingerprint
+    skipped = {}
     for s in subjects:  # a requested modality missing anywhere stops here, before any work
         for m in modalities:
             if m not in s.modalities:
-                raise ValueError(_missing_sentence(root, s, m, subjects))
+                if not skip_incomplete:
+                    raise ValueError(_missing_sentence(root, s, m, subjects) + " Pass --skip-incomplete to leave "
+                                     "incomplete subjects out.")
+                skipped.setdefault(s.id, _missing_sentence(root, s, m, subjects))
+    if skipped:
+        subjects = [s for s in subjects if s.id not in skipped]
+        if log is not None:
+            log(f"prepare: {len(skipped)} incomplete subject(s) left out (--skip-incomplete):")
+            for sid, why in skipped.items():
+                log(f"  {sid}: {why}")
+        if not subjects:
+            raise ValueError(f"{root}: every subject misses one of the modalities {modalities}; nothing to prepare.")
     ids = [s.id for s in subjects]
     split = (read_split_file(settings.split_file, ids) if settings.split_file
              else split_subjects(ids, settings.split, settings.seed))
@@ -278,9 +297,11 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
             writers[split[sub.id]].add(slices)
             slice_map[split[sub.id]] += [[sub.id, i] for i in spec.indices]
             volumes_meta[sub.id] = {"split": split[sub.id], "reference": str(next(iter(
-                _subject_files(sub, modalities).values()))[0]), **spec.to_dict()}
+                _subject_files(sub, modalities).values()))[0]), **spec.to_dict(),
+                "spacing": slice_plane(affine, spec.axis)[2]}  # in-plane mm, the RAS order of the slice plane
         for w in writers.values():
             w.flush()
+        settings.volume.spacing = training_spacing(volumes_meta)  # the run carries it; translate resamples to it
         manifest = {
             "format": FORMAT,
             "package_version": __version__,
@@ -296,6 +317,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
             "slices": slice_map,
             "inputs": inputs,
             "volumes": volumes_meta,
+            "skipped": skipped,
         }
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
     return "built"
@@ -322,6 +344,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--dry-run", action="store_true", help="list subjects, modalities and problems only")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")
+    parser.add_argument("--skip-incomplete", action="store_true",
+                        help="leave out subjects missing a requested modality (each one reported) instead of stopping")
 
 
 def _relative(items: list[str]) -> dict[str, list[str]]:
@@ -349,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run_report(Path(args.root), settings, args.modalities))
         return 0
-    status = prepare(args.root, args.out, settings, args.modalities, overwrite=args.overwrite)
+    status = prepare(args.root, args.out, settings, args.modalities, overwrite=args.overwrite,
+                     skip_incomplete=args.skip_incomplete, log=lambda msg: print(msg, file=sys.stderr))
     print(f"{args.out}: {'up to date, reused' if status == 'reused' else 'prepared'}.", file=sys.stderr)
     return 0

@@ -9,6 +9,11 @@ Layouts (`detect_layout` picks one, `find_subjects(root, layout=...)` forces one
   ``<subject>_<number>.png`` (e.g. ``pat07_042.png``) groups the file with the other slices of
   ``<subject>``, stacked in number order along the last axis; any other name is a one-slice subject.
 
+Volumes may be NIfTI (``.nii``, ``.nii.gz``, read by nibabel), MetaImage (``.mha``, ``.mhd``), NRRD
+(``.nrrd``, ``.nhdr``) or a DICOM series (a folder of ``.dcm`` files named like the modality, e.g.
+``ROOT/<subject>/t1/``), the last three through SimpleITK (`phmdiff.data.itk_io`, extra ``phmdiff[itk]``).
+Modality names go through one alias table (`phmdiff.data.names`): ``T1w``, ``t1n`` and ``t1`` are one modality.
+
 Folders named ``noise_free`` (the phantom's clean references) are never subjects.
 """
 
@@ -23,14 +28,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from phmdiff.data.itk_io import is_dicom_dir, is_itk_file, read_itk
+from phmdiff.data.names import BRATS2021, BRATS2023, canonical
 from phmdiff.limits import LimitError, check_image_size, check_nifti
 
 LAYOUTS = ("brats2021", "brats2023", "synthrad", "generic", "png")
-BRATS2021 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
-BRATS2023 = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
 MASK_NAMES = ("seg", "mask", "label", "labels")
 SKIP_DIRS = ("noise_free",)
-_NIFTI = re.compile(r"^(?P<stem>.+)\.nii(\.gz)?$")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, ".mha", ".mhd", ".nrrd", ".nhdr")
 _PNG_SLICE = re.compile(r"^(?P<subject>.+)_(?P<number>\d+)$")
 
 
@@ -39,7 +45,7 @@ class Subject:
     """One subject: its modality files, an optional mask/segmentation and what is wrong with it."""
 
     id: str
-    paths: dict[str, Path] = field(default_factory=dict)  # modality -> NIfTI file
+    paths: dict[str, Path] = field(default_factory=dict)  # modality -> image file or DICOM series folder
     mask: Path | None = None
     problems: list[str] = field(default_factory=list)
     layout: str = "generic"
@@ -50,10 +56,19 @@ class Subject:
         return sorted(self.png_slices if self.layout == "png" else self.paths)
 
 
+def is_nifti(path: str | Path) -> bool:
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
 def _nifti_stem(path: Path) -> str | None:
-    """The name without .nii(.gz); None for other files and hidden ones (an interrupted atomic write's temp)."""
-    match = _NIFTI.match(path.name)
-    return match.group("stem") if match and path.is_file() and not path.name.startswith(".") else None
+    """The name of a volume without its suffix (.nii.gz, .mha, ...; a DICOM series folder's own name); None for
+    other files and hidden ones (an interrupted atomic write's temp)."""
+    if path.name.startswith("."):
+        return None
+    if path.is_dir():
+        return path.name if is_dicom_dir(path) else None
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), None)
+    return path.name[: -len(suffix)] if suffix and path.is_file() and len(path.name) > len(suffix) else None
 
 
 def _subject_dirs(root: Path) -> list[Path]:
@@ -71,12 +86,13 @@ def detect_layout(root: str | Path) -> str:
         return "png"
     stems = [(d.name, s) for d in dirs for s in map(_nifti_stem, d.iterdir()) if s]
     if not stems:
-        raise ValueError(f"{root}: no subjects found (expected subject folders of .nii/.nii.gz files or PNG folders).")
-    if any(s.startswith(f"{sid}_") and s[len(sid) + 1 :] in BRATS2021 for sid, s in stems):
+        raise ValueError(f"{root}: no subjects found (expected subject folders of .nii/.nii.gz/.mha/.nrrd files, "
+                         "DICOM series folders or PNG folders).")
+    if any(s.startswith(f"{sid}_") and s[len(sid) + 1 :].lower() in BRATS2021 for sid, s in stems):
         return "brats2021"
-    if any(s.startswith(f"{sid}-") and s[len(sid) + 1 :] in BRATS2023 for sid, s in stems):
+    if any(s.startswith(f"{sid}-") and s[len(sid) + 1 :].lower() in BRATS2023 for sid, s in stems):
         return "brats2023"
-    if any(s in ("mr", "ct") for _, s in stems):
+    if any(s.lower() in ("mr", "ct") for _, s in stems):
         return "synthrad"
     return "generic"
 
@@ -91,6 +107,7 @@ def _nifti_subject(folder: Path, layout: str) -> Subject:
             continue
         if names is not None:  # BraTS: `<id><sep><suffix>`, the suffix names the modality
             suffix = stem[len(folder.name) + 1 :] if stem.startswith(folder.name + sep) else stem.rsplit(sep, 1)[-1]
+            suffix = suffix.lower()
             if suffix in MASK_NAMES:
                 sub.mask = path
             elif suffix in names:
@@ -99,8 +116,11 @@ def _nifti_subject(folder: Path, layout: str) -> Subject:
                 sub.problems.append(f"{path}: unexpected file name for the {layout} layout, ignored.")
         elif stem.lower() in MASK_NAMES:
             sub.mask = path
+        elif canonical(stem) in sub.paths:
+            sub.problems.append(f"{path}: a second file of modality {canonical(stem)} (beside "
+                                f"{sub.paths[canonical(stem)].name}), ignored.")
         else:
-            sub.paths[stem.lower()] = path
+            sub.paths[canonical(stem)] = path
     if names is not None:
         for suffix, mod in names.items():
             if mod not in sub.paths:
@@ -110,7 +130,7 @@ def _nifti_subject(folder: Path, layout: str) -> Subject:
             if mod not in sub.paths:
                 sub.problems.append(f"{folder / f'{mod}.nii.gz'}: missing modality file ({mod}).")
     if not sub.paths:
-        sub.problems.append(f"{folder}: no NIfTI volumes in this subject folder.")
+        sub.problems.append(f"{folder}: no volumes (.nii.gz, .mha, .nrrd, DICOM) in this subject folder.")
     return sub
 
 
@@ -165,11 +185,16 @@ def _check_values(data: np.ndarray, path: Path) -> None:
         raise ValueError(f"{path}: volume is constant (every voxel is {data.flat[0]:g}); expected an image.")
 
 
-def load_volume(path: str | Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Read a 3D NIfTI volume as float32 with its affine and header, or raise a one-sentence ValueError."""
+def load_volume(path: str | Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray, object]:
+    """Read a 3D volume as float32 (x, y, z) with its RAS affine and header (a nibabel header for NIfTI, an
+    `itk_io.ItkInfo` for MHA/NRRD/DICOM), or raise a one-sentence ValueError."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not (path.is_dir() and is_dicom_dir(path)):
         raise ValueError(f"{path}: file not found.")
+    if path.is_dir() or is_itk_file(path):
+        data, affine, info = read_itk(path)
+        _check_values(data, path)
+        return data, affine, info
     try:
         img = nib.load(path)
         check_nifti(img, path)  # shape, voxel type and gzip size from the header, before decoding
@@ -232,3 +257,17 @@ def load_png_stack(paths: list[Path]) -> np.ndarray:
     if not finite_ok:
         raise ValueError(f"{paths[0]}: image is constant (every pixel is {volume.flat[0]:g}); expected an image.")
     return volume
+
+
+def stored_dtype(path: str | Path) -> np.dtype:
+    """The voxel type a volume is stored in, from its header (float32 when a NIfTI scales its integers)."""
+    path = Path(path)
+    if path.is_dir() or is_itk_file(path):
+        from phmdiff.data.itk_io import read_info
+
+        return read_info(path).dtype
+    header = nib.load(path).header
+    slope, inter = header.get_slope_inter() if hasattr(header, "get_slope_inter") else (None, None)
+    if slope not in (None, 1.0) or inter not in (None, 0.0):
+        return np.dtype(np.float32)
+    return np.dtype(header.get_data_dtype())

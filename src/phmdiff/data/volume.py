@@ -43,6 +43,9 @@ class VolumeSettings:
     # target -> sources: the target is normalized by its sources' parameters (`relative_norm`), not its own,
     # so a synthesized target is put back into scanner units exactly, with no guess of its own scale.
     relative: dict[str, list[str]] = field(default_factory=dict)
+    # In-plane voxel spacing (mm) of the training volumes, recorded by prepare (`phmdiff.data.spacing`);
+    # translate resamples new volumes to it. None: not recorded (data prepared before it was).
+    spacing: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in MR_NORMS:
@@ -62,6 +65,10 @@ class VolumeSettings:
         self.ct_modalities = tuple(self.ct_modalities)
         self.modalities = list(self.modalities)
         self.relative = {str(t): [str(m) for m in srcs] for t, srcs in dict(self.relative or {}).items()}
+        if self.spacing is not None:
+            self.spacing = [float(v) for v in self.spacing]
+            if len(self.spacing) != 2 or not all(np.isfinite(v) and v > 0 for v in self.spacing):
+                raise ValueError(f"spacing {self.spacing} is invalid; expected two positive in-plane sizes in mm.")
         for t, srcs in self.relative.items():
             if not srcs or t in srcs:
                 raise ValueError(f"relative normalization of '{t}' needs other modalities as sources, got {srcs}.")
@@ -310,20 +317,44 @@ def slices_to_volume(slices: np.ndarray, spec: VolumeSpec, modality: str, norm: 
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
-def write_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path) -> Path:
-    """Write `array` as NIfTI with the reference's affine and header (float32), atomically and byte-reproducibly.
+def write_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path, dtype=np.float32) -> Path:
+    """Write `array` with the reference's geometry, atomically, in the format `out_path` names.
 
+    NIfTI out: the reference's affine and header (a NIfTI reference) or its ITK geometry as an affine (an MHA,
+    NRRD or DICOM reference). MHA/NRRD out: the reference's origin, spacing and direction (`itk_io`). `dtype`
+    is the voxel type written (float32; an integer type for CT kept in whole HU, rounded by the caller).
     A `.nii.gz` is compressed with gzip mtime 0 and no file name, so the same array always gives the same bytes
     (a plain nibabel save records the time and the random temporary file name in the gzip header).
     """
-    ref = nib.load(reference_path)
-    if tuple(array.shape) != tuple(ref.shape[: array.ndim]) or array.ndim != 3:
-        raise ValueError(f"{reference_path}: reference has shape {ref.shape}; the array to write has {array.shape}.")
-    header = ref.header.copy()
-    header.set_data_dtype(np.float32)
-    img = type(ref)(np.asarray(array, dtype=np.float32), ref.affine, header)
-    img.header.set_slope_inter(1.0, 0.0)
+    from phmdiff.data import itk_io
+    from phmdiff.data.readers import is_nifti
+
     out_path = Path(out_path)
+    dtype = np.dtype(dtype)
+    values = np.asarray(array).astype(dtype, copy=False)
+    if not is_nifti(reference_path):
+        info = itk_io.read_info(reference_path)
+        if array.ndim != 3 or tuple(array.shape) != tuple(info.size):
+            raise ValueError(f"{reference_path}: reference has shape {info.size}; the array to write has "
+                             f"{array.shape}.")
+        if not is_nifti(out_path):
+            itk_io.write_itk(values, info, out_path)
+            return out_path
+        img = nib.Nifti1Image(values, info.affine)
+        img.header.set_qform(info.affine, code=1)
+        img.header.set_sform(info.affine, code=1)
+    else:
+        ref = nib.load(reference_path)
+        if tuple(array.shape) != tuple(ref.shape[: array.ndim]) or array.ndim != 3:
+            raise ValueError(f"{reference_path}: reference has shape {ref.shape}; the array to write has "
+                             f"{array.shape}.")
+        if not is_nifti(out_path):
+            itk_io.write_itk(values, itk_io.info_from_affine(ref.affine, array.shape, dtype), out_path)
+            return out_path
+        header = ref.header.copy()
+        header.set_data_dtype(dtype)
+        img = type(ref)(values, ref.affine, header)
+    img.header.set_slope_inter(1.0, 0.0)
     data = img.to_bytes()
     if out_path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)

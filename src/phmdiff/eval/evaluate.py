@@ -30,6 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from phmdiff.data.names import spellings
 from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.metrics import format_value
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, normalize_pair
@@ -73,7 +74,7 @@ def _subject_files(root: Path, target: str | None) -> dict[str, Path]:
     def wanted(p: Path) -> bool:
         if p.name.startswith(".") or not p.name.endswith(_NII):
             return False
-        return target is None or any(f"{c}{target}." in p.name for c in "_-")
+        return target is None or any(f"{c}{t}." in p.name.lower() for c in "_-" for t in spellings(target))
 
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):  # hidden: an interrupted atomic write's temp file
@@ -127,7 +128,17 @@ def collect_subjects(args) -> tuple[list[dict], str]:
 
 
 def load_volume(path, like=None, what: str = "volume") -> tuple[np.ndarray, np.ndarray]:
-    """Voxels (float64) and affine of a NIfTI file, checked against `like` = (shape, affine)."""
+    """Voxels (float64) and affine of a NIfTI file (or MHA/NRRD/DICOM), checked against `like` = (shape, affine)."""
+    if not str(path).lower().endswith(_NII):  # the other formats: the readers' SimpleITK path (geometry as RAS)
+        from phmdiff.data.readers import load_volume as read_volume
+
+        data, affine, _ = read_volume(path)
+        data = data.astype(np.float64)
+        if like is not None and data.shape != like[0]:
+            raise ValueError(f"{path}: {what} shape {data.shape} differs from the reference's {like[0]}.")
+        if like is not None and not np.allclose(affine, like[1], atol=1e-3):
+            raise ValueError(f"{path}: {what} affine differs from the reference's; expected the same voxel grid.")
+        return data, affine
     try:
         img = nib.load(str(path))
         check_nifti(img, path)  # before decoding: a crafted header cannot exhaust memory
