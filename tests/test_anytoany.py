@@ -118,3 +118,70 @@ def test_any_to_any_run_trains_and_resumes_exactly(anyto, tmp_path):
     b = load_checkpoint(anyto / "split" / "checkpoints" / "step-000004")
     assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
     assert all(torch.equal(a.ema_state[k], b.ema_state[k]) for k in a.ema_state)
+
+
+def test_plan_subject_chooses_targets_and_sources_or_says_why_not():
+    from phmdiff.translate import SkipSubject, plan_subject
+
+    ident = {"any_to_any": True, "sources": MODS, "target": None}
+    assert plan_subject(ident, {"t1", "t2", "seg"}) == [("t1ce", ["t1", "t2"]), ("flair", ["t1", "t2"])]
+    assert plan_subject(ident, set(MODS), target="flair", sources=["t1", "t2"]) == [("flair", ["t1", "t2"])]
+    assert plan_subject(ident, {"t1", "t2"}, target="t2") == [("t2", ["t1"])]  # never its own source
+    with pytest.raises(SkipSubject, match="nothing to synthesize"):
+        plan_subject(ident, set(MODS))
+    with pytest.raises(SkipSubject, match="none of the run's other modalities"):
+        plan_subject(ident, {"seg"}, target="flair")
+    with pytest.raises(SkipSubject, match=r"among \['t2'\]"):
+        plan_subject(ident, {"t1", "flair"}, target="t1ce", sources=["t2"])
+    single = {"sources": ["t1", "t2"], "target": "flair"}
+    assert plan_subject(single, {"t1", "t2", "flair"}) == [("flair", ["t1", "t2"])]  # as before any-to-any
+    with pytest.raises(SkipSubject, match="missing source modality t2"):
+        plan_subject(single, {"t1"})
+
+
+def test_translate_synthesizes_each_missing_modality_from_the_present_ones(anyto, tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    import numpy as np
+
+    inp = tmp_path / "in"
+    subjects = sorted(p for p in (anyto / "ph").iterdir() if p.is_dir())
+    for sub, gone in zip(subjects, MODS):  # subject i lacks modality i
+        shutil.copytree(sub, inp / sub.name, ignore=shutil.ignore_patterns("noise_free"))
+        (inp / sub.name / f"{sub.name}_{gone}.nii.gz").unlink()
+    shutil.copytree(subjects[0], inp / "FULL", ignore=shutil.ignore_patterns("noise_free"))
+    for f in (inp / "FULL").iterdir():
+        f.rename(f.with_name(f.name.replace(subjects[0].name, "FULL")))
+    cmd = [sys.executable, "-m", "phmdiff", "translate", "--run", str(anyto / "run"), "--input", str(inp),
+           "--steps", "2", "--sampler", "ddim", "--no-progress"]
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "skipped FULL: has every modality" in done.stderr
+    meta = json.loads((tmp_path / "out" / "translate.json").read_text())
+    assert meta["any_to_any"] and [s["subject"] for s in meta["skipped"]] == ["FULL"]
+    got = {e["subject"]: e for e in meta["subjects"]}
+    assert len(got) == 4
+    for sub, gone in zip(subjects, MODS):
+        e = got[sub.name]
+        assert e["target"] == gone and e["sources"] == [m for m in MODS if m != gone]
+        assert set(e["source_images"]) == set(e["sources"]) and e["reference"] is None
+        pred = tmp_path / "out" / e["prediction"]
+        assert pred.name == f"{sub.name}_{gone}.nii.gz"
+        vol = np.asarray(nib.load(pred).dataobj)
+        assert vol.shape == nib.load(sub / f"{sub.name}_t1.nii.gz").shape and np.isfinite(vol).all()
+    # One chosen direction: FLAIR from {T1, T2} only, scored against the real FLAIR where there is one.
+    from phmdiff.translate import translate
+
+    meta = translate(anyto / "run", inp, tmp_path / "flair", steps=2, sampler="ddim", progress=False,
+                     target="flair", use_sources=["t1", "t2"])
+    used = {e["subject"]: e["sources"] for e in meta["subjects"]}
+    assert used == {subjects[0].name: ["t2"], subjects[1].name: ["t1", "t2"], subjects[2].name: ["t1"],
+                    subjects[3].name: ["t1", "t2"], "FULL": ["t1", "t2"]}
+    assert all(e["target"] == "flair" for e in meta["subjects"])
+    assert [e["reference"] is not None for e in meta["subjects"]].count(True) == 4  # subject 3 lacks flair
+    with pytest.raises(ValueError, match="'pd' is not a modality of this any-to-any run"):
+        translate(anyto / "run", inp, tmp_path / "bad", progress=False, target="pd")
