@@ -270,7 +270,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             "target_norm": asdict(norm),
         })
         if log is not None:  # --no-progress still says what was done, a line per subject
-            log(f"translate: {sub.id} ({len(entries)}/{len(subjects)}) -> {files['prediction']}")
+            log(f"translate: {sub.id} ({len(entries)}/{len(planned)}) -> {files['prediction']}")
     if bar is not None:
         bar.close()
     done = {(n["subject"], n.get("target")) for n in entries}
