@@ -1,5 +1,5 @@
-"""Run the four benchmarks (speed, quality, sampling, memory) in order, each in its own process, and write
-their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
+"""Run the benchmarks (speed, quality, ablation, sampling, memory, anytoany) in order, each in its own process,
+and write their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
 
 sampling.py reuses quality.py's PHMDiff run when it has two pyramid levels or more, else trains a brief one.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory")
+SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -111,6 +111,19 @@ def markdown(results_dir: Path) -> str:
                       f"{r['model']}, minus its weights, plus each preset's fp32 weights): "
                       + ", ".join(f"{k} {v / 2**30:.2f} GB"
                                   for k, v in r["translate_estimate_by_backbone_bytes"].items()) + "."]
+        elif name == "anytoany":
+            lines += [f"One any-to-any model trained {r['budget_s_anytoany']:g} s against a dedicated model per "
+                      f"direction trained {r['budget_s_per_dedicated_model']:g} s each; mean of {r['n_samples']} "
+                      f"samples, held out: {', '.join(r['directions'][0]['test_subjects'])}. `{cmd}`", "",
+                      "| direction | model | PSNR dB | SSIM | lesion PSNR dB | steps | train s |",
+                      "|---|---|---|---|---|---|---|"]
+            for d in r["directions"]:
+                for k, v in d["methods"].items():
+                    steps, train = v.get("diffusion_steps", ""), v.get("train_seconds")
+                    lesion = v.get("lesion_psnr")
+                    lines.append(f"| {d['task']} | {k} | {v['psnr']:.2f} +- {v['std']['psnr']:.2f} | "
+                                 f"{v['ssim']:.4f} | {'' if lesion is None else f'{lesion:.2f}'} | {steps} | "
+                                 f"{'' if train is None else f'{train:.0f}'} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -100,3 +100,20 @@ def test_quick_benchmarks_write_their_fields(tmp_path, restore_threads):
     assert mem["prepare"]["rc"] == 0 and mem["translate"]["rc"] == 0
     assert 10 * 2**20 < mem["translate"]["peak_rss_bytes"] < 8 * 2**30
     assert (tmp_path / "m" / "translate").exists()
+
+
+def test_quick_anytoany_benchmark_writes_its_table(tmp_path, restore_threads):
+    import anytoany
+    import run_all
+
+    out = tmp_path / "results"
+    assert anytoany.main(["--quick", "--out-dir", str(out), "--work", str(tmp_path / "a")]) == 0
+    r = _load(out / "anytoany.json")
+    assert [d["target"] for d in r["directions"]] == ["flair", "t2", "t1ce"]
+    assert r["budget_s_anytoany"] == 3 * r["budget_s_per_dedicated_model"]
+    for d in r["directions"]:
+        m = d["methods"]
+        assert all(math.isfinite(m[k]["psnr"]) and 0 <= m[k]["ssim"] <= 1 for k in m)
+        assert d["anytoany_minus_dedicated_psnr_db"] == pytest.approx(m["anytoany"]["psnr"] - m["dedicated"]["psnr"])
+        assert m["noise_free_ceiling"]["psnr"] > max(m["anytoany"]["psnr"], m["dedicated"]["psnr"])
+    assert "| flair_from_t1_t2 |" in run_all.markdown(out)

@@ -48,6 +48,11 @@ class DataConfig:
     cache: str = ""  # latent cache written by `phmdiff encode`
     sources: list[str] = field(default_factory=lambda: ["t1", "t2"])
     target: str = "flair"
+    # Any-to-any (the BraSyn setting): one model synthesizes any of `modalities` from any non-empty subset of
+    # the others; training draws the target and the available sources per example. `sources` and `target`
+    # are then unused.
+    any_to_any: bool = False
+    modalities: list[str] = field(default_factory=list)
     val_fraction: float = 0.1  # split by subject, never by slice
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -175,6 +180,17 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.log.run_dir) if self.log.run_dir else Path("runs") / self.log.tag
+
+
+def source_slots(d: DataConfig) -> list[str]:
+    """The model's source slots: every modality of an any-to-any run (the target's slot masked out), else
+    `data.sources`."""
+    return list(d.modalities) if d.any_to_any else list(d.sources)
+
+
+def data_modalities(d: DataConfig) -> list[str]:
+    """The modalities a run prepares and encodes, each once: sources and target, or all of an any-to-any run."""
+    return list(d.modalities) if d.any_to_any else [*d.sources, d.target]
 
 
 MAX_SIZE = 1 << 16  # batch sizes and plane sizes beyond this cannot fit in any accelerator's memory
@@ -331,12 +347,18 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         origin,
         "'data.val_fraction' and 'data.test_fraction' must be >= 0 and sum to a number in (0, 1).",
     )
-    _check(len(d.sources) > 0, origin, "'data.sources' is empty; expected at least one source modality.")
-    _check(
-        d.target not in d.sources,
-        origin,
-        f"'data.target' ({d.target!r}) is also listed in 'data.sources'; the target must be the missing modality.",
-    )
+    if d.any_to_any:
+        _check(len(d.modalities) >= 2 and len(set(d.modalities)) == len(d.modalities), origin,
+               f"'data.modalities' is {list(d.modalities)}; an any-to-any run needs two or more distinct "
+               "modalities (e.g. [t1, t1ce, t2, flair]).")
+    else:
+        _check(len(d.sources) > 0, origin, "'data.sources' is empty; expected at least one source modality.")
+        _check(
+            d.target not in d.sources,
+            origin,
+            f"'data.target' ({d.target!r}) is also listed in 'data.sources'; the target must be the missing "
+            "modality.",
+        )
     patch = int(m.model_type.rsplit("/", 1)[1])
     coarsest = m.in_size // 2 ** (m.pyramid_levels - 1)
     _check(

@@ -110,7 +110,15 @@ class TrainedRun:
     @property
     def target_label(self) -> int:
         """The target modality's index among the prepared modalities (the model's target label)."""
-        return self.identity["data"]["modalities"].index(self.identity["target"])
+        return self.label_of(self.identity["target"])
+
+    def label_of(self, modality: str | None) -> int:
+        """The model's target label of `modality` (its index among the prepared modalities)."""
+        mods = self.identity["data"]["modalities"]
+        if modality not in mods:
+            raise ValueError(f"{self.checkpoint}: modality {modality!r} is not one this run was trained on "
+                             f"({', '.join(mods)}).")
+        return mods.index(modality)
 
     def settings(self, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None) -> SamplingSettings:
@@ -118,9 +126,10 @@ class TrainedRun:
         return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance)
 
     def sample(self, source: torch.Tensor, avail: torch.Tensor, seeds: list[int],
-               settings: SamplingSettings) -> torch.Tensor:
-        """Target latents for source latents, with this run's denoiser, pyramid and target label."""
-        label = torch.full((source.shape[0],), self.target_label, device=self.device)
+               settings: SamplingSettings, target: str | None = None) -> torch.Tensor:
+        """Target latents for source latents, with this run's denoiser, pyramid and target label (the run's own
+        target, or `target` for an any-to-any run)."""
+        label = torch.full((source.shape[0],), self.label_of(target or self.identity["target"]), device=self.device)
         return sample_latents(self.denoiser, source, avail, label, seeds, self.cfg.model, settings)
 
 

@@ -326,7 +326,9 @@ class MaskedDiT(nn.Module):
         avail = x.new_ones(n, n_src) if avail is None else avail
         if tuple(avail.shape) != (n, n_src):
             raise ValueError(f"avail must have shape {(n, n_src)}, got {tuple(avail.shape)}.")
-        parts = [x, cond.to(x.dtype), avail.to(x.dtype)[:, :, None, None].expand(n, n_src, H, W)]
+        # An unavailable source is zeroed here, whatever the caller passed: it cannot reach the prediction.
+        cond = cond.to(x.dtype) * avail.to(x.dtype).repeat_interleave(c, dim=1)[:, :, None, None]
+        parts = [x, cond, avail.to(x.dtype)[:, :, None, None].expand(n, n_src, H, W)]
         if cfg.use_coarse:
             flag = 0.0 if coarse is None else 1.0
             coarse = x.new_zeros(n, c, H, W) if coarse is None else coarse.to(x.dtype)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phmdiff.data.names import canonical
+from phmdiff.data.names import ALIASES, canonical
 from phmdiff.devices import DEVICES
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
@@ -42,25 +42,70 @@ def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
 
 @torch.no_grad()
 def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], settings: SamplingSettings,
-                     batch_size: int = 16) -> np.ndarray:
-    """Source slices (n, n_src, H, W) -> predicted target slices (n, H, W), both in normalized units (about [0, 1])."""
+                     batch_size: int = 16, target: str | None = None, sources: list[str] | None = None) -> np.ndarray:
+    """Source slices (n, n_src, H, W) -> predicted target slices (n, H, W), both in normalized units (about [0, 1]).
+
+    An any-to-any run takes the `target` to synthesize and the names of the `sources` in `src`: they fill their
+    slots of the run, every other slot is unavailable (black, masked out by the model).
+    """
     dev = trained.device
+    slots = list(trained.identity["sources"])
+    sources = slots if sources is None else list(sources)
+    pick = [slots.index(m) for m in sources]  # slot of each given source
+    avail = torch.zeros(len(slots), device=dev)
+    avail[pick] = 1.0
     out = np.empty((src.shape[0], *src.shape[2:]), dtype=np.float32)
     for lo in range(0, src.shape[0], batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(src[lo : lo + batch_size], dtype=np.float32)).to(dev) * 2 - 1
-        n = x.shape[0]
+        given = torch.from_numpy(np.ascontiguousarray(src[lo : lo + batch_size], dtype=np.float32)).to(dev) * 2 - 1
+        n = given.shape[0]
+        x = given.new_full((n, len(slots), *given.shape[2:]), -1.0)  # (n, n_slots, H, W)
+        x[:, pick] = given
         cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
-        z = trained.sample(cond, torch.ones(n, x.shape[1], device=dev), seeds[lo : lo + n], settings)
+        z = trained.sample(cond, avail.expand(n, -1), seeds[lo : lo + n], settings, target)
         out[lo : lo + n] = decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy()
     return out
 
 
-def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]):
-    """Subjects under a dataset root, or the one subject whose folder is `path`; all of them, complete or not.
+class SkipSubject(ValueError):
+    """A subject that translate cannot serve; the message says why."""
+
+
+def plan_subject(identity: dict, present, target: str | None = None,
+                 sources: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """Which target(s) to synthesize for one subject, each with the sources it is made from.
+
+    A single-direction run makes its target from its sources. An any-to-any run makes every modality of the
+    run the subject lacks (or only `target`, present or not, which lets a real one be scored) from exactly the
+    run's modalities the subject has, optionally only those among `sources`. Raises SkipSubject with the reason
+    when there is nothing to make or nothing to make it from. Names are canonical (`phmdiff.data.names`).
+    """
+    slots, present = list(identity["sources"]), set(present)
+    if not identity.get("any_to_any"):
+        missing = [m for m in slots if m not in present]
+        if missing:
+            raise SkipSubject(f"missing source modality {', '.join(missing)} (the model needs {', '.join(slots)})")
+        return [(identity["target"], slots)]
+    usable = [m for m in slots if m in present and (sources is None or m in sources)]
+    targets = [target] if target is not None else [m for m in slots if m not in present]
+    if not targets:
+        raise SkipSubject(f"has every modality of the run ({', '.join(slots)}); nothing to synthesize "
+                          "(pass --target to re-synthesize one)")
+    plan = [(t, [m for m in usable if m != t]) for t in targets]
+    for t, used in plan:
+        if not used:
+            wanted = f" among {sources}" if sources is not None else ""
+            raise SkipSubject(f"has none of the run's other modalities{wanted} to synthesize {t} from")
+    return plan
+
+
+def find_input_subjects(path: str | Path, layout: str | None, sources: list[str], any_to_any: bool = False):
+    """Subjects under a dataset root, or the one subject whose folder is `path`; all of them, complete or not
+    (`plan_subject` says what each one gets).
 
     The folder's own naming is detected (a run trained on BraTS 2021 names reads a 2023 folder: both map to
     one set of names, `phmdiff.data.names`); the run's `layout` is the fallback for an ambiguous folder.
-    A ValueError when no subject has every source (nothing could be translated: the wrong folder or run).
+    A ValueError when no subject could be translated (no subject has every source, or for an any-to-any run
+    any of its modalities: the wrong folder or run).
     """
     from phmdiff.data.readers import LAYOUTS, _nifti_stem, detect_layout, find_subjects
 
@@ -78,7 +123,8 @@ def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]
     subjects = find_subjects(root, layout)
     if single:
         subjects = [s for s in subjects if s.id == path.name]
-    if not any(all(m in s.paths for m in sources) for s in subjects):
+    servable = any if any_to_any else all
+    if not any(servable(m in s.paths for m in sources) for s in subjects):
         missing = sorted({m for s in subjects for m in sources if m not in s.paths})
         raise ValueError(f"{path}: no subject has all source modalities {sources} (missing {missing}).")
     return subjects
@@ -153,8 +199,13 @@ def _files_of(files: dict) -> list[Path]:
 def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
-              ceiling: bool = False, log=None, resample: bool = True) -> dict:
+              ceiling: bool = False, log=None, resample: bool = True, target: str | None = None,
+              use_sources: list[str] | None = None) -> dict:
     """Translate every subject under `input_path`; returns the translate.json content.
+
+    An any-to-any run synthesizes each subject's missing modalities (or only `target`) from the ones it has
+    (or only those among `use_sources`), as `plan_subject` decides; each entry of translate.json names its
+    target and the sources used, and subjects with nothing to do are listed under "skipped" with the reason.
 
     With `ceiling`, subjects whose real target is present also get the pipeline ceiling (`phmdiff.ceiling`):
     their true target sent through normalization, autoencoder and translate's inverse.
@@ -162,7 +213,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     prediction back to the input's grid (`phmdiff.data.spacing`); without it, a spacing more than 10 % off is
     a warning. Notes and warnings go to `log` (stderr when None).
     """
-    from phmdiff.data.volume import NormParams, VolumeSettings
+    from phmdiff.data.volume import VolumeSettings
 
     if steps is not None and steps < 1:
         raise ValueError(f"--steps is {steps}; expected a positive number of sampling steps.")
@@ -176,32 +227,42 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     trained = load_trained(run, device)
     sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
-    sources, target = [canonical(m) for m in ident["sources"]], canonical(ident["target"])
-    check_finite_numbers({k: ident.get(k) for k in ("target_norm", "target_gain")}, "identity",
-                         trained.checkpoint / "meta.json")
-    for name in [target, *sources]:  # they become file names: none may lead outside --out
+    any_to_any = bool(ident.get("any_to_any"))
+    slots = [canonical(m) for m in ident["sources"]]
+    run_target = canonical(ident["target"]) if ident.get("target") else None
+    target = canonical(target) if target else None
+    use_sources = [canonical(m) for m in use_sources] if use_sources else None
+    _check_direction_choice({**ident, "sources": slots, "target": run_target}, target, use_sources)
+    check_finite_numbers({k: ident.get(k) for k in ("target_norm", "target_gain", "target_norms", "target_gains")},
+                         "identity", trained.checkpoint / "meta.json")
+    for name in [run_target or slots[0], *slots]:  # they become file names: none may lead outside --out
         safe_name(name, "modality name", trained.checkpoint / "meta.json")
-    subjects = find_input_subjects(input_path, ident.get("layout"), sources)
+    subjects = find_input_subjects(input_path, ident.get("layout"), slots, any_to_any)
     for sub in subjects:
         safe_name(sub.id, "subject id", input_path)
-    settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
-    skipped = {s.id: _missing_sources(s, sources) for s in subjects if any(m not in s.paths for m in sources)}
-    subjects = [s for s in subjects if s.id not in skipped]
+    base = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": slots})
+    plans, skipped = {}, {}
+    for sub in subjects:
+        try:
+            plans[sub.id] = plan_subject({**ident, "sources": slots, "target": run_target}, sub.paths, target,
+                                         use_sources)
+        except SkipSubject as exc:
+            skipped[sub.id] = _with_problem(sub, str(exc))
+    subjects = [s for s in subjects if s.id in plans]
     check_writable_dir(check_out_dir(out, "translate", overwrite))
-    earlier = _earlier_entries(out, target, sources, overwrite)
+    listed_target, listed_sources = (target, slots) if any_to_any else (run_target, slots)
+    earlier = _earlier_entries(out, listed_target, listed_sources, overwrite)
     claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])  # a killed run's out stays ours
-    planned = {s.id: _outputs(out, s.id, target, n_samples, ceiling and target in s.paths,
-                              output_suffix(s.paths[sources[0]])) for s in subjects}
+    planned = {(s.id, t): _outputs(out, s.id, t, n_samples, ceiling and t in s.paths, output_suffix(s.paths[used[0]]))
+               for s in subjects for t, used in plans[s.id]}
     if not overwrite:  # refuse before any work, so nothing is half replaced
         for files in planned.values():
             for f in _files_of(files):
                 if f.exists():
                     raise ValueError(f"{f}: output exists; pass --overwrite to replace it.")
-    check_voxels((settings.size or 1,) * 2, trained.checkpoint / "meta.json", "volume_settings plane")
-    target_norm = NormParams(**ident["target_norm"])
-    kind = "ct" if target in settings.ct_modalities else "mr"
+    check_voxels((base.size or 1,) * 2, trained.checkpoint / "meta.json", "volume_settings plane")
     say = log or (lambda msg: print(msg, file=sys.stderr))
-    if settings.spacing is None:
+    if base.spacing is None:
         say("translate: note: this run records no training voxel spacing (its data was prepared before phmdiff "
             "recorded it); the inputs' spacing is not checked.")
     entries = []
@@ -209,16 +270,19 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(subjects) * n_samples, desc="translate", unit="volume", file=sys.stderr)
-    for sub in subjects:
-        files = planned[sub.id]
+        bar = tqdm(total=sum(len(p) for p in plans.values()) * n_samples, desc="translate", unit="volume",
+                   file=sys.stderr)
+    for sub, (target, sources) in ((s, p) for s in subjects for p in plans[s.id]):
+        files = planned[sub.id, target]
+        settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
+        target_norm, gain = _target_scale(ident, target, sources)
         try:
             entry = _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files,
-                                       n_samples, seed, batch_size, out, ident.get("target_gain"), bar, resample, say)
+                                       n_samples, seed, batch_size, out, gain, bar, resample, say)
         except (ValueError, MemoryError) as exc:  # this subject only: unreadable, NaN, too big, mismatched grids
             reason = "out of memory (the volume is too big for this machine)" if isinstance(exc, MemoryError) \
                 else " ".join(str(exc).split())
-            skipped[sub.id] = reason
+            skipped[sub.id] = f"{target}: {reason}" if any_to_any else reason
             for f in _files_of(files):  # nothing half-written: this subject's new files go
                 if f.exists() and not any(e.get("subject") == sub.id for e in earlier):
                     f.unlink()
@@ -227,22 +291,29 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             continue
         entries.append(entry)
         if log is not None:  # --no-progress still says what was done, a line per subject
-            log(f"translate: {sub.id} ({len(entries)}/{len(subjects)}) -> {files['prediction']}")
+            log(f"translate: {sub.id} ({len(entries)}/{len(planned)}) -> {files['prediction']}")
     if bar is not None:
         bar.close()
-    meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
-            "sampler": sampling.sampler, "steps": sampling.num_steps, "guidance": sampling.guidance,
-            "subjects": [e for e in earlier if e.get("subject") not in {n["subject"] for n in entries}] + entries,
+    done = {(n["subject"], n.get("target")) for n in entries}
+    made = [run_target] if run_target else [t for _, t in done] or slots[:1]  # an any-to-any run may make both
+    kinds = {"ct" if t in base.ct_modalities else "mr" for t in made}
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    meta = {"target": listed_target, "sources": listed_sources, "modality_kind": kind,
+            "checkpoint": str(trained.checkpoint), "sampler": sampling.sampler, "steps": sampling.num_steps,
+            "guidance": sampling.guidance,
+            "subjects": [e for e in earlier
+                         if (e.get("subject"), e.get("target", listed_target)) not in done] + entries,
             "skipped": [{"subject": sid, "reason": why} for sid, why in sorted(skipped.items())]}
+    if any_to_any:
+        meta["any_to_any"] = True
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
     return meta
 
 
-def _missing_sources(sub, sources: list[str]) -> str:
-    missing = [m for m in sources if m not in sub.paths]
-    named = [p for p in sub.problems if any(f"({m})" in p for m in missing)]
-    return (f"missing source modality {', '.join(missing)} (the model needs {', '.join(sources)})"
-            + (f": {named[0]}" if named else "."))
+def _with_problem(sub, reason: str) -> str:
+    """A skip reason with the reader's problem about a missing modality, when it named one."""
+    named = [p for p in sub.problems if any(f"({m})" in p and m not in sub.paths for m in ALIASES)]
+    return reason + (f": {named[0]}" if named else ".")
 
 
 def _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files, n_samples, seed,
@@ -277,7 +348,7 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
     samples = []
     for j in range(n_samples):
         seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
-        pred = translate_slices(trained, src, seeds, sampling, batch_size)
+        pred = translate_slices(trained, src, seeds, sampling, batch_size, target, sources)
         samples.append(back(slices_to_volume(pred, spec, target, norm=norm)))
         if n_samples > 1:
             write_like(to_output(samples[-1], dtype, settings.ct_window), reference, files["samples"][j], dtype)
@@ -295,6 +366,8 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
     is_brats = (sub.layout or "").startswith("brats")
     return {
         "subject": sub.id,
+        "target": target,
+        "sources": sources,
         "prediction": str(files["prediction"].relative_to(out)),
         "std": str(files["std"].relative_to(out)) if n_samples > 1 else None,
         "ceiling": str(files["ceiling"].relative_to(out)) if "ceiling" in files else None,
@@ -308,6 +381,30 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
         "dtype": str(dtype),
         "spacing": {"input": in_plane, "training": settings.spacing, "resampled": plan is not None and resample},
     }
+
+
+def _check_direction_choice(ident: dict, target: str | None, use_sources: list[str] | None) -> None:
+    """--target and --sources name modalities of an any-to-any run; a single-direction run takes only its own."""
+    slots = list(ident["sources"])
+    if not ident.get("any_to_any"):
+        if target not in (None, ident["target"]) or use_sources not in (None, slots):
+            raise ValueError(f"this run translates {slots} -> {ident['target']} only; --target and --sources "
+                             "choose among the modalities of an any-to-any run.")
+        return
+    for name in [*([target] if target else []), *(use_sources or [])]:
+        if name not in slots:
+            raise ValueError(f"'{name}' is not a modality of this any-to-any run; expected one of {', '.join(slots)}.")
+
+
+def _target_scale(ident: dict, target: str, sources: list[str]):
+    """The target's training intensity scale and its gains over `sources` (`prepare.gain_ratios`)."""
+    from phmdiff.data.volume import NormParams
+
+    if not ident.get("any_to_any"):
+        return NormParams(**ident["target_norm"]), ident.get("target_gain")
+    norms = {canonical(k): v for k, v in ident["target_norms"].items()}
+    gains = {canonical(k): v for k, v in (ident.get("target_gains") or {}).items()}.get(target)
+    return NormParams(**norms[target]), {s: gains[s] for s in sources} if gains else None
 
 
 def _earlier_entries(out: Path, target: str, sources: list[str], overwrite: bool) -> list[dict]:
@@ -347,15 +444,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per subject instead)")
     parser.add_argument("--no-resample", action="store_true",
                         help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
+    parser.add_argument("--target", default=None,
+                        help="any-to-any runs: synthesize only this modality (default: each one a subject lacks)")
+    parser.add_argument("--sources", nargs="+", default=None,
+                        help="any-to-any runs: use only these of the modalities a subject has")
 
 
 def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
                      args.seed, args.overwrite, args.batch_size, args.device, progress=not args.no_progress,
                      ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None,
-                     resample=not args.no_resample)
-    done = len(meta["subjects"])
-    print(f"{args.out}: {done} subject(s) translated to {meta['target']}.", file=sys.stderr)
+                     resample=not args.no_resample, target=args.target, use_sources=args.sources)
+    made = sorted({e.get("target", meta["target"]) for e in meta["subjects"]})
+    print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {', '.join(made)}.", file=sys.stderr)
     if meta["skipped"]:  # every subject is accounted for: the ones left out, each with its reason; exit 1
         print(f"{args.out}: {len(meta['skipped'])} subject(s) not translated (listed in translate.json):",
               file=sys.stderr)

@@ -15,6 +15,25 @@ from torch.utils.data import Dataset
 from phmdiff.data.prepare import SPLITS, load_manifest
 
 
+def draw_direction(n_mod: int, generator: torch.Generator) -> tuple[int, torch.Tensor]:
+    """Any-to-any training (BraSyn): a target slot uniform over `n_mod`, and an availability mask (n_mod,)
+    uniform over the non-empty subsets of the other slots (the target's own slot is always 0)."""
+    if n_mod < 2:
+        raise ValueError(f"any-to-any needs at least two modalities, got {n_mod}.")
+    target = int(torch.randint(n_mod, (1,), generator=generator))
+    subset = int(torch.randint(1, 2 ** (n_mod - 1), (1,), generator=generator))  # bits over the other slots
+    others = [j for j in range(n_mod) if j != target]
+    avail = torch.zeros(n_mod)
+    for bit, j in enumerate(others):
+        avail[j] = float((subset >> bit) & 1)
+    return target, avail
+
+
+def direction_generator(*key: int) -> torch.Generator:
+    """A generator seeded by integers (seed, epoch, index, ...): draws repeat across workers and restarts."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([*key]).generate_state(1)[0]))
+
+
 class _PreparedSplit(Dataset):
     """Index -> (shard, row) over one split's memory-mapped shards, plus seeded per-epoch flips."""
 
@@ -73,23 +92,38 @@ class PairedSlices(_PreparedSplit):
     """Source modalities -> target modality pairs for translation.
 
     Returns dict(source (n_src * (2k+1), H, W), target (1, H, W), avail (n_src,), target_label, subject, index).
+    With `any_to_any`, `sources` are all the slots, `target` is unused, and each slice gets its own fixed draw
+    of target and available sources (`draw_direction`, seeded by (seed, index)); unavailable slots are -1.
     """
 
-    def __init__(self, prepared_dir, split, sources=("t1", "t2"), target="flair", flip=False, seed=0):
+    def __init__(self, prepared_dir, split, sources=("t1", "t2"), target="flair", flip=False, seed=0,
+                 any_to_any=False):
         super().__init__(prepared_dir, split, flip, seed)
-        self.sources = list(sources)
-        if target in self.sources:
+        self.sources, self.any_to_any = list(sources), bool(any_to_any)
+        if not self.any_to_any and target in self.sources:
             raise ValueError(f"target '{target}' is also a source; a modality cannot be synthesized from itself.")
         self.source_idx = [self._modality_index(m) for m in self.sources]
-        self.target, self.target_label = target, self._modality_index(target)
+        if not self.any_to_any:
+            self.target, self.target_label = target, self._modality_index(target)
 
     def __getitem__(self, i: int) -> dict:
         row, flip = self._row(i), self._flip(i)
+        if not self.any_to_any:
+            return {
+                "source": self._channels(row, self.source_idx, False, flip),
+                "target": self._channels(row, [self.target_label], True, flip),
+                "avail": torch.ones(len(self.sources)),
+                "target_label": self.target_label,
+                **self._meta(i),
+            }
+        slot, avail = draw_direction(len(self.sources), direction_generator(self.seed, i))
+        source = self._channels(row, self.source_idx, False, flip)  # (n_src * k, H, W)
+        keep = avail.repeat_interleave(self.k)[:, None, None]  # (n_src * k, 1, 1)
         return {
-            "source": self._channels(row, self.source_idx, False, flip),
-            "target": self._channels(row, [self.target_label], True, flip),
-            "avail": torch.ones(len(self.sources)),
-            "target_label": self.target_label,
+            "source": source * keep - (1 - keep),  # a missing slot is black (-1), never the real image
+            "target": self._channels(row, [self.source_idx[slot]], True, flip),
+            "avail": avail,
+            "target_label": self.source_idx[slot],
             **self._meta(i),
         }
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from phmdiff.data.datasets import direction_generator, draw_direction
 from phmdiff.data.prepare import SPLITS, load_manifest, prepared_id
 from phmdiff.fsutil import atomic_write_text, publish_dir
 from phmdiff.schema import check_cache_meta
@@ -244,19 +245,26 @@ class _Reader:
 
 
 class LatentPairs(Dataset):
-    """Latent source/target pairs sampled from the cached posteriors, same dict as `PairedSlices`."""
+    """Latent source/target pairs sampled from the cached posteriors, same dict as `PairedSlices`.
+
+    With `any_to_any`, `sources` are the model's slots (every modality) and each example draws its own target
+    and non-empty set of available sources (`datasets.draw_direction`, seeded by (seed, epoch, index)); the
+    target's and the unavailable slots enter as zeros. The cache holds each modality once for all directions.
+    """
 
     def __init__(self, cache_dir, split, sources=("t1", "t2"), target="flair", autoencoder_id=None,
-                 prepared_id=None, seed=0):
+                 prepared_id=None, seed=0, any_to_any=False):
         self.root = Path(cache_dir)
         self.meta = load_cache_meta(self.root, autoencoder_id, prepared_id)
         if split not in SPLITS:
             raise ValueError(f"split '{split}' is unknown; expected one of {', '.join(SPLITS)}.")
         mods = self.meta["modalities"]
-        for m in [*sources, target]:
+        self.any_to_any = bool(any_to_any)
+        for m in [*sources] + ([] if self.any_to_any else [target]):
             if m not in mods:
                 raise ValueError(f"{self.root}: modality '{m}' is not in the latent cache; found {', '.join(mods)}.")
-        self.source_idx, self.target_label = [mods.index(m) for m in sources], mods.index(target)
+        self.source_idx = [mods.index(m) for m in sources]
+        self.target_label = None if self.any_to_any else mods.index(target)
         self.latent_scale, self.seed, self.epoch = float(self.meta["latent_scale"]), seed, 0
         self.slices = self.meta["slices"][split]
         self.reader = _Reader(self.root, self.meta, split)
@@ -274,6 +282,16 @@ class LatentPairs(Dataset):
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
         z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * self.latent_scale
         subject, index = self.slices[i]
+        if self.any_to_any:
+            slot, avail = draw_direction(len(self.source_idx), direction_generator(self.seed, self.epoch, i, 1))
+            return {
+                "source": (z[self.source_idx] * avail[:, None, None, None]).flatten(0, 1),  # (n_src * c, h, w)
+                "target": z[self.source_idx[slot]],  # (c, h, w)
+                "avail": avail,
+                "target_label": self.source_idx[slot],
+                "subject": subject,
+                "index": int(index),
+            }
         return {
             "source": z[self.source_idx].flatten(0, 1),  # (n_src * c, h, w)
             "target": z[self.target_label],  # (c, h, w)

@@ -14,15 +14,18 @@ CACHE_BACKENDS = {"npy": "npy", "lmdb": "lmdb", "tar": "wds"}
 
 def prepare_settings(cfg):
     """`phmdiff prepare` settings that match a run config."""
+    from phmdiff.config import data_modalities
     from phmdiff.data.prepare import PrepareSettings
     from phmdiff.data.volume import VolumeSettings
 
     d = cfg.data
     split = (round(1.0 - d.val_fraction - d.test_fraction, 6), d.val_fraction, d.test_fraction)
-    mods = [*d.sources, d.target]
+    mods = data_modalities(d)
     ct = VolumeSettings.__dataclass_fields__["ct_modalities"].default
     # An MR target from MR sources is normalized by its sources' parameters, so translate inverts it exactly.
-    relative = {d.target: list(d.sources)} if d.sources and not any(m in ct for m in mods) else {}
+    # Any-to-any: every modality is its own (median) normalization, since any of them may be the target.
+    relative = ({d.target: list(d.sources)} if d.sources and not d.any_to_any and not any(m in ct for m in mods)
+                else {})
     volume = VolumeSettings(modalities=mods, size=d.resolution, min_foreground=d.min_foreground, relative=relative)
     return PrepareSettings(split=split, seed=d.split_seed, volume=volume)
 
@@ -45,8 +48,8 @@ def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
             from phmdiff.data.phantom import write_phantom
 
             write_phantom(d.root, "brain", progress=progress)
-        done["prepare"] = prepare(d.root, d.prepared, prepare_settings(cfg), [*d.sources, d.target],
-                                  progress=progress)
+        settings = prepare_settings(cfg)
+        done["prepare"] = prepare(d.root, d.prepared, settings, settings.volume.modalities, progress=progress)
         log(f"prepare: {d.prepared} {done['prepare']}")
     if "train-ae" in stages:
         if autoencoder_path(cfg).exists():

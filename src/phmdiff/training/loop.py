@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, to_yaml
+from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, source_slots, to_yaml
 from phmdiff.factory import build_denoiser, build_objective
 from phmdiff.fsutil import atomic_write_text
 from phmdiff.inference import SamplingSettings, decode_target, encode_sources, load_run_autoencoder, sample_latents
@@ -75,7 +75,8 @@ def _latent_data(cfg: Config):
 
     if not cfg.data.cache:
         raise ValueError("data.cache is empty; set it to the latent cache written by phmdiff encode.")
-    data = LatentPairs(cfg.data.cache, "train", cfg.data.sources, cfg.data.target, seed=cfg.train.seed)
+    data = LatentPairs(cfg.data.cache, "train", source_slots(cfg.data), cfg.data.target, seed=cfg.train.seed,
+                       any_to_any=cfg.data.any_to_any)
     n_mod, c, h, w = data.meta["item_shape"]
     if (c, h, w) != (cfg.model.in_channels, cfg.model.in_size, cfg.model.in_size):
         raise ValueError(
@@ -95,6 +96,14 @@ def _identity(meta: dict, cfg: Config) -> dict:
 
     keys = ("autoencoder_id", "prepared_id", "latent_scale", "modalities", "prepared_dir", "item_shape")
     manifest = load_manifest(meta["prepared_dir"])
+    d = cfg.data
+    if d.any_to_any:  # every slot may be the target: its training scale, and its gains over every other slot
+        return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(d.cache), "any_to_any": True,
+                "sources": list(d.modalities), "target": None, "layout": manifest.get("layout"),
+                "volume_settings": manifest["config"]["volume"],
+                "target_norms": {m: asdict(reference_norm(manifest, m)) for m in d.modalities},
+                "target_gains": {m: gain_ratios(manifest, m, [o for o in d.modalities if o != m])
+                                 for m in d.modalities}}
     return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(cfg.data.cache), "sources": cfg.data.sources,
             "target": cfg.data.target, "layout": manifest.get("layout"),
             "volume_settings": manifest["config"]["volume"],
@@ -150,7 +159,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         micro = per_rank // world
         data = _latent_data(cfg)
         identity = _identity(data.meta, cfg)
-        num_sources = len(cfg.data.sources)
+        num_sources = len(source_slots(cfg.data))
         denoiser = build_denoiser(cfg, num_sources, len(data.meta["modalities"]))
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
                                       weight_decay=t.weight_decay, fused=True)
@@ -308,7 +317,8 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
     meta = load_cache_meta(cfg.data.cache)
     scale = float(meta["latent_scale"])
     ae = load_run_autoencoder(cfg, device)
-    val = PairedSlices(meta["prepared_dir"], "val", cfg.data.sources, cfg.data.target)
+    val = PairedSlices(meta["prepared_dir"], "val", source_slots(cfg.data), cfg.data.target,
+                       any_to_any=cfg.data.any_to_any)
     if len(val) == 0:
         return {"psnr": math.nan, "ssim": math.nan, "n": 0}
     picks = np.unique(np.linspace(0, len(val) - 1, min(cfg.eval.num_val_slices, len(val))).round().astype(int))
@@ -323,8 +333,8 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
         src = torch.stack([it["source"][k // 2 :: k] for it in items]).to(device)  # centre slices (N, n_src, H, W)
         ref = (torch.stack([it["target"] for it in items]) + 1) / 2  # (N, 1, H, W)
         cond = encode_sources(ae, src, scale)
-        avail = torch.ones(len(items), len(cfg.data.sources), device=device)
-        label = torch.full((len(items),), items[0]["target_label"], device=device)
+        avail = torch.stack([it["avail"] for it in items]).to(device)  # (N, n_src): ones unless any-to-any
+        label = torch.tensor([it["target_label"] for it in items], device=device)
         z = sample_latents(denoiser, cond, avail, label, [int(i) for i in mine[lo : lo + 16]], cfg.model, settings)
         pred = decode_target(ae, z, scale).cpu()
         for p, r in zip(pred[:, 0].numpy(), ref[:, 0].numpy()):
