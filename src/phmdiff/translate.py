@@ -67,7 +67,12 @@ def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], set
 
 
 class SkipSubject(ValueError):
-    """A subject that translate cannot serve; the message says why."""
+    """A subject that translate cannot serve; the message says why. `failed` is False for a subject that needs
+    nothing (an any-to-any subject with every modality): listed, but no reason to exit non-zero."""
+
+    def __init__(self, message: str, failed: bool = True):
+        super().__init__(message)
+        self.failed = failed
 
 
 def plan_subject(identity: dict, present, target: str | None = None,
@@ -89,7 +94,7 @@ def plan_subject(identity: dict, present, target: str | None = None,
     targets = [target] if target is not None else [m for m in slots if m not in present]
     if not targets:
         raise SkipSubject(f"has every modality of the run ({', '.join(slots)}); nothing to synthesize "
-                          "(pass --target to re-synthesize one)")
+                          "(pass --target to re-synthesize one)", failed=False)
     plan = [(t, [m for m in usable if m != t]) for t in targets]
     for t, used in plan:
         if not used:
@@ -241,13 +246,15 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     for sub in subjects:
         safe_name(sub.id, "subject id", input_path)
     base = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": slots})
-    plans, skipped = {}, {}
+    plans, skipped, complete = {}, {}, set()
     for sub in subjects:
         try:
             plans[sub.id] = plan_subject({**ident, "sources": slots, "target": run_target}, sub.paths, target,
                                          use_sources)
         except SkipSubject as exc:
-            skipped[sub.id] = _with_problem(sub, str(exc))
+            skipped[sub.id] = _with_problem(sub, str(exc)) if exc.failed else str(exc)
+            if not exc.failed:
+                complete.add(sub.id)
     subjects = [s for s in subjects if s.id in plans]
     check_writable_dir(check_out_dir(out, "translate", overwrite))
     listed_target, listed_sources = (target, slots) if any_to_any else (run_target, slots)
@@ -303,7 +310,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             "guidance": sampling.guidance,
             "subjects": [e for e in earlier
                          if (e.get("subject"), e.get("target", listed_target)) not in done] + entries,
-            "skipped": [{"subject": sid, "reason": why} for sid, why in sorted(skipped.items())]}
+            "skipped": [{"subject": sid, "reason": why, "failed": sid not in complete}
+                        for sid, why in sorted(skipped.items())]}
     if any_to_any:
         meta["any_to_any"] = True
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
@@ -457,10 +465,9 @@ def run(args: argparse.Namespace) -> int:
                      resample=not args.no_resample, target=args.target, use_sources=args.sources)
     made = sorted({e.get("target", meta["target"]) for e in meta["subjects"]})
     print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {', '.join(made)}.", file=sys.stderr)
-    if meta["skipped"]:  # every subject is accounted for: the ones left out, each with its reason; exit 1
+    if meta["skipped"]:  # every subject is accounted for: the ones left out, each with its reason
         print(f"{args.out}: {len(meta['skipped'])} subject(s) not translated (listed in translate.json):",
               file=sys.stderr)
         for s in meta["skipped"]:
             print(f"  {s['subject']}: {s['reason']}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if any(s["failed"] for s in meta["skipped"]) else 0  # 1: a subject that needed a volume got none
