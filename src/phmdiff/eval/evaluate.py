@@ -53,7 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--protocol", action="append", help=f"one of {', '.join(PROTOCOLS)} or 'all' (repeatable)")
     parser.add_argument("--mask", help="foreground mask NIfTI (single-pair input); default: threshold on reference")
     parser.add_argument("--seg", help="tumour segmentation NIfTI (single-pair input) for lesion metrics")
-    parser.add_argument("--modality", choices=("mr", "ct"), default=None, help="mr (default) or ct (HU)")
+    parser.add_argument("--modality", choices=("mr", "ct"), default=None,
+                        help="mr or ct (HU); default: the modality translate.json records, else mr")
     parser.add_argument("--target", help="modality name to pick in subject folders, e.g. flair")
     parser.add_argument("--slice-axis", type=int, default=-1, help="axis of the slices (default: last)")
     parser.add_argument("--inception", help="TorchScript Inception feature extractor file for FID/KID")
@@ -108,7 +109,12 @@ def collect_subjects(args) -> tuple[list[dict], str]:
                              "samples": [str(safe_relpath(p, pred, where)) for p in s.get("samples") or []]})
         if not subjects:
             raise ValueError(f"{pred / 'translate.json'}: no subject has a reference; nothing to evaluate.")
-        return subjects, args.modality or meta.get("modality_kind", "mr")
+        recorded = meta.get("modality_kind")
+        if args.modality and recorded and args.modality != recorded:
+            raise ValueError(f"{pred / 'translate.json'}: records the modality as '{recorded}' but --modality is "
+                             f"'{args.modality}'; drop --modality (it is read from translate.json) or pass "
+                             f"--modality {recorded}.")
+        return subjects, args.modality or recorded or "mr"
     if args.ref is None:
         raise ValueError(f"{pred}: give a reference (file or folder), or a folder holding translate.json.")
     ref = Path(args.ref)
