@@ -37,12 +37,14 @@ from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir,
 from phmdiff.limits import LimitError, check_nifti
 
 SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
-                   "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low", "norm_high", "ms_ssim_note")
+                   "ssim_tumour", "ssim_healthy", "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low",
+                   "norm_high", "ms_ssim_note", "brasyn_note", "synthrad_note")
 # Ceilings scored beside each prediction: the pipeline's (translate --ceiling: the true target through
 # normalization, autoencoder and inverse) and the noise-free one (a phantom's clean target, REF_DIR/noise_free/).
 CEILINGS = ("pipeline_ceiling", "noise_free")
 CEILING_METRICS = ("psnr", "ssim", "lesion_psnr")
-SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "through_plane_pred",
+SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "ssim_tumour",
+                "ssim_healthy", "through_plane_pred",
                 "through_plane_ref", *(f"{c}_{m}" for c in CEILINGS for m in CEILING_METRICS))
 _NII = (".nii.gz", ".nii")
 
@@ -224,6 +226,10 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
             subject_rows.append(row)
     summary = {p: {"n_subjects": sum(r["protocol"] == p for r in subject_rows),
                    **summarize([r for r in subject_rows if r["protocol"] == p])} for p in protocols}
+    pooled = [r for r in slice_rows if r["protocol"] == "syndiff"]
+    if pooled:  # SynDiff's test.py reports np.nanmean over all test slices, not a mean of subject means
+        summary["syndiff"].update(summarize(pooled, ("psnr", "ssim")), n_slices=len(pooled),
+                                  averaged_over="all slices pooled (psnr, ssim), as SynDiff's test.py")
     return subject_rows, slice_rows, summary
 
 
