@@ -114,6 +114,14 @@ def normalize_pair(pred, ref, mask, modality: str = "mr", ct_window=CT_WINDOW, p
     return (pred - lo) / (hi - lo), (ref - lo) / (hi - lo), (float(lo), float(hi))
 
 
+def matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Copy-the-source baseline: the source in the reference's units, its foreground 0.5/99.5 percentiles mapped
+    onto the reference's (the same intensity matching `phmdiff demo` uses)."""
+    s_lo, s_hi = np.percentile(source[mask], MR_PERCENTILES)
+    r_lo, r_hi = np.percentile(ref[mask], MR_PERCENTILES)
+    return (source - s_lo) / max(s_hi - s_lo, 1e-12) * (r_hi - r_lo) + r_lo
+
+
 def through_plane(x: np.ndarray, mask: np.ndarray, axis: int) -> float:
     """Mean |x[k+1] - x[k]| along `axis` over voxels inside the mask in both slices."""
     x, mask = np.moveaxis(x, axis, 0), np.moveaxis(mask, axis, 0)
