@@ -293,7 +293,7 @@ def metric_plots(ev: Path, img_dir: Path) -> str:
     return out + f'<h2>Per slice</h2><img src="{save_figure(fig, img_dir, "per_slice.png")}" alt="per-slice PSNR">'
 
 
-def panels(ev: Path, meta: dict, img_dir: Path, count: int) -> str:
+def image_panels(ev: Path, meta: dict, img_dir: Path, count: int) -> str:
     kind = meta.get("modality", "mr")
     rows = {r["subject"]: r for r in _read_csv(ev / "per_subject.csv") if r["protocol"] == "volume"}
     target = (meta.get("provenance") or {}).get("target") or "target"
@@ -315,7 +315,7 @@ def panels(ev: Path, meta: dict, img_dir: Path, count: int) -> str:
     return "\n".join(parts)
 
 
-def write_report(path, out, panels_count: int = 3, overwrite: bool = False) -> Path:
+def write_report(path, out, panels: int = 3, overwrite: bool = False) -> Path:
     """Write DIR/index.html and DIR/img/*.png for an evaluation and/or run folder."""
     path = Path(path)
     ev = path if (path / "summary.json").is_file() else path / "evaluation"
@@ -334,7 +334,7 @@ def write_report(path, out, panels_count: int = 3, overwrite: bool = False) -> P
             sections += [provenance(meta), tables(ev, meta), metric_plots(ev, img_dir)]
             if meta["subjects"]:
                 sections += [calibration(meta["subjects"], meta.get("modality", "mr"), norm, img_dir),
-                             panels(ev, meta, img_dir, panels_count)]
+                             image_panels(ev, meta, img_dir, panels)]
         if log.is_file():
             sections += [training_curves(log, img_dir), autoencoder_quality(path), resolved_config(path)]
         page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>PHMDiff report</title><style>{_STYLE}"
