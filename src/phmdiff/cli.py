@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("phmdiff.generate", "sample slices to PNG grids and NIfTI"),
     "evaluate": ("phmdiff.eval.evaluate", "compute metrics of predictions against references"),
     "report": ("phmdiff.eval.report", "write an HTML report for a run or an evaluation"),
+    "segcheck": ("phmdiff.eval.segcheck", "tumour segmentation Dice with the real vs the synthesized target"),
     "demo": ("phmdiff.demo", "run the whole chain on the built-in phantom"),
 }
 

@@ -31,11 +31,12 @@ def test_two_files_all_protocols(tmp_path, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", str(p), str(r), "--protocol", "all", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["protocols"]) == {"volume", "slice", "selfrdb", "syndiff"}
+    assert set(summary["protocols"]) == {"volume", "slice", "selfrdb", "syndiff", "brasyn", "synthrad"}
     assert summary["protocols"]["volume"]["psnr"]["n"] == 1 and summary["distribution"]["ms_swd"] > 0
     assert "--inception" in summary["distribution"]["fid_note"]
     rows = list(csv.DictReader((out / "per_subject.csv").open()))
-    assert [r["protocol"] for r in rows] == ["volume", "slice", "selfrdb", "syndiff"]
+    assert [r["protocol"] for r in rows] == ["volume", "slice", "selfrdb", "syndiff", "brasyn", "synthrad"]
+    assert rows[-1]["synthrad_note"] and rows[-2]["ssim_healthy"] and not rows[-2]["ssim_tumour"]
     assert len(list(csv.DictReader((out / "per_slice.csv").open()))) > 4 * 8
     assert "volume" in capsys.readouterr().out
 
@@ -98,3 +99,28 @@ def test_cli_process_prints_one_line_for_a_missing_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "phmdiff", "evaluate", str(tmp_path / "a.nii.gz"),
                            str(tmp_path / "b.nii.gz")], capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_modality_is_read_from_translate_json_and_a_contradiction_refused(tmp_path, capsys):
+    ref, pred = _subject(0)
+    tr = tmp_path / "translate"
+    _write(tr / "s1_flair.nii.gz", pred)
+    meta = {"target": "flair", "sources": ["t1"], "modality_kind": "mr",
+            "subjects": [{"subject": "s1", "prediction": "s1_flair.nii.gz",
+                          "reference": str(_write(tmp_path / "ref.nii.gz", ref))}]}
+    (tr / "translate.json").write_text(json.dumps(meta))
+    assert main(["evaluate", str(tr), "--modality", "ct"]) == 2
+    err = capsys.readouterr().err
+    assert "records the modality as 'mr'" in err and len(err.strip().splitlines()) == 1
+    assert not (tr / "evaluation").exists()
+    assert main(["evaluate", str(tr), "--modality", "mr"]) == 0
+    assert json.loads((tr / "evaluation" / "summary.json").read_text())["modality"] == "mr"
+    # --overwrite: a folder holding another's file is refused, then written into with the file kept
+    other = tmp_path / "shared"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["evaluate", str(tr), "--out", str(other)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["evaluate", str(tr), "--out", str(other), "--overwrite"]) == 0
+    assert (other / "notes.txt").read_text() == "mine" and (other / "summary.json").is_file()
+    assert main(["evaluate", str(tr), "--out", str(other)]) == 0  # its own earlier output: no flag needed

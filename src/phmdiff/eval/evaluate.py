@@ -33,18 +33,25 @@ import numpy as np
 from phmdiff.data.names import spellings
 from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.metrics import format_value
-from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, normalize_pair
+from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, matched_copy, normalize_pair
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
 from phmdiff.limits import LimitError, check_nifti
 
 SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
-                   "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low", "norm_high", "ms_ssim_note")
+                   "ssim_tumour", "ssim_healthy", "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low",
+                   "norm_high", "ms_ssim_note", "brasyn_note", "synthrad_note")
 # Ceilings scored beside each prediction: the pipeline's (translate --ceiling: the true target through
 # normalization, autoencoder and inverse) and the noise-free one (a phantom's clean target, REF_DIR/noise_free/).
 CEILINGS = ("pipeline_ceiling", "noise_free")
 CEILING_METRICS = ("psnr", "ssim", "lesion_psnr")
-SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "through_plane_pred",
-                "through_plane_ref", *(f"{c}_{m}" for c in CEILINGS for m in CEILING_METRICS))
+# Copy-the-source baseline (intensity matched, `protocols.matched_copy`): the source that scores best under the
+# volume protocol, scored under every protocol; what a method must beat to have synthesized anything.
+BASELINE_METRICS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "ssim_tumour",
+                    "ssim_healthy", "through_plane_pred", "through_plane_ref")
+SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "ssim_tumour",
+                "ssim_healthy", "through_plane_pred",
+                "through_plane_ref", *(f"{c}_{m}" for c in CEILINGS for m in CEILING_METRICS),
+                *(f"baseline_{m}" for m in BASELINE_METRICS), "std_error_pearson", "std_error_spearman")
 _NII = (".nii.gz", ".nii")
 
 
@@ -54,7 +61,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--protocol", action="append", help=f"one of {', '.join(PROTOCOLS)} or 'all' (repeatable)")
     parser.add_argument("--mask", help="foreground mask NIfTI (single-pair input); default: threshold on reference")
     parser.add_argument("--seg", help="tumour segmentation NIfTI (single-pair input) for lesion metrics")
-    parser.add_argument("--modality", choices=("mr", "ct"), default=None, help="mr (default) or ct (HU)")
+    parser.add_argument("--modality", choices=("mr", "ct"), default=None,
+                        help="mr or ct (HU); default: the modality translate.json records, else mr")
     parser.add_argument("--target", help="modality name to pick in subject folders, e.g. flair")
     parser.add_argument("--slice-axis", type=int, default=-1, help="axis of the slices (default: last)")
     parser.add_argument("--inception", help="TorchScript Inception feature extractor file for FID/KID")
@@ -109,7 +117,12 @@ def collect_subjects(args) -> tuple[list[dict], str]:
                              "samples": [str(safe_relpath(p, pred, where)) for p in s.get("samples") or []]})
         if not subjects:
             raise ValueError(f"{pred / 'translate.json'}: no subject has a reference; nothing to evaluate.")
-        return subjects, args.modality or meta.get("modality_kind", "mr")
+        recorded = meta.get("modality_kind")
+        if args.modality and recorded and args.modality != recorded:
+            raise ValueError(f"{pred / 'translate.json'}: records the modality as '{recorded}' but --modality is "
+                             f"'{args.modality}'; drop --modality (it is read from translate.json) or pass "
+                             f"--modality {recorded}.")
+        return subjects, args.modality or recorded or "mr"
     if args.ref is None:
         raise ValueError(f"{pred}: give a reference (file or folder), or a folder holding translate.json.")
     ref = Path(args.ref)
@@ -204,6 +217,22 @@ def ceiling_volumes(s: dict, like) -> dict[str, np.ndarray]:
     return out
 
 
+def _baseline(s: dict, ref, like, mask, seg, modality: str, slice_axis: int):
+    """(source name, intensity-matched copy) of the source that scores best under the volume protocol, or
+    (None, None) without source images (MR only: a CT target's MR source has no HU to match)."""
+    if modality != "mr" or not s.get("source_images"):
+        return None, None
+    region = foreground_mask(ref, modality) if mask is None else mask
+    best = (-math.inf, None, None)
+    for name, path in sorted(s["source_images"].items()):
+        copy = matched_copy(load_volume(path, like, f"source image '{name}'")[0], ref, region)
+        score = evaluate_subject(copy, ref, mask=mask, seg=seg, protocol="volume", modality=modality,
+                                 slice_axis=slice_axis)["psnr"]
+        if score > best[0]:
+            best = (score, name, copy)
+    return best[1], best[2]
+
+
 def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_axis: int = -1) -> tuple:
     """Per-subject rows, per-slice rows and the summary for every subject and protocol."""
     subject_rows, slice_rows = [], []
@@ -214,6 +243,7 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
         mask = load_volume(s["mask"], like, "mask")[0] > 0 if s.get("mask") else None
         seg = load_volume(s["seg"], like, "segmentation")[0] if s.get("seg") else None
         ceilings = ceiling_volumes(s, like)
+        base_name, base = _baseline(s, ref, like, mask, seg, modality, slice_axis)
         for protocol in protocols:
             res = evaluate_subject(pred, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
                                    slice_axis=slice_axis)
@@ -223,12 +253,20 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
                 top = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
                                        slice_axis=slice_axis)
                 row.update({f"{name}_{m}": top[m] for m in CEILING_METRICS if m in top})
+            if base is not None:
+                low = evaluate_subject(base, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
+                                       slice_axis=slice_axis)
+                row.update({f"baseline_{m}": low[m] for m in BASELINE_METRICS if m in low}, baseline_source=base_name)
             if protocol == "volume" and len(s.get("samples") or []) >= 2:
                 samples = [load_volume(p, like, "sample")[0] for p in s["samples"]]
                 row.update(evaluate_ensemble(samples, ref, mask=mask, modality=modality, slice_axis=slice_axis))
             subject_rows.append(row)
     summary = {p: {"n_subjects": sum(r["protocol"] == p for r in subject_rows),
                    **summarize([r for r in subject_rows if r["protocol"] == p])} for p in protocols}
+    pooled = [r for r in slice_rows if r["protocol"] == "syndiff"]
+    if pooled:  # SynDiff's test.py reports np.nanmean over all test slices, not a mean of subject means
+        summary["syndiff"].update(summarize(pooled, ("psnr", "ssim")), n_slices=len(pooled),
+                                  averaged_over="all slices pooled (psnr, ssim), as SynDiff's test.py")
     return subject_rows, slice_rows, summary
 
 
@@ -275,6 +313,37 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def provenance(args, subjects: list[dict], modality: str) -> dict:
+    """Where the numbers come from, for the report: translate.json's settings, dates and the PHMDiff version."""
+    from datetime import datetime, timezone
+
+    from phmdiff import __version__
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = {"phmdiff_version": __version__, "evaluated": now, "modality_kind": modality, "n_subjects": len(subjects),
+           "n_samples": max([len(s.get("samples") or []) for s in subjects] + [1])}
+    meta_path = Path(args.pred) / "translate.json"
+    if not meta_path.is_file():
+        out["inputs"] = f"{args.pred} against {args.ref}"
+        return out
+    meta = json.loads(meta_path.read_text())
+    for key in ("target", "sources", "checkpoint", "sampler", "steps", "guidance"):
+        if key in meta:
+            out[key] = meta[key]
+    out["translated"] = datetime.fromtimestamp(meta_path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out["translate_folder"] = str(Path(args.pred).resolve())
+    if meta.get("checkpoint"):
+        ckpt = Path(meta["checkpoint"])
+        out["run"] = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+        for where in (ckpt, Path(args.pred).resolve().parent.parent / ckpt):
+            try:
+                out["step"] = int(json.loads((where / "meta.json").read_text())["step"])
+                break
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return out
+
+
 def run(args) -> int:
     protocols = _protocols(args.protocol)
     subjects, modality = collect_subjects(args)
@@ -285,7 +354,8 @@ def run(args) -> int:
     extra = sorted({k for r in subject_rows for k in r} - set(SUBJECT_COLUMNS) - {"modality"})
     summary_json = {"modality": modality, "protocols": summary,
                     "distribution": distribution(subjects, modality, args.slice_axis, args.inception)}
-    inputs = {"modality": modality, "protocols": protocols, "slice_axis": args.slice_axis, "subjects": subjects}
+    inputs = {"modality": modality, "protocols": protocols, "slice_axis": args.slice_axis, "subjects": subjects,
+              "provenance": provenance(args, subjects, modality)}
     with publish_dir(out, "evaluate", getattr(args, "overwrite", False)) as tmp:  # the four files as one unit
         atomic_write_text(tmp / "per_subject.csv", _csv(subject_rows, SUBJECT_COLUMNS + tuple(extra)))
         atomic_write_text(tmp / "per_slice.csv", _csv(slice_rows, ("subject", "protocol", "slice", "psnr", "ssim",

@@ -5,11 +5,13 @@
 | `volume`  | reference's [0, 1] normalization (1)    | 1             | foreground, indexed  | 3D volume     |
 | `slice`   | as `volume`                             | 1             | foreground per slice | slices        |
 | `selfrdb` | slice / mean(slice), mask multiplied    | ref slice max | mask multiplied in   | slices        |
-| `syndiff` | slice / max(slice)                      | 1 (ref max)   | whole slice          | slices        |
+| `syndiff` | slice / max(slice), no upper clip       | pred max      | whole slice          | all slices    |
+| `brasyn`  | own 0.5-99.5 pct clip to [0, 1]         | ref range     | tumour / the rest    | 3D volume     |
+| `synthrad`| HU clipped to [-1024, 3000], +1024      | 4024 HU       | body mask            | 3D volume     |
 
 (1) MR: 0.5 and 99.5 percentiles of the reference inside the foreground map to 0 and 1
 (the prediction is not clipped); CT: the HU window (-1024, 3071) maps to [0, 1].
-Slice protocols average a subject's slices, then subjects.
+Slice protocols average a subject's slices, then subjects (`syndiff`: all slices pooled).
 
 `selfrdb`, as read in icon-lab/SelfRDB `utils.py` (`compute_metrics`, `mean_norm`,
 `apply_mask_and_norm`) and `main.py` (`on_test_end`): slices in [0, 1]; when a mask is
@@ -20,14 +22,45 @@ data_range=gt.max())` with skimage's defaults (7x7 uniform window, sample covari
 printed x100 in their tables (we store the fraction); nanmean over a subject's slices
 (empty slices give NaN and drop out), then mean and population std over subjects.
 
-`syndiff`, as read in icon-lab/SynDiff `test.py` (`psnr`, `sample_and_test`): each slice
-is mapped from [-1, 1] to [0, 1] and divided by its own maximum (prediction and
-reference separately), center-cropped to the IXI field of view (256x152, dataset
-specific: pass `crop=(h, w)` to apply it), and PSNR = 20 log10(ref.max() / RMSE) over
-the whole slice, background included; the mean is over all test slices. Their
-released code computes PSNR only; SSIM under this protocol is ours: skimage's
-default SSIM with data range 1 on the same images. Slices whose reference or
-prediction maximum is 0 are skipped (their code would divide by 0).
+`syndiff` follows icon-lab/SynDiff `test.py`, functions `psnr(img1, img2)` and
+`sample_and_test` (called as `psnr(fake_sample, real_data)`): each slice is divided by
+its own maximum (prediction and reference separately; their images are in [0, 1], so
+the only clipping here is of negative values at 0, and there is no percentile
+clipping), then center-cropped to the IXI field of view (256x152, dataset specific: pass
+`crop=(h, w)` to apply it), and PSNR = 20 log10(max(prediction after cropping) / RMSE)
+over the whole slice, background included: `img1` is the prediction, so the peak is the
+*prediction's* maximum after cropping, not the reference's. The reported figure is
+`np.nanmean` over all test slices pooled (not per subject first): `evaluate` summarizes
+this protocol over slices. Their released code computes PSNR only; SSIM under this
+protocol is ours: skimage's default SSIM with data range 1 on the same images. Slices
+whose reference or prediction maximum is 0 give NaN (their code would divide by 0), and
+drop out of the nanmean as in theirs.
+
+`brasyn` follows the BraSyn challenge's evaluation (hongweilibran/BraSyn `ssim.py`,
+`compute_metrics` and `__percentile_clip`; PSNR as BraTS-inpainting/2023_challenge
+`evaluation/evaluation_utils.py`, `compute_metrics`): each volume is clipped to its *own*
+0.5 and 99.5 percentiles over the whole volume (lower bound raised to 0 if negative) and
+mapped to [0, 1]; SSIM (11-tap Gaussian, sigma 1.5, as torchmetrics' default, data range
+the larger of the two images' ranges) is computed on both images zeroed outside the
+tumour (seg > 0) and averaged over tumour voxels (`ssim_tumour`), and on both zeroed
+inside it, averaged over the other voxels (`ssim_healthy`); PSNR = 10 log10((max - min
+of the reference)^2 / MSE) over the whole volume. Two deliberate differences: their
+`ssim_idx_full_image[mask]` indexes with an int64 tensor (it selects along the batch
+axis, not the voxels); we select the voxels, which is what their docstring says; and our
+SSIM borders are half-sample symmetric where torchmetrics reflects (border voxels only).
+Without a segmentation `ssim_tumour` is blank and `ssim_healthy` covers the whole volume.
+
+`synthrad` follows SynthRAD2023/metrics `functions/image_metrics.py`, class
+`ImageMetrics` (`mae`, `psnr(use_population_range=True)`, `ssim` with a mask), for CT in
+HU: MAE in HU inside the body mask (no clipping); PSNR inside the mask on images clipped
+to the population range [-1024, 3000] HU with data range 4024; SSIM: images clipped to
+that range, voxels outside the mask set to -1024, shifted by +1024 to a non-negative
+range, skimage's default SSIM (7-tap uniform window, sample covariance) with data range
+4024 over the volume, its map averaged inside the mask after cropping 3 voxels from
+every border (skimage's own crop). MS-SSIM is computed on those same shifted images with
+data range 4024 (our Wang 2003 MS-SSIM over the whole volume): the SynthRAD2023
+code holds no MS-SSIM, so that column is ours. For MR the protocol gives blanks with a
+note (`synthrad_note`).
 
 CT: MAE and mean error in HU inside the body mask; PSNR and SSIM on the HU window
 mapped to [0, 1]. Lesion metrics (PSNR, MAE inside seg > 0) when a tumour
@@ -46,7 +79,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from phmdiff.data.intensity import CT_FOREGROUND_HU, CT_WINDOW, MR_FOREGROUND_FRACTION, MR_PERCENTILES
 from phmdiff.eval import metrics as M
 
-PROTOCOLS = ("volume", "slice", "selfrdb", "syndiff")
+PROTOCOLS = ("volume", "slice", "selfrdb", "syndiff", "brasyn", "synthrad")
+SYNTHRAD_RANGE = (-1024.0, 3000.0)  # SynthRAD2023 ImageMetrics.dynamic_range (HU)
+BRASYN_PERCENTILES = (0.5, 99.5)
 
 
 def foreground_mask(ref: np.ndarray, modality: str = "mr") -> np.ndarray:
@@ -79,6 +114,14 @@ def normalize_pair(pred, ref, mask, modality: str = "mr", ct_window=CT_WINDOW, p
     return (pred - lo) / (hi - lo), (ref - lo) / (hi - lo), (float(lo), float(hi))
 
 
+def matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Copy-the-source baseline: the source in the reference's units, its foreground 0.5/99.5 percentiles mapped
+    onto the reference's (the same intensity matching `phmdiff demo` uses)."""
+    s_lo, s_hi = np.percentile(source[mask], MR_PERCENTILES)
+    r_lo, r_hi = np.percentile(ref[mask], MR_PERCENTILES)
+    return (source - s_lo) / max(s_hi - s_lo, 1e-12) * (r_hi - r_lo) + r_lo
+
+
 def through_plane(x: np.ndarray, mask: np.ndarray, axis: int) -> float:
     """Mean |x[k+1] - x[k]| along `axis` over voxels inside the mask in both slices."""
     x, mask = np.moveaxis(x, axis, 0), np.moveaxis(mask, axis, 0)
@@ -103,17 +146,62 @@ def selfrdb_slice(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = N
 
 
 def syndiff_slice(pred: np.ndarray, ref: np.ndarray, crop: tuple[int, int] | None = None) -> dict:
-    """SynDiff's per-slice PSNR = 20 log10(ref.max()/RMSE) on max-normalized slices (module docstring)."""
+    """SynDiff's per-slice PSNR = 20 log10(pred.max() / RMSE) after max-normalization and crop (SynDiff test.py)."""
+    pred, ref = np.maximum(pred, 0), np.maximum(ref, 0)  # their images are in [0, 1]: negatives clip at 0
     if pred.max() <= 0 or ref.max() <= 0:
         return {"psnr": math.nan, "ssim": math.nan}
-    pred, ref = pred / pred.max(), ref / ref.max()
+    pred, ref = pred / pred.max(), ref / ref.max()  # normalized before cropping, as in sample_and_test
     if crop is not None:
         h0, w0 = (ref.shape[0] - crop[0]) // 2, (ref.shape[1] - crop[1]) // 2
         pred, ref = pred[h0 : h0 + crop[0], w0 : w0 + crop[1]], ref[h0 : h0 + crop[0], w0 : w0 + crop[1]]
     rmse = math.sqrt(float(np.mean((pred - ref) ** 2)))
-    value = math.inf if rmse == 0 else 20 * math.log10(ref.max() / rmse)
+    value = math.inf if rmse == 0 else 20 * math.log10(pred.max() / rmse)  # psnr(img1=prediction, img2=reference)
     ssim = float(structural_similarity(ref, pred, data_range=1.0)) if min(ref.shape) >= 7 else math.nan
     return {"psnr": value, "ssim": ssim}
+
+
+def brasyn_percentile_clip(x: np.ndarray, percentiles=BRASYN_PERCENTILES) -> np.ndarray:
+    """BraSyn's `__percentile_clip`: clip to the volume's own percentiles (low bound >= 0), map to [0, 1]."""
+    lo, hi = np.percentile(x, percentiles)
+    lo = max(float(lo), 0.0)
+    if hi <= lo:
+        return np.zeros_like(x)
+    return (np.clip(x, lo, hi) - lo) / (hi - lo)
+
+
+def brasyn_metrics(pred: np.ndarray, ref: np.ndarray, seg: np.ndarray | None = None) -> dict:
+    """BraSyn's SSIM inside and outside the tumour and PSNR over the volume (module docstring)."""
+    pred_n, ref_n = brasyn_percentile_clip(pred), brasyn_percentile_clip(ref)
+    tumour = np.zeros(ref.shape, bool) if seg is None else np.asarray(seg) > 0
+    out = {}
+    for name, region in (("ssim_tumour", tumour), ("ssim_healthy", ~tumour)):
+        if not region.any():
+            continue
+        p, r = pred_n * region, ref_n * region  # zeroed outside the region, as their masked SSIM
+        data_range = max(float(p.max() - p.min()), float(r.max() - r.min())) or 1.0
+        out[name] = float(M.ssim_map(p, r, data_range)[0][region].mean())
+    err = float(np.mean((pred_n - ref_n) ** 2))
+    span = float(ref_n.max() - ref_n.min())
+    out["psnr"] = math.inf if err == 0 else 10 * math.log10(span**2 / err) if span > 0 else math.nan
+    return out
+
+
+def synthrad_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, hu_range=SYNTHRAD_RANGE) -> dict:
+    """SynthRAD2023's MAE (HU), PSNR and masked SSIM on the HU range shifted positive, plus MS-SSIM (docstring)."""
+    lo, hi = hu_range
+    span = hi - lo
+    out = {"mae": float(np.abs(ref[mask] - pred[mask]).mean())}
+    ref_c, pred_c = np.clip(ref, lo, hi), np.clip(pred, lo, hi)
+    err = float(np.mean((ref_c[mask] - pred_c[mask]) ** 2))
+    out["psnr"] = math.inf if err == 0 else 10 * math.log10(span**2 / err)
+    ref_s, pred_s = np.where(mask, ref_c, lo) - lo, np.where(mask, pred_c, lo) - lo  # background -1024, then +1024
+    if min(ref.shape) >= 7:
+        _, smap = structural_similarity(ref_s, pred_s, data_range=span, full=True)
+        pad = 3  # skimage's crop before its mean, applied to the map and the mask alike
+        inner = tuple(slice(pad, n - pad) for n in ref.shape)
+        out["ssim"] = float(smap[inner][mask[inner]].mean()) if mask[inner].any() else math.nan
+    out["ms_ssim"], out["ms_ssim_note"] = M.ms_ssim(pred_s, ref_s, span)  # whole volume, background at 0
+    return out
 
 
 def _slice_rows(pred_n, ref_n, mask, axis, protocol, crop):
@@ -125,7 +213,7 @@ def _slice_rows(pred_n, ref_n, mask, axis, protocol, crop):
         if protocol == "selfrdb":
             row = selfrdb_slice(np.clip(p, 0, 1), np.clip(r, 0, 1), m)
         elif protocol == "syndiff":
-            row = syndiff_slice(np.clip(p, 0, 1), np.clip(r, 0, 1), crop)
+            row = syndiff_slice(p, r, crop)
         else:
             row = {"psnr": M.psnr(p, r, 1.0, m), "ssim": M.ssim(p, r, 1.0, m), "mae": M.mae(p, r, m)}
         rows.append({"slice": k, **row})
@@ -151,8 +239,15 @@ def evaluate_subject(pred, ref, mask=None, seg=None, protocol: str = "volume", m
     pred_n, ref_n, (lo, hi) = normalize_pair(pred, ref, mask, modality, ct_window)
     out: dict = {"protocol": protocol, "modality": modality, "norm_low": lo, "norm_high": hi,
                  "n_voxels": int(mask.sum())}
+    if protocol in ("brasyn", "synthrad"):
+        return _challenge(out, pred, ref, mask, seg, protocol, modality)
+    if protocol == "syndiff":  # SynDiff normalizes each slice by its own max: no percentile window, no upper clip
+        pred_n, ref_n = pred, ref
     rows = _slice_rows(pred_n, ref_n, mask, slice_axis, protocol, crop) if pred.ndim == 3 else []
-    if protocol == "volume" or pred.ndim == 2:
+    if protocol == "syndiff" and pred.ndim == 2:
+        one = syndiff_slice(pred, ref, crop)
+        out.update(psnr=one["psnr"], ssim=one["ssim"])
+    elif protocol == "volume" or pred.ndim == 2:
         out["psnr"] = M.psnr(pred_n, ref_n, 1.0, mask)
         out["ssim"] = M.ssim(pred_n, ref_n, 1.0, mask)
         box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask))
@@ -160,6 +255,8 @@ def evaluate_subject(pred, ref, mask=None, seg=None, protocol: str = "volume", m
     else:
         out["psnr"] = _mean(r["psnr"] for r in rows)
         out["ssim"] = _mean(r["ssim"] for r in rows)
+    if protocol == "syndiff":
+        pred_n, ref_n = normalize_pair(pred, ref, mask, modality, ct_window)[:2]  # MAE and lesion: usual units
     units = (pred, ref) if modality == "ct" else (pred_n, ref_n)  # CT errors in HU
     out["mae"] = M.mae(*units, mask)
     out["mean_error"] = M.mean_error(*units, mask)
@@ -174,4 +271,18 @@ def evaluate_subject(pred, ref, mask=None, seg=None, protocol: str = "volume", m
         out["through_plane_pred"] = through_plane(units[0], mask, slice_axis)
         out["through_plane_ref"] = through_plane(units[1], mask, slice_axis)
     out["slices"] = rows
+    return out
+
+
+def _challenge(out: dict, pred, ref, mask, seg, protocol: str, modality: str) -> dict:
+    """The `brasyn` and `synthrad` protocols: whole-volume challenge metrics, no per-slice rows."""
+    if protocol == "brasyn":
+        out.update(brasyn_metrics(pred, ref, seg))
+        if seg is None or not (np.asarray(seg) > 0).any():
+            out["brasyn_note"] = "no tumour segmentation: ssim_tumour not computed, ssim_healthy is the whole volume"
+    elif modality != "ct":
+        out["synthrad_note"] = "synthrad scores CT in HU; this evaluation is MR"
+    else:
+        out.update(synthrad_metrics(pred, ref, mask))
+    out["slices"] = []
     return out

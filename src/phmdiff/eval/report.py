@@ -2,19 +2,25 @@
 
 PATH is an evaluation folder (`summary.json`, `per_subject.csv`, `per_slice.csv`,
 `evaluation.json` from `phmdiff evaluate`), a folder holding one in `evaluation/`,
-and/or a run folder with a CSV log `log.csv` (columns `step,loss,...`). The page holds
-the metrics table, per-subject and per-slice plots, image panels
-source | reference | prediction | |error| | uncertainty in axial, coronal and sagittal
-views with a fixed window (the reference's normalization for MR, the HU window for
-CT), and the training curves. All links are relative, so DIR can be moved.
+and/or a run folder (`log.csv`, `config.yaml`, `autoencoder_report.json`).
+
+The evaluation page holds: the provenance (run, checkpoint, sources -> target, samples,
+sampler and steps, dates, PHMDiff version); the scores per protocol with the
+copy-the-source baseline and the ceilings beside the prediction, then once the metrics
+every protocol shares; a unit on every number (PSNR dB, SSIM 0-1, MR errors in
+normalized units, CT errors in HU) and a reason in every blank cell; per-subject and
+per-slice plots; the uncertainty section (calibration plot, std-vs-error correlation per
+subject); image panels named by modality, with colour bars and true aspect ratios
+(`report_images`). The run page holds readable training curves, the resolved config and
+the autoencoder's quality (`report_run`). All links are relative, so DIR can be moved.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -22,13 +28,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from nibabel import orientations as nib_orient  # noqa: E402
 
-from phmdiff.data.intensity import CT_WINDOW  # noqa: E402
-from phmdiff.eval.evaluate import load_volume  # noqa: E402
+from phmdiff.eval.html import e, fmt, num, q, save_figure  # noqa: E402
+from phmdiff.eval.report_images import calibration, panel  # noqa: E402
+from phmdiff.eval.report_run import autoencoder_quality, resolved_config, training_curves  # noqa: E402
 from phmdiff.fsutil import publish_dir  # noqa: E402
 
-VIEWS = ("axial", "coronal", "sagittal")
 # Counts images that really decoded, for humans and for the headless-browser test.
 _LOAD_SCRIPT = """<script>
 window.addEventListener('load', function () {
@@ -38,6 +43,23 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-images-total', imgs.length);
 });
 </script>"""
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1500px}table{border-collapse:collapse;margin:0.5em 0}"
+          "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}td[data-unit]{white-space:nowrap}"
+          "th{background:#f2f2f2}"
+          "td.id,th.id{text-align:left}td.blank,.blank{color:#777;font-style:italic;text-align:left}"
+          "img{max-width:100%}pre.verbatim{background:#f7f7f7;padding:1em;max-height:30em;overflow:auto}"
+          "dl.prov{display:grid;grid-template-columns:max-content auto;gap:2px 1em}dt{font-weight:bold}")
+PROTOCOL_AVERAGE = {"volume": "subjects (3D volume each)", "slice": "slices, then subjects",
+                    "selfrdb": "slices, then subjects", "syndiff": "all slices pooled (as SynDiff)",
+                    "brasyn": "subjects (3D volume each)", "synthrad": "subjects (3D volume each)"}
+# Metrics only some protocols have: shown in that protocol's row only.
+PROTOCOL_EXTRA = {"volume": ("ms_ssim",), "brasyn": ("ssim_tumour", "ssim_healthy"), "synthrad": ("mae", "ms_ssim")}
+# Metrics whose value cannot depend on the protocol: shown once.
+SHARED = ("mae", "mean_error", "lesion_psnr", "lesion_mae", "through_plane_pred", "through_plane_ref")
+TITLES = {"psnr": "PSNR", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "mae": "MAE", "mean_error": "mean error",
+          "lesion_psnr": "lesion PSNR", "lesion_mae": "lesion MAE", "ssim_tumour": "SSIM tumour",
+          "ssim_healthy": "SSIM outside tumour", "through_plane_pred": "through-plane step, prediction",
+          "through_plane_ref": "through-plane step, reference"}
 
 
 def add_arguments(parser) -> None:
@@ -53,153 +75,244 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _e(value) -> str:
-    """Any value read from an input file, made inert in HTML (a name like `<script>` shows as text)."""
-    return html.escape(str(value), quote=True)
+def unit(key: str, kind: str, protocol: str = "") -> str:
+    """The unit of a metric: PSNR in dB, SSIM-like in 0-1, errors in HU (CT) or normalized units (MR)."""
+    for prefix in ("baseline_", "pipeline_ceiling_", "noise_free_"):
+        key = key[len(prefix):] if key.startswith(prefix) else key
+    if key.endswith("psnr"):
+        return "dB"
+    if "ssim" in key:
+        return "(0-1)"
+    if key.startswith("std_error"):
+        return "r"
+    return "HU" if kind == "ct" or protocol == "synthrad" else "norm. units"
 
 
-def _num(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
+class Context:
+    """What the inputs hold, to give every blank cell its reason."""
+
+    def __init__(self, meta: dict, rows: list[dict], kind: str):
+        subjects = meta.get("subjects", [])
+        self.kind = kind
+        self.has_seg = any(s.get("seg") for s in subjects)
+        self.has_sources = any(s.get("source_images") for s in subjects)
+        self.has_ceiling = any(s.get("ceiling") for s in subjects)
+        self.notes = {k: next((r[k] for r in rows if r.get(k)), "") for k in
+                      ("ms_ssim_note", "brasyn_note", "synthrad_note")}
+        # "got shape (49, 58, 40)" -> "got shape 49 x 58 x 40 voxels": a number on the page always has its unit
+        self.notes["ms_ssim_note"] = re.sub(r"\((\d+(?:, \d+)*)\)", lambda m: m.group(1).replace(", ", " x ")
+                                            + " voxels", self.notes["ms_ssim_note"])
+        self.baseline = ", ".join(sorted({r["baseline_source"] for r in rows if r.get("baseline_source")}))
+
+    def why(self, key: str, prefix: str, protocol: str) -> str:
+        if protocol == "synthrad" and self.notes["synthrad_note"]:
+            return self.notes["synthrad_note"]
+        if prefix == "baseline_" and not self.baseline:
+            return ("CT target: an MR source has no HU to copy" if self.kind == "ct"
+                    else "no source images recorded in translate.json")
+        if prefix == "pipeline_ceiling_" and not self.has_ceiling:
+            return "translate ran without --ceiling"
+        if prefix == "noise_free_" and key == "psnr":
+            return "no noise-free target (REF_DIR/noise_free/, written by the phantom)"
+        if prefix in ("pipeline_ceiling_", "noise_free_") and key not in ("psnr", "ssim", "lesion_psnr"):
+            return "ceilings are scored on PSNR, SSIM and lesion PSNR only"
+        if key.startswith("lesion") or key == "ssim_tumour":
+            return ("no tumour segmentation given" if not self.has_seg
+                    else "the segmentation holds no tumour voxel")
+        if key == "ms_ssim":
+            return self.notes["ms_ssim_note"] or "not computed"
+        if protocol in ("brasyn", "synthrad"):
+            return f"not part of the {protocol} protocol"
+        return "not computed for this input"
 
 
-def _save(fig, img_dir: Path, name: str) -> str:
-    fig.savefig(img_dir / name, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f"img/{name}"
+def _value(st: dict, key: str, kind: str, protocol: str = "") -> str:
+    """mean +- std with its unit; all-infinite PSNRs (identical images) as the symbol."""
+    u = unit(key, kind, protocol)
+    if st.get("mean") is None:
+        return f"&infin; {u} (identical in all {q(st['n'], 'subjects', '.0f')})"
+    spec = ".2f" if u == "dB" else ".4f" if u in ("(0-1)", "r") else ".4g"
+    text = f"{fmt(st['mean'], spec)} &plusmn; {fmt(st['std'], '.2g')} {u}"
+    return text + (f" ({q(st['n_inf'], 'inf', '.0f')} left out)" if st.get("n_inf") else "")
 
 
-def _training_curves(log: Path, img_dir: Path) -> str:
-    rows = _read_csv(log)
-    if not rows or "step" not in rows[0]:
-        raise ValueError(f"{log}: expected a CSV log with a 'step' column.")
-    steps = np.array([_num(r["step"]) for r in rows])
-    columns = [c for c in rows[0] if c != "step" and np.isfinite([_num(r[c]) for r in rows]).any()]
-    fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(4 * max(1, len(columns)), 3), squeeze=False)
-    for ax, col in zip(axes[0], columns):
-        values = np.array([_num(r[col]) for r in rows])
-        ax.plot(steps, values)
-        ax.set_title(col)
-        ax.set_xlabel("step")
-        if col.startswith("loss") and np.nanmin(values) > 0:
-            ax.set_yscale("log")
-    return f'<h2>Training curves</h2><img src="{_save(fig, img_dir, "training.png")}" alt="training curves">'
+def _cell(st: dict | None, key: str, kind: str, reason: str, protocol: str = "") -> str:
+    if not st:
+        return f"<td class='blank'>&ndash; {e(reason)}</td>"
+    return f"<td data-unit='{unit(key, kind, protocol)}'>{_value(st, key, kind, protocol)}</td>"
 
 
-def _metric_plots(ev: Path, img_dir: Path) -> str:
-    subjects = _read_csv(ev / "per_subject.csv")
-    slices = _read_csv(ev / "per_slice.csv")
-    protocols = list(dict.fromkeys(r["protocol"] for r in subjects))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for p in protocols:
-        rows = [r for r in subjects if r["protocol"] == p]
-        axes[0].plot([r["subject"] for r in rows], [_num(r["psnr"]) for r in rows], "o", label=p)
-        axes[1].plot([r["subject"] for r in rows], [_num(r["ssim"]) for r in rows], "o", label=p)
-    for ax, name in zip(axes, ("PSNR (dB, inf not drawn)", "SSIM")):
-        ax.set_title(f"{name} per subject")
-        ax.tick_params(axis="x", rotation=45)
-        ax.legend(fontsize=7)
-    out = f'<h2>Per subject</h2><img src="{_save(fig, img_dir, "per_subject.png")}" alt="per-subject metrics">'
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    base = "slice" if any(r["protocol"] == "slice" for r in slices) else "volume"
-    for sid in dict.fromkeys(r["subject"] for r in slices):
-        rows = [r for r in slices if r["subject"] == sid and r["protocol"] == base]
-        ax.plot([int(r["slice"]) for r in rows], [_num(r["psnr"]) for r in rows], label=sid)
-    ax.set_title(f"PSNR per slice ({base} protocol, foreground)")
-    ax.set_xlabel("slice index")
-    ax.legend(fontsize=7, ncol=4)
-    return out + f'<h2>Per slice</h2><img src="{_save(fig, img_dir, "per_slice.png")}" alt="per-slice PSNR">'
+def provenance(meta: dict) -> str:
+    p = meta.get("provenance")
+    if not p:
+        return "<h2>Provenance</h2><p class='blank'>Not recorded (evaluation written by an older PHMDiff).</p>"
+    items = []
+    if p.get("run"):
+        items.append(("run", f"<code class='id'>{e(p['run'])}</code>"))
+    if p.get("checkpoint"):
+        step = f" (after {q(p['step'], 'training steps', '.0f')})" if p.get("step") is not None else ""
+        items.append(("checkpoint", f"<code class='id'>{e(p['checkpoint'])}</code>{step}"))
+    if p.get("target"):
+        items.append(("translation", f"{e(' + '.join(p.get('sources') or []))} &rarr; {e(p['target'])} "
+                                     f"({e(p.get('modality_kind', ''))})"))
+    if p.get("inputs"):
+        items.append(("inputs", f"<code class='id'>{e(p['inputs'])}</code>"))
+    items.append(("samples per subject", q(p.get("n_samples", 1), "samples", ".0f")
+                  + (" (the prediction is their mean)" if p.get("n_samples", 1) > 1 else "")))
+    if p.get("sampler"):
+        guidance = f", guidance {q(p['guidance'], 'x', '.3g')}" if p.get("guidance") is not None else ""
+        items.append(("sampler", f"{e(p['sampler'])}, {q(p.get('steps', math.nan), 'steps', '.0f')}{guidance}"))
+    items.append(("subjects evaluated", q(p.get("n_subjects", 0), "subjects", ".0f")))
+    if p.get("translated"):
+        items.append(("translated", f"<span class='q' data-unit='date'>{e(p['translated'])}</span>"))
+    items.append(("evaluated", f"<span class='q' data-unit='date'>{e(p.get('evaluated', '?'))}</span>"))
+    items.append(("PHMDiff version", f"<code class='id'>{e(p.get('phmdiff_version', '?'))}</code>"))
+    return "<h2>Provenance</h2><dl class='prov'>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
-def _to_ras(vol, affine):
-    """Reorient a 3D volume to RAS so the three views are axial, coronal and sagittal whatever the file's order."""
-    if vol is None or vol.ndim != 3:
-        return vol
-    ornt = nib_orient.ornt_transform(nib_orient.io_orientation(affine), nib_orient.axcodes2ornt("RAS"))
-    return nib_orient.apply_orientation(vol, ornt)
+def _rows_kinds(ctx: Context) -> list[tuple[str, str]]:
+    return [("prediction", ""), (f"baseline: copy of {ctx.baseline or 'the source'}, intensity matched", "baseline_"),
+            ("pipeline ceiling", "pipeline_ceiling_"), ("noise-free ceiling", "noise_free_")]
 
 
-def _views(vol: np.ndarray, center: tuple[int, ...]) -> list[np.ndarray]:
-    """Axial, coronal and sagittal planes through `center`, transposed for origin='lower' display."""
-    if vol.ndim == 2:
-        return [vol.T]
-    i, j, k = center
-    return [vol[:, :, k].T, vol[:, j, :].T, vol[i, :, :].T]
-
-
-def _panels(ev: Path, meta: dict, img_dir: Path, count: int) -> str:
-    ct = meta.get("modality") == "ct"
-    rows = {r["subject"]: r for r in _read_csv(ev / "per_subject.csv") if r["protocol"] == "volume"}
-    parts = ["<h2>Images</h2><p>source | reference | prediction | |error| | uncertainty; "
-             f"window {'HU ' + str(CT_WINDOW) if ct else 'of the reference normalization (0.5-99.5 pct)'}, "
-             "error and uncertainty on 0 to 25% of that window.</p>"]
-    for s in meta["subjects"][:count]:
-        ref, affine = load_volume(s["reference"], what="reference")
-        like = (ref.shape, affine)
-        pred = load_volume(s["prediction"], like, "prediction")[0]
-        std = load_volume(s["std"], like, "std")[0] if s.get("std") else None
-        srcs = s.get("source_images") or {}
-        src = load_volume(next(iter(srcs.values())), like, "source")[0] if srcs else None
-        ref, pred, std, src = (_to_ras(v, affine) for v in (ref, pred, std, src))
-        row = rows.get(s["subject"], {})
-        lo, hi = CT_WINDOW if ct else (_num(row.get("norm_low")), _num(row.get("norm_high")))
-        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-            lo, hi = np.percentile(ref, (0.5, 99.5))
-        fg = np.argwhere(ref > lo + 0.1 * (hi - lo)) if ref.ndim == 3 else np.zeros((0, 3))
-        center = tuple(int(c) for c in (fg.mean(0) if len(fg) else np.array(ref.shape) // 2))
-        err_window = (0, 0.25 * (hi - lo))
-        columns = [("source", src, "gray", (None, None)), ("reference", ref, "gray", (lo, hi)),
-                   ("prediction", pred, "gray", (lo, hi)), ("|error|", np.abs(pred - ref), "magma", err_window),
-                   ("uncertainty", std, "magma", err_window)]
-        nviews = 1 if ref.ndim == 2 else 3
-        fig, axes = plt.subplots(nviews, 5, figsize=(12, 2.6 * nviews), squeeze=False)
-        for c, (title, vol, cmap, (vmin, vmax)) in enumerate(columns):
-            planes = _views(vol, center) if vol is not None else [None] * nviews
-            for v in range(nviews):
-                ax = axes[v, c]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if planes[v] is None:
-                    ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
+def tables(ev: Path, meta: dict) -> str:
+    summary = json.loads((ev / "summary.json").read_text())
+    rows = _read_csv(ev / "per_subject.csv")
+    kind = summary["modality"]
+    ctx = Context(meta, rows, kind)
+    err_unit = "HU" if kind == "ct" else "normalized units (the reference's foreground 0.5-99.5 percentiles map to 0-1)"
+    parts = [f"<h2>Scores (mean &plusmn; std across subjects)</h2><p>Modality: {e(kind)}. Errors in {err_unit}. "
+             "PSNR in dB, SSIM on a 0-1 scale. Each protocol reproduces one paper's or challenge's computation "
+             "(see the README, \"Reading the numbers\"); the baseline is what a method must beat, the ceilings "
+             "what no method can exceed.</p>"]
+    head = ("<tr><th class='id'>protocol</th><th class='id'>averaged over</th><th class='id'>images</th>"
+            "<th>n</th><th>PSNR (dB)</th><th>SSIM (0-1)</th><th>protocol-specific</th></tr>")
+    body = []
+    for protocol, st in summary["protocols"].items():
+        extra = PROTOCOL_EXTRA.get(protocol, ())
+        if protocol == "synthrad" and ctx.notes["synthrad_note"]:  # one line, not a row of repeated blanks
+            body.append(f"<tr><td class='id'>synthrad</td><td class='blank' colspan='6'>&ndash; "
+                        f"{e(ctx.notes['synthrad_note'])}</td></tr>")
+            continue
+        for label, prefix in _rows_kinds(ctx):
+            if prefix == "noise_free_" and not any(k.startswith(prefix) for k in st):
+                continue  # only the phantom has one: a row of blanks would say nothing
+            n = st.get("n_slices") if protocol == "syndiff" and not prefix else st["n_subjects"]
+            n_unit = "slices" if protocol == "syndiff" and not prefix else "subjects"
+            cells = [_cell(st.get(prefix + k), k, kind, ctx.why(k, prefix, protocol), protocol)
+                     for k in ("psnr", "ssim")]
+            specific = []
+            for k in extra:
+                s_ = st.get(prefix + k)
+                if s_:
+                    specific.append(f"<span data-unit='{unit(k, kind, protocol)}'>{TITLES[k]}: "
+                                    f"{_value(s_, k, kind, protocol)}</span>")
                 else:
-                    if title == "source":  # the source has its own units: its own percentile window
-                        vmin, vmax = np.percentile(vol, (0.5, 99.5))
-                    ax.imshow(planes[v], cmap=cmap, vmin=vmin, vmax=vmax, origin="lower")
-                if v == 0:
-                    ax.set_title(title)
-                if c == 0:
-                    ax.set_ylabel(VIEWS[v])
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s["subject"])
-        src_rel = _save(fig, img_dir, f"panel_{safe}.png")
-        parts.append(f'<h3>{_e(s["subject"])}</h3><img src="{_e(src_rel)}" alt="panels {_e(safe)}">')
+                    specific.append(f"<span class='blank'>{TITLES[k]}: &ndash; {e(ctx.why(k, prefix, protocol))}"
+                                    "</span>")
+            spec_cell = ("<td class='id'>" + "<br>".join(specific) + "</td>") if specific else \
+                "<td class='blank'>&ndash; none beyond PSNR and SSIM</td>"
+            body.append(f"<tr><td class='id'>{e(protocol)}</td><td class='id'>"
+                        f"{e(PROTOCOL_AVERAGE.get(protocol, '') if not prefix else 'subjects')}</td>"
+                        f"<td class='id'>{e(label)}</td><td data-unit='{n_unit}'>{q(n, n_unit, '.0f')}</td>"
+                        + "".join(cells) + spec_cell + "</tr>")
+    parts.append(f"<table id='summary'>{head}{''.join(body)}</table>")
+    base = next((p for p in ("volume", "slice", "selfrdb", "syndiff") if p in summary["protocols"]), None)
+    if base:
+        st = summary["protocols"][base]
+        head = "".join(f"<th>{TITLES[k]} ({unit(k, kind)})</th>" for k in SHARED)
+        body = []
+        for label, prefix in _rows_kinds(ctx)[:3]:
+            cells = "".join(_cell(st.get(prefix + k), k, kind, ctx.why(k, prefix, base)) for k in SHARED)
+            body.append(f"<tr><td class='id'>{e(label)}</td>{cells}</tr>")
+        parts.append("<h3>The same under every protocol</h3><p>Errors in the reference's units, inside the "
+                     "foreground (lesion: inside the tumour segmentation); through-plane step: mean "
+                     "<code>|x[k+1] - x[k]|</code> along the slice axis, the prediction beside the reference's own.</p>"
+                     f"<table id='shared'><tr><th class='id'>images</th>{head}</tr>{''.join(body)}</table>")
+    parts.append(_distribution(summary.get("distribution", {})))
+    parts.append(_subject_table(rows, kind, ctx))
     return "\n".join(parts)
 
 
-def _tables(ev: Path) -> str:
-    summary = json.loads((ev / "summary.json").read_text())
-    keys = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae")
-    head = "".join(f"<th>{k}</th>" for k in ("protocol", "n", *keys))
+def _distribution(dist: dict) -> str:
+    units = {"ms_swd": "normalized units", "fid": "FID units", "kid": "KID units", "n_slices": "slices"}
+    shown = [f"{e(k)} = {q(v, units.get(k, 'normalized units'))}" for k, v in dist.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    notes = " ".join(e(v) for k, v in dist.items() if str(k).endswith("note"))
+    return (f"<h3>Distribution</h3><p>{', '.join(shown) or 'not computed'}. {notes}</p>"
+            if shown or notes else "")
+
+
+def _subject_table(rows: list[dict], kind: str, ctx: Context) -> str:
+    cols = ("psnr", "ssim", "mae", "mean_error", "baseline_psnr")
+    head = "".join(f"<th>{TITLES.get(c, 'baseline PSNR')} ({unit(c, kind)})</th>" for c in cols)
     body = []
-    for p, st in summary["protocols"].items():
+    for r in rows:
         cells = []
-        for k in keys:
-            m = st.get(k)
-            text = "" if not m else ("inf" if m["mean"] is None else f"{_num(m['mean']):.4g} &plusmn; "
-                                     f"{_num(m['std']):.2g}")
-            cells.append(text + (f" ({_e(m['n_inf'])} inf)" if m and m["n_inf"] and m["mean"] is not None else ""))
-        body.append(f"<tr><td>{_e(p)}</td><td>{_e(st['n_subjects'])}</td>" + "".join(f"<td>{c}</td>" for c in cells)
-                    + "</tr>")
-    dist = summary.get("distribution", {})
-    dist_text = ", ".join(f"{_e(k)} = {v:.4g}" for k, v in dist.items() if isinstance(v, float))
-    notes = " ".join(_e(v) for k, v in dist.items() if str(k).endswith("note"))
-    rows = _read_csv(ev / "per_subject.csv")
-    cols = ("subject", "protocol", "psnr", "ssim", "mae", "mean_error")
-    sub = "".join("<tr>" + "".join(f"<td>{_e(r.get(c) or '')}</td>" for c in cols) + "</tr>" for r in rows)
-    return (f"<h2>Metrics (mean &plusmn; std across subjects)</h2><table id='summary'><tr>{head}</tr>{''.join(body)}"
-            f"</table><p>Modality: {_e(summary['modality'])}. Distribution: {dist_text or 'n/a'}. {notes}</p>"
-            f"<h2>Subjects</h2><table id='subjects'><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{sub}</table>")
+        for c in cols:
+            value = r.get(c)
+            if value in (None, ""):
+                prefix = "baseline_" if c.startswith("baseline_") else ""
+                cells.append(f"<td class='blank'>&ndash; {e(ctx.why(c[len(prefix):], prefix, r['protocol']))}</td>")
+            else:
+                u = unit(c, kind, r["protocol"])
+                cells.append(f"<td data-unit='{u}'>{q(num(value), u, '.2f' if u == 'dB' else '.4g')}</td>")
+        body.append(f"<tr><td class='id'>{e(r['subject'])}</td><td class='id'>{e(r['protocol'])}</td>"
+                    + "".join(cells) + "</tr>")
+    return (f"<h2>Subjects</h2><table id='subjects'><tr><th class='id'>subject</th><th class='id'>protocol</th>"
+            f"{head}</tr>{''.join(body)}</table>")
+
+
+def metric_plots(ev: Path, img_dir: Path) -> str:
+    subjects = _read_csv(ev / "per_subject.csv")
+    slices = _read_csv(ev / "per_slice.csv")
+    protocols = list(dict.fromkeys(r["protocol"] for r in subjects))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for p in protocols:
+        rows = [r for r in subjects if r["protocol"] == p]
+        axes[0].plot([r["subject"] for r in rows], [num(r["psnr"]) for r in rows], "o", label=p)
+        axes[1].plot([r["subject"] for r in rows], [num(r["ssim"]) for r in rows], "o", label=p)
+    for ax, name in zip(axes, ("PSNR (dB; inf not drawn)", "SSIM (0-1)")):
+        ax.set_title(f"{name} per subject")
+        ax.set_ylabel(name)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    out = f'<h2>Per subject</h2><img src="{save_figure(fig, img_dir, "per_subject.png")}" alt="per-subject metrics">'
+    fig, ax = plt.subplots(figsize=(13, 4))
+    base = "slice" if any(r["protocol"] == "slice" for r in slices) else \
+        next((r["protocol"] for r in slices), "volume")
+    for sid in dict.fromkeys(r["subject"] for r in slices):
+        rows = [r for r in slices if r["subject"] == sid and r["protocol"] == base]
+        ax.plot([int(r["slice"]) for r in rows], [num(r["psnr"]) for r in rows], label=sid)
+    ax.set_title(f"PSNR per slice ({base} protocol, slices holding foreground)")
+    ax.set_xlabel("slice index")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=4)
+    return out + f'<h2>Per slice</h2><img src="{save_figure(fig, img_dir, "per_slice.png")}" alt="per-slice PSNR">'
+
+
+def image_panels(ev: Path, meta: dict, img_dir: Path, count: int) -> str:
+    kind = meta.get("modality", "mr")
+    rows = {r["subject"]: r for r in _read_csv(ev / "per_subject.csv") if r["protocol"] == "volume"}
+    target = (meta.get("provenance") or {}).get("target") or "target"
+    window = ("CT in HU: a soft-tissue window (W400/L40) and a bone window (W1800/L400); errors 0-200 HU"
+              if kind == "ct" else "MR in the reference's normalized units (its foreground 0.5-99.5 percentiles = "
+              "0-1); |error| and uncertainty on 0-0.25 of that range")
+    parts = [f"<h2>Images</h2><p>{e(window)}. Each source is shown in its own 0.5-99.5 percentile window.</p>"]
+    for s in meta["subjects"][:count]:
+        row = rows.get(s["subject"], {})
+        lo, hi = num(row.get("norm_low")), num(row.get("norm_high"))
+        if kind != "ct" and not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            from phmdiff.eval.evaluate import load_volume
+            from phmdiff.eval.protocols import foreground_mask, normalize_pair
+
+            ref = load_volume(s["reference"], what="reference")[0]
+            lo, hi = normalize_pair(ref, ref, foreground_mask(ref), "mr")[2]
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s["subject"])
+        parts.append(panel(s, kind, {"target": target}, lo, hi, img_dir, safe))
+    return "\n".join(parts)
 
 
 def write_report(path, out, panels: int = 3, overwrite: bool = False) -> Path:
@@ -213,18 +326,20 @@ def write_report(path, out, panels: int = 3, overwrite: bool = False) -> Path:
         img_dir = tmp / "img"
         img_dir.mkdir()
         sections = []
-        if log.is_file():
-            sections.append(_training_curves(log, img_dir))
         if has_eval:
-            sections += [_tables(ev), _metric_plots(ev, img_dir)]
             meta_path = ev / "evaluation.json"
-            if meta_path.is_file():
-                sections.append(_panels(ev, json.loads(meta_path.read_text()), img_dir, panels))
-        style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #bbb;" \
-                "padding:2px 8px;text-align:right}img{max-width:100%}"
-        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>PHMDiff report</title><style>{style}"
-                f"</style></head><body><h1>PHMDiff report: {_e(path.name)}</h1>\n" + "\n".join(sections)
-                + f"\n{_LOAD_SCRIPT}</body></html>\n")
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"subjects": []}
+            norm = {r["subject"]: (num(r.get("norm_low")), num(r.get("norm_high")))
+                    for r in _read_csv(ev / "per_subject.csv") if r["protocol"] == "volume"}
+            sections += [provenance(meta), tables(ev, meta), metric_plots(ev, img_dir)]
+            if meta["subjects"]:
+                sections += [calibration(meta["subjects"], meta.get("modality", "mr"), norm, img_dir),
+                             image_panels(ev, meta, img_dir, panels)]
+        if log.is_file():
+            sections += [training_curves(log, img_dir), autoencoder_quality(path), resolved_config(path)]
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>PHMDiff report</title><style>{_STYLE}"
+                f"</style></head><body><h1>PHMDiff report: <span class='id'>{e(path.name)}</span></h1>\n"
+                + "\n".join(sections) + f"\n{_LOAD_SCRIPT}</body></html>\n")
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return Path(out) / "index.html"
 
