@@ -46,13 +46,26 @@ class DataConfig:
     root: str = ""  # raw data: BraTS / SynthRAD / generic tree / PNG folders / phantom output
     prepared: str = ""  # output of `phmdiff prepare`
     cache: str = ""  # latent cache written by `phmdiff encode`
-    sources: list[str] = field(default_factory=lambda: ["t1", "t2"])
-    target: str = "flair"
+    sources: list[str] = field(default_factory=lambda: ["t1", "t2"])  # []: a generation run (no sources)
+    target: str = "flair"  # the synthesized modality; in a generation run with `targets`, generate's default label
+    # Generation runs only (sources: []): the modalities one model generates, chosen by a modality label
+    # (label-conditional, with label dropout for guidance); empty: `target` alone (unconditional).
+    targets: list[str] = field(default_factory=list)
     val_fraction: float = 0.1  # split by subject, never by slice
     test_fraction: float = 0.1
     split_seed: int = 0
     min_foreground: float = 0.05  # slices with less foreground are skipped
     num_workers: int = 2
+
+    @property
+    def generated(self) -> list[str]:
+        """The modalities the model synthesizes: `targets` in a label-conditional generation run, else `target`."""
+        return list(self.targets) or [self.target]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Every modality the run prepares and encodes: its sources, then what it synthesizes."""
+        return [*self.sources, *self.generated]
 
 
 @dataclass
@@ -331,7 +344,13 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         origin,
         "'data.val_fraction' and 'data.test_fraction' must be >= 0 and sum to a number in (0, 1).",
     )
-    _check(len(d.sources) > 0, origin, "'data.sources' is empty; expected at least one source modality.")
+    if d.targets:  # label-conditional generation
+        _check(not d.sources, origin, f"'data.targets' ({list(d.targets)}) is for generation runs; set "
+               "'data.sources: []' to generate them by a modality label, or name one 'data.target' to translate.")
+        _check(len(set(d.targets)) == len(d.targets), origin,
+               f"'data.targets' ({list(d.targets)}) names a modality twice.")
+        if d.target not in d.targets:  # the default `flair` of a run that lists other modalities
+            d.target = d.targets[0]
     _check(
         d.target not in d.sources,
         origin,

@@ -19,7 +19,7 @@ def prepare_settings(cfg):
 
     d = cfg.data
     split = (round(1.0 - d.val_fraction - d.test_fraction, 6), d.val_fraction, d.test_fraction)
-    mods = [*d.sources, d.target]
+    mods = d.modalities
     ct = VolumeSettings.__dataclass_fields__["ct_modalities"].default
     # An MR target from MR sources is normalized by its sources' parameters, so translate inverts it exactly.
     relative = {d.target: list(d.sources)} if d.sources and not any(m in ct for m in mods) else {}
@@ -45,7 +45,7 @@ def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
             from phmdiff.data.phantom import write_phantom
 
             write_phantom(d.root, "brain", progress=progress)
-        done["prepare"] = prepare(d.root, d.prepared, prepare_settings(cfg), [*d.sources, d.target],
+        done["prepare"] = prepare(d.root, d.prepared, prepare_settings(cfg), d.modalities,
                                   progress=progress)
         log(f"prepare: {d.prepared} {done['prepare']}")
     if "train-ae" in stages:
