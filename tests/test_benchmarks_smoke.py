@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,34 @@ def test_quick_benchmarks_write_their_fields(tmp_path, restore_threads):
     assert mem["prepare"]["rc"] == 0 and mem["translate"]["rc"] == 0
     assert 10 * 2**20 < mem["translate"]["peak_rss_bytes"] < 8 * 2**30
     assert (tmp_path / "m" / "translate").exists()
+
+
+def test_tissue_histogram_parts_sum_to_scipys_wasserstein_distance():
+    import realism
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.normal(0.0, 0.02, 4000), rng.normal(0.3, 0.05, 3000), rng.normal(0.6, 0.05, 3000),
+                           rng.normal(0.9, 0.05, 3000)])
+    fake = real * 1.1 + 0.02
+    bounds = realism.tissue_bounds(real)
+    assert len(bounds) == 3 and 0.0 < bounds[0] < 0.3 < bounds[1] < 0.6 < bounds[2] < 0.9  # between the modes
+    d = realism.tissue_histogram_distance(fake, real, bounds)
+    assert d["total"] == pytest.approx(wasserstein_distance(fake, real), rel=1e-3)
+    assert sum(d["tissues"].values()) == pytest.approx(d["total"])
+    assert d["tissues"]["white"] > d["tissues"]["background"]  # the bright shift grows with intensity
+    assert realism.tissue_histogram_distance(real, real, bounds)["total"] == 0.0
+
+
+def test_quick_realism_writes_its_fields(tmp_path, restore_threads):
+    import realism
+
+    assert realism.main(["--quick", "--out-dir", str(tmp_path / "results"), "--work", str(tmp_path / "r")]) == 0
+    r = _load(tmp_path / "results" / "realism.json")
+    assert set(r["methods"]) == {"floor_real_train", "phmdiff_mask0.5", "phmdiff_mask0.0", "monai_ddpm"}
+    for name, m in r["methods"].items():
+        assert math.isfinite(m["ms_swd"]) and m["ms_swd"] >= 0 and m["tissue_hist"] >= 0, name
+        assert sum(m["tissue_hist_parts"].values()) == pytest.approx(m["tissue_hist"]), name
+    assert r["targets"]["vs_floor"]["met"] == (r["methods"]["phmdiff_mask0.5"]["ms_swd"]
+                                               <= 2 * r["methods"]["floor_real_train"]["ms_swd"])
+    assert (tmp_path / "r" / "samples_run_mask0.5" / "grid.png").is_file()

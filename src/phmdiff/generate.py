@@ -184,8 +184,9 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
             idx, rms = nearest_slices(images, data)
             grid = _pairs(images, np.stack([(data[int(i)]["target"][0].numpy() + 1) / 2 for i in idx]))
             near = {"prepared_dir": str(data.root), "modality": label, "metric": "rms pixel distance, [0, 1] units",
-                    "samples": [{"seed": s, "subject": data.slices[int(i)][0], "index": int(data.slices[int(i)][1]),
-                                 "rms": float(r)} for s, i, r in zip(seeds, idx, rms)]}
+                    "samples": [{"seed": s, "train_slice": int(i), "subject": data.slices[int(i)][0],
+                                 "index": int(data.slices[int(i)][1]), "rms": float(r)}
+                                for s, i, r in zip(seeds, idx, rms)]}
     meta["nearest_rms_median"] = (float(np.median([r["rms"] for r in near["samples"]])) if "samples" in near
                                   else None)
     with publish_dir(out, "generate", overwrite) as folder:  # all PNGs or none: a full disk leaves no partial set
