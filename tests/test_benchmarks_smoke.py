@@ -116,7 +116,7 @@ def test_tissue_histogram_parts_sum_to_scipys_wasserstein_distance():
     d = realism.tissue_histogram_distance(fake, real, bounds)
     assert d["total"] == pytest.approx(wasserstein_distance(fake, real), rel=1e-3)
     assert sum(d["tissues"].values()) == pytest.approx(d["total"])
-    assert d["tissues"]["white"] > d["tissues"]["background"]  # the bright shift grows with intensity
+    assert d["tissues"]["bright"] > d["tissues"]["background"]  # the bright shift grows with intensity
     assert realism.tissue_histogram_distance(real, real, bounds)["total"] == 0.0
 
 
