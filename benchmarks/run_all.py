@@ -1,5 +1,5 @@
-"""Run the benchmarks (speed, quality, ablation, sampling, memory, anytoany) in order, each in its own process,
-and write their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
+"""Run the benchmarks (speed, quality, ablation, sampling, memory, anytoany, realism) in order, each in its own
+process, and write their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
 
 sampling.py reuses quality.py's PHMDiff run when it has two pyramid levels or more, else trains a brief one.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany")
+SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany", "realism")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -124,6 +124,22 @@ def markdown(results_dir: Path) -> str:
                     lines.append(f"| {d['task']} | {k} | {v['psnr']:.2f} +- {v['std']['psnr']:.2f} | "
                                  f"{v['ssim']:.4f} | {'' if lesion is None else f'{lesion:.2f}'} | {steps} | "
                                  f"{'' if train is None else f'{train:.0f}'} |")
+        elif name == "realism":
+            lines += [f"Unconditional {r['target']} on {'x'.join(map(str, r['plane']))} phantom slices: "
+                      f"{r['n_samples']} samples per method against {r['n_heldout_slices']} held-out real slices, "
+                      f"budget {r['budget_s_per_method']:g} CPU seconds of training per method "
+                      f"({r['threads']} thread).", ""]
+            lines += _targets(r["targets"], cmd) + [""]
+            tissues = list(next(iter(r["methods"].values()))["tissue_hist_parts"])
+            lines += ["| method | MS-SWD x1e3 | tissue histogram W1 | " + " | ".join(tissues)
+                      + " | train samples/CPU s | train steps | train CPU s | train wall s |",
+                      "|---" * (7 + len(tissues)) + "|"]
+            for k, v in r["methods"].items():
+                steps, sps = v.get("diffusion_steps", ""), v.get("train_samples_per_cpu_s")
+                secs = f"{v.get('train_cpu_seconds', 0):.0f} | {v.get('train_seconds', 0):.0f}"
+                lines.append(f"| {k} | {v['ms_swd']:.1f} | {v['tissue_hist']:.4f} | "
+                             + " | ".join(f"{v['tissue_hist_parts'][t]:.4f}" for t in tissues)
+                             + f" | {'' if sps is None else f'{sps:.2f}'} | {steps} | {secs} |")
         lines.append("")
     return "\n".join(lines)
 

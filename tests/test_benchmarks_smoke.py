@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,34 @@ def test_quick_anytoany_benchmark_writes_its_table(tmp_path, restore_threads):
         assert d["anytoany_minus_dedicated_psnr_db"] == pytest.approx(m["anytoany"]["psnr"] - m["dedicated"]["psnr"])
         assert m["noise_free_ceiling"]["psnr"] > max(m["anytoany"]["psnr"], m["dedicated"]["psnr"])
     assert "| flair_from_t1_t2 |" in run_all.markdown(out)
+
+
+def test_tissue_histogram_parts_sum_to_scipys_wasserstein_distance():
+    import realism
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.normal(0.0, 0.02, 4000), rng.normal(0.3, 0.05, 3000), rng.normal(0.6, 0.05, 3000),
+                           rng.normal(0.9, 0.05, 3000)])
+    fake = real * 1.1 + 0.02
+    bounds = realism.tissue_bounds(real)
+    assert len(bounds) == 3 and 0.0 < bounds[0] < 0.3 < bounds[1] < 0.6 < bounds[2] < 0.9  # between the modes
+    d = realism.tissue_histogram_distance(fake, real, bounds)
+    assert d["total"] == pytest.approx(wasserstein_distance(fake, real), rel=1e-3)
+    assert sum(d["tissues"].values()) == pytest.approx(d["total"])
+    assert d["tissues"]["bright"] > d["tissues"]["background"]  # the bright shift grows with intensity
+    assert realism.tissue_histogram_distance(real, real, bounds)["total"] == 0.0
+
+
+def test_quick_realism_writes_its_fields(tmp_path, restore_threads):
+    import realism
+
+    assert realism.main(["--quick", "--out-dir", str(tmp_path / "results"), "--work", str(tmp_path / "r")]) == 0
+    r = _load(tmp_path / "results" / "realism.json")
+    assert set(r["methods"]) == {"floor_real_train", "phmdiff_mask0.5", "phmdiff_mask0.0", "monai_ddpm"}
+    for name, m in r["methods"].items():
+        assert math.isfinite(m["ms_swd"]) and m["ms_swd"] >= 0 and m["tissue_hist"] >= 0, name
+        assert sum(m["tissue_hist_parts"].values()) == pytest.approx(m["tissue_hist"]), name
+    assert r["targets"]["vs_floor"]["met"] == (r["methods"]["phmdiff_mask0.5"]["ms_swd"]
+                                               <= 2 * r["methods"]["floor_real_train"]["ms_swd"])
+    assert (tmp_path / "r" / "samples_run_mask0.5" / "grid.png").is_file()

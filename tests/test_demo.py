@@ -49,3 +49,27 @@ def test_demo_refuses_zero_samples(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "out"), "--n-samples", "0"]) == 2
     assert "--n-samples is 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_demo_writes_one_grid_row_per_modality(tmp_path):
+    from PIL import Image
+
+    from phmdiff.demo import run_generate_demo
+
+    tiny = ["data.resolution=16", "model.in_size=16", "train.max_num_steps=2", "train.unmasked_finetune_steps=0",
+            "train.batchsize=4", "eval.sampler=ddim", "eval.num_steps=2", "eval.fine_num_steps=1"]
+    lines = []
+    result = run_generate_demo(tmp_path, tiny, subjects=3, shape=(16, 16, 16), progress=False, log=lines.append,
+                               per_label=2)
+    assert list(result["modalities"]) == ["t1", "t2", "flair"]
+    assert Image.open(tmp_path / "grid.png").size == (2 * (2 * 16 + 2), 3 * 16)  # (sample | nearest) x 2, 3 rows
+    assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "generate" / "t2" / "nearest.json").is_file()
+    assert any("nearest-slice RMS distance" in line for line in lines)
+
+
+def test_generate_demo_refuses_a_translation_config(tmp_path, capsys):
+    from phmdiff.cli import main
+
+    assert main(["demo", "--task", "generate", "--config", str(TINY), "--out", str(tmp_path / "out")]) == 2
+    assert "needs a generation config" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

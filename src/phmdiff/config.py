@@ -46,18 +46,26 @@ class DataConfig:
     root: str = ""  # raw data: BraTS / SynthRAD / generic tree / PNG folders / phantom output
     prepared: str = ""  # output of `phmdiff prepare`
     cache: str = ""  # latent cache written by `phmdiff encode`
-    sources: list[str] = field(default_factory=lambda: ["t1", "t2"])
-    target: str = "flair"
+    sources: list[str] = field(default_factory=lambda: ["t1", "t2"])  # []: a generation run (no sources)
+    target: str = "flair"  # the synthesized modality; in a generation run with `targets`, generate's default label
     # Any-to-any (the BraSyn setting): one model synthesizes any of `modalities` from any non-empty subset of
     # the others; training draws the target and the available sources per example. `sources` and `target`
     # are then unused.
     any_to_any: bool = False
     modalities: list[str] = field(default_factory=list)
+    # Generation runs only (sources: []): the modalities one model generates, chosen by a modality label
+    # (label-conditional, with label dropout for guidance); empty: `target` alone (unconditional).
+    targets: list[str] = field(default_factory=list)
     val_fraction: float = 0.1  # split by subject, never by slice
     test_fraction: float = 0.1
     split_seed: int = 0
     min_foreground: float = 0.05  # slices with less foreground are skipped
     num_workers: int = 2
+
+    @property
+    def generated(self) -> list[str]:
+        """The modalities the model synthesizes: `targets` in a label-conditional generation run, else `target`."""
+        return list(self.targets) or [self.target]
 
 
 @dataclass
@@ -189,8 +197,9 @@ def source_slots(d: DataConfig) -> list[str]:
 
 
 def data_modalities(d: DataConfig) -> list[str]:
-    """The modalities a run prepares and encodes, each once: sources and target, or all of an any-to-any run."""
-    return list(d.modalities) if d.any_to_any else [*d.sources, d.target]
+    """The modalities a run prepares and encodes, each once: sources, then what it synthesizes (the target, or a
+    generation run's `targets`), or all of an any-to-any run."""
+    return list(d.modalities) if d.any_to_any else [*d.sources, *d.generated]
 
 
 MAX_SIZE = 1 << 16  # batch sizes and plane sizes beyond this cannot fit in any accelerator's memory
@@ -352,7 +361,13 @@ def validate(cfg: Config, origin: str = "config") -> Config:
                f"'data.modalities' is {list(d.modalities)}; an any-to-any run needs two or more distinct "
                "modalities (e.g. [t1, t1ce, t2, flair]).")
     else:
-        _check(len(d.sources) > 0, origin, "'data.sources' is empty; expected at least one source modality.")
+        if d.targets:  # label-conditional generation
+            _check(not d.sources, origin, f"'data.targets' ({list(d.targets)}) is for generation runs; set "
+                   "'data.sources: []' to generate them by a modality label, or name one 'data.target' to translate.")
+            _check(len(set(d.targets)) == len(d.targets), origin,
+                   f"'data.targets' ({list(d.targets)}) names a modality twice.")
+            if d.target not in d.targets:  # the default `flair` of a run that lists other modalities
+                d.target = d.targets[0]
         _check(
             d.target not in d.sources,
             origin,

@@ -18,6 +18,7 @@ import numpy as np
 from phmdiff.fsutil import atomic_path, atomic_write_text
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+GENERATE_CONFIG = DEMO_CONFIG.with_name("generate_demo.yaml")
 
 
 def demo_config(out: Path, overrides: list[str] | None = None, config: str | Path | None = None):
@@ -171,9 +172,80 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     return result
 
 
+def run_generate_demo(out: str | Path = "demo_gen", overrides: list[str] | None = None, subjects: int = 8,
+                      shape: tuple[int, int, int] = (64, 64, 40), config: str | Path | None = None,
+                      progress: bool = True, log=print, threads: int | None = None, per_label: int = 8) -> dict:
+    """The generation demo: phantom -> prepare -> train a label-conditional PHMDiff (configs/generate_demo.yaml)
+    -> `per_label` samples of each modality under OUT/generate/<modality>, and OUT/grid.png with one row per
+    modality, each sample beside its nearest training slice. Returns (and writes to OUT/demo.json) the timings
+    and per modality the mean intensity of the samples and of the training slices, and the median distance to
+    the nearest training slice."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from phmdiff.data.datasets import TargetSlices
+    from phmdiff.data.phantom import write_phantom
+    from phmdiff.generate import _pairs, _save_png, generate
+    from phmdiff.training import run_pipeline
+
+    out = Path(out)
+    cfg = demo_config(out, overrides, config or GENERATE_CONFIG)
+    if cfg.data.sources:
+        raise ValueError(f"{config}: the generation demo needs a generation config ('data.sources: []').")
+    tic = time.perf_counter()
+    times = {}
+    if not Path(cfg.data.root).exists():
+        log(f"[1/4] phantom: {subjects} brain subjects {shape[0]}x{shape[1]}x{shape[2]} -> {cfg.data.root}")
+        write_phantom(cfg.data.root, "brain", n_subjects=subjects, shape=shape, seed=cfg.data.split_seed,
+                      progress=progress)
+    times["phantom"] = time.perf_counter() - tic
+    for stage, title in [("prepare", "[2/4] prepare"), ("train", f"[3/4] train {cfg.model.model_type} to generate "
+                                                               f"{', '.join(cfg.data.generated)}")]:
+        log(title)
+        t0 = time.perf_counter()
+        run_pipeline(cfg, stages=("prepare", "train-ae", "encode") if stage == "prepare" else (stage,),
+                     progress=progress, log=log)
+        times[stage] = time.perf_counter() - t0
+    log(f"[4/4] generate {per_label} samples of each modality")
+    t0 = time.perf_counter()
+    rows, stats = [], {}
+    for label in cfg.data.generated:
+        folder = out / "generate" / label
+        meta = generate(cfg.run_dir, folder, list(range(per_label)), label=label, device=cfg.train.device,
+                        overwrite=True)
+        import nibabel as nib
+
+        samples = np.asarray(nib.load(str(folder / "samples.nii.gz")).get_fdata()).transpose(2, 0, 1)  # (N, H, W)
+        near = json.loads((folder / "nearest.json").read_text())
+        train = TargetSlices(cfg.data.prepared, "train", label)
+        nearest = np.stack([(train[s["train_slice"]]["target"][0].numpy() + 1) / 2 for s in near["samples"]])
+        rows.append(np.concatenate(list(_pairs(samples, nearest)), axis=1))  # (H, per_label * (2W + 2))
+        real_mean = float(np.mean([(train[i]["target"].numpy().mean() + 1) / 2 for i in range(len(train))]))
+        stats[label] = {"sample_mean": float(samples.mean()), "train_mean": real_mean,
+                        "nearest_rms_median": meta["nearest_rms_median"]}
+    _save_png(out / "grid.png", np.concatenate(rows, axis=0))
+    times["generate"] = time.perf_counter() - t0
+    times["total"] = time.perf_counter() - tic
+    result = {"task": "generate", "modalities": stats, "grid": str(out / "grid.png"), "run": str(cfg.run_dir),
+              "seconds": {k: round(v, 1) for k, v in times.items()}}
+    atomic_write_text(out / "demo.json", json.dumps(result, indent=1))
+    log("")
+    log(f"PHMDiff generation demo: {per_label} samples per modality, each beside its nearest training slice:")
+    for label, st in stats.items():
+        log(f"  {label:<6} mean intensity {st['sample_mean']:.3f} (training slices {st['train_mean']:.3f}), "
+            f"nearest-slice RMS distance {st['nearest_rms_median']:.3f}")
+    log(f"  time {times['total'] / 60:.1f} min; grid {out / 'grid.png'} (rows: {', '.join(stats)}); run {cfg.run_dir}")
+    return result
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--config", default=None, help="config file (default configs/demo.yaml)")
+    parser.add_argument("--task", default="translate", choices=("translate", "generate"),
+                        help="translate (T1 + T2 -> FLAIR, the default) or generate (T1, T2, FLAIR from noise by a "
+                             "modality label, configs/generate_demo.yaml)")
+    parser.add_argument("--out", default=None, help="output folder (default demo_out, or demo_gen for --task generate)")
+    parser.add_argument("--config", default=None,
+                        help="config file (default configs/demo.yaml, or configs/generate_demo.yaml)")
     parser.add_argument("--subjects", type=int, default=8, help="phantom subjects (default 8)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.max_num_steps=500")
@@ -191,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads is {args.threads}; expected 0 (torch's default) or more.")
     if args.n_samples < 1:
         raise ValueError(f"--n-samples is {args.n_samples}; expected 1 or more.")
-    run_demo(args.out, args.overrides, args.subjects, config=args.config, progress=not args.no_progress,
+    if args.task == "generate":
+        run_generate_demo(args.out or "demo_gen", args.overrides, args.subjects, config=args.config,
+                          progress=not args.no_progress, log=lambda msg: print(msg, flush=True), threads=args.threads)
+        return 0
+    run_demo(args.out or "demo_out", args.overrides, args.subjects, config=args.config, progress=not args.no_progress,
              log=lambda msg: print(msg, flush=True), threads=args.threads, n_samples=args.n_samples)
     return 0

@@ -63,9 +63,11 @@ def build_loss(model_cfg):
     return PRECONDS[model_cfg.precond][1](model_cfg)
 
 
-def build_objective(denoiser: nn.Module, model_cfg) -> PyramidObjective:
-    """The pyramid training objective around `denoiser`, with the loss options of `cfg.model`."""
+def build_objective(denoiser: nn.Module, model_cfg, null_label: int | None = None) -> PyramidObjective:
+    """The pyramid training objective around `denoiser`, with the loss options of `cfg.model`; `null_label`
+    (generation runs): the label index that condition dropout puts in place of the modality label."""
     m = model_cfg
     return PyramidObjective(denoiser, levels=m.pyramid_levels, mae_loss_coef=m.mae_loss_coef,
                             class_dropout_prob=m.class_dropout_prob, coarse_aug_sigma=m.coarse_aug_sigma,
-                            cross_granularity_weight=m.cross_granularity_weight, loss_fn=build_loss(m))
+                            cross_granularity_weight=m.cross_granularity_weight, loss_fn=build_loss(m),
+                            null_label=null_label)

@@ -1,8 +1,12 @@
-"""`phmdiff generate`: sample target-modality slices from a trained run to PNG files, a PNG grid and NIfTI.
+"""`phmdiff generate`: sample slices from a trained run to PNG files, a PNG grid and NIfTI.
 
-Unconditional by default (the null condition that condition dropout trained), or conditioned on the
-source slices of a prepared split (`--condition val|test`, seed s uses slice s mod n). Each sample is
-seeded by its own seed, so `--seeds 0-63` gives the same images with any `--batch-size`.
+From a generation run (`data.sources: []`): unconditional samples of its target, or of the modality named by
+`--label` in a label-conditional run (`data.targets`), with classifier-free guidance `--guidance W` against the
+null label. From a translation run: the target with no sources (the null condition that condition dropout
+trained), or conditioned on the source slices of a prepared split (`--condition val|test`, seed s uses slice
+s mod n). Each sample is seeded by its own seed, so `--seeds 0-63` gives the same images with any
+`--batch-size`. Beside each sample the grid shows its nearest training slice (L2 in pixel space over the run's
+training slices of that modality), so memorization can be seen; `nearest.json` lists them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 from phmdiff.devices import DEVICES
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
-from phmdiff.inference import decode_target, encode_sources, load_trained
+from phmdiff.inference import decode_target, encode_sources, load_trained, modality_label
 from phmdiff.sample import SAMPLERS
 
 MAX_SEEDS = 100_000
@@ -56,6 +60,58 @@ def _grid(images: np.ndarray) -> np.ndarray:
     return grid
 
 
+def resolve_model_path(path) -> tuple[Path, bool]:
+    """A run folder, a checkpoint folder or a checkpoint's weights file (RUN/checkpoints/step-N/model.safetensors,
+    the original usage) -> (run or checkpoint folder, whether to load the EMA weights). A weights file names its
+    weights: `model.safetensors` the raw ones, `ema.safetensors` the EMA; a folder gives the EMA weights."""
+    path = Path(path)
+    if path.is_file():
+        if path.name not in ("model.safetensors", "ema.safetensors"):
+            raise ValueError(f"{path}: not a run folder, a checkpoint folder or a checkpoint's model.safetensors "
+                             "or ema.safetensors.")
+        return path.parent, path.name == "ema.safetensors"
+    if not path.exists():
+        raise ValueError(f"{path}: run folder, checkpoint folder or weights file not found; expected e.g. RUN, "
+                         "RUN/checkpoints/step-000100 or RUN/checkpoints/step-000100/model.safetensors.")
+    return path, True
+
+
+def _training_slices(prepared_dir, modality: str):
+    """The run's training slices of `modality` (prepared, in [0, 1]), or None with a reason when unreadable."""
+    from phmdiff.data.datasets import TargetSlices
+
+    try:
+        data = TargetSlices(prepared_dir, "train", modality)
+    except (OSError, ValueError) as exc:
+        return None, f"no nearest training slices ({' '.join(str(exc).split())})"
+    return data, None
+
+
+@torch.no_grad()
+def nearest_slices(images: np.ndarray, data, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """For each image (N, H, W) in [0, 1], the index of the nearest training slice of `data` (L2 over pixels)
+    and its root-mean-square distance; training slices are read `chunk` at a time (never all in memory)."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float64).reshape(len(images), -1))  # (N, P)
+    best_d = torch.full((len(images),), np.inf, dtype=torch.float64)
+    best_i = torch.zeros(len(images), dtype=torch.long)
+    for lo in range(0, len(data), chunk):
+        ys = torch.stack([(data[i]["target"][0].double() + 1) / 2 for i in range(lo, min(lo + chunk, len(data)))])
+        if ys.shape[1:] != images.shape[1:]:
+            raise ValueError(f"training slices are {tuple(ys.shape[1:])} but the samples are {images.shape[1:]}.")
+        d = torch.cdist(x, ys.reshape(len(ys), -1))  # (N, chunk)
+        m, j = d.min(dim=1)
+        better = m < best_d
+        best_d, best_i = torch.where(better, m, best_d), torch.where(better, j + lo, best_i)
+    return best_i.numpy(), (best_d / np.sqrt(x.shape[1])).numpy()
+
+
+def _pairs(samples: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Each sample beside its nearest training slice, with a 2-pixel grey gap: (N, H, 2W + 2)."""
+    n, h, w = samples.shape
+    gap = np.full((n, h, 2), 0.5, dtype=samples.dtype)
+    return np.concatenate([samples, gap, nearest.astype(samples.dtype)], axis=2)
+
+
 def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
@@ -66,8 +122,10 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 @torch.no_grad()
 def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str | None = None,
              guidance: float | None = None, condition: str = "none", batch_size: int = 16, device: str = "auto",
-             overwrite: bool = False) -> dict:
-    """Sample one slice per seed; writes OUT/png/seedNNNNNN.png, OUT/grid.png, OUT/samples.nii.gz."""
+             overwrite: bool = False, label: str | None = None, nearest: bool = True) -> dict:
+    """Sample one slice per seed of modality `label` (default: the run's target); writes OUT/png/seedNNNNNN.png,
+    OUT/grid.png (each sample beside its nearest training slice), OUT/samples.nii.gz, OUT/generate.json and
+    OUT/nearest.json. `run`: a run folder, a checkpoint folder or a checkpoint's weights file."""
     import nibabel as nib
 
     if steps is not None and steps < 1:
@@ -80,11 +138,18 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     check_writable_dir(out.parent)
     if (out / "grid.png").exists() and not overwrite:
         raise ValueError(f"{out / 'grid.png'}: output exists; pass --overwrite to replace it.")
-    trained = load_trained(run, device)
+    path, ema = resolve_model_path(run)
+    trained = load_trained(path, device, ema=ema)
     settings = trained.settings(sampler, steps, guidance)
     cfg, ident, dev = trained.cfg, trained.identity, trained.device
     n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
+    label = label or ident["target"]
+    if label not in trained.generated:
+        raise ValueError(f"--label {label}: this run generates {', '.join(trained.generated)} only.")
+    label_index = modality_label(ident["data"]["modalities"], label)
     sources = None
+    if condition != "none" and not n_src:
+        raise ValueError(f"--condition {condition}: this generation run has no source modalities to condition on.")
     if condition != "none":
         from phmdiff.data.datasets import PairedSlices
 
@@ -103,38 +168,60 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
             src = torch.stack([sources[s % len(sources)]["source"][k // 2 :: k] for s in chunk]).to(dev)
             cond = encode_sources(trained.autoencoder, src, trained.latent_scale)
             avail = torch.ones(n, n_src, device=dev)
-        z = trained.sample(cond, avail, chunk, settings)
+        z = trained.sample(cond, avail, chunk, settings, label=label_index)
         images.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
     images = np.concatenate(images)  # (N, H, W) in [0, 1]
-    meta = {"run": str(trained.checkpoint), "seeds": seeds, "condition": condition, "target": ident["target"],
-            "sampler": settings.sampler, "steps": settings.num_steps, "guidance": settings.guidance}
+    meta = {"run": str(trained.checkpoint), "weights": "ema" if ema else "model", "seeds": seeds,
+            "condition": condition, "target": label, "sampler": settings.sampler, "steps": settings.num_steps,
+            "guidance": settings.guidance}
+    grid, near = images, {"skipped": "--no-nearest"}
+    if nearest:
+        data, reason = _training_slices(ident["data"]["prepared_dir"], label)
+        if data is None or len(data) == 0:
+            near = {"skipped": reason or "the training split has no slices"}
+            print(f"generate: {near['skipped']}; the grid shows the samples alone.", file=sys.stderr)
+        else:
+            idx, rms = nearest_slices(images, data)
+            grid = _pairs(images, np.stack([(data[int(i)]["target"][0].numpy() + 1) / 2 for i in idx]))
+            near = {"prepared_dir": str(data.root), "modality": label, "metric": "rms pixel distance, [0, 1] units",
+                    "samples": [{"seed": s, "train_slice": int(i), "subject": data.slices[int(i)][0],
+                                 "index": int(data.slices[int(i)][1]), "rms": float(r)}
+                                for s, i, r in zip(seeds, idx, rms)]}
+    meta["nearest_rms_median"] = (float(np.median([r["rms"] for r in near["samples"]])) if "samples" in near
+                                  else None)
     with publish_dir(out, "generate", overwrite) as folder:  # all PNGs or none: a full disk leaves no partial set
         for s, img in zip(seeds, images):
             _save_png(folder / "png" / f"seed{s:06d}.png", img)
-        _save_png(folder / "grid.png", _grid(images))
+        _save_png(folder / "grid.png", _grid(grid))
         with atomic_path(folder / "samples.nii.gz") as tmp:
             nib.save(nib.Nifti1Image(np.ascontiguousarray(images.transpose(1, 2, 0), dtype=np.float32), np.eye(4)),
                      tmp)
         atomic_write_text(folder / "generate.json", json.dumps(meta, indent=1))
+        atomic_write_text(folder / "nearest.json", json.dumps(near, indent=1))
     return meta
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run folder (its best checkpoint) or a checkpoint folder")
+    parser.add_argument("--run", required=True, help="run folder (its best checkpoint), checkpoint folder, or a "
+                        "checkpoint's model.safetensors / ema.safetensors")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seeds", default="0-63", help="seeds such as 0-63 or 1,5,9 (one sample per seed)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None)
-    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--label", default=None, metavar="MODALITY",
+                        help="modality to generate (a label-conditional run's data.targets); default the run's target")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale W (1: none); default the run's eval.guidance")
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none",
                         help="unconditional (none) or conditioned on the source slices of a prepared split")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (results do not depend on it)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--no-nearest", action="store_true", help="grid without the nearest training slices")
     parser.add_argument("--overwrite", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     meta = generate(args.run, args.out, parse_seeds(args.seeds), args.steps, args.sampler, args.guidance,
-                    args.condition, args.batch_size, args.device, args.overwrite)
+                    args.condition, args.batch_size, args.device, args.overwrite, args.label, not args.no_nearest)
     print(f"{args.out}: {len(meta['seeds'])} samples of {meta['target']} written.", file=sys.stderr)
     return 0

@@ -84,12 +84,22 @@ class SamplingSettings:
 
 
 def sample_latents(denoiser, source: torch.Tensor, avail: torch.Tensor, target_label: torch.Tensor | None,
-                   seeds: list[int], model_cfg, settings: SamplingSettings) -> torch.Tensor:
+                   seeds: list[int], model_cfg, settings: SamplingSettings,
+                   null_label: int | None = None) -> torch.Tensor:
     """Target latents (N, C, h, w) for the source latents (N, n_src * C, h, w): `sample_pyramid` over the
-    run's pyramid (`model_cfg.pyramid_levels`, `model_cfg.in_channels`) with `settings`, one seed per sample."""
+    run's pyramid (`model_cfg.pyramid_levels`, `model_cfg.in_channels`) with `settings`, one seed per sample;
+    `null_label`: a generation run's null modality label, for guidance."""
     s = settings
     return sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
-                          model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance)
+                          model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance,
+                          null_label=null_label)
+
+
+def modality_label(modalities: list[str], name: str) -> int:
+    """The model's label of modality `name`: its index among the run's prepared modalities."""
+    if name not in modalities:
+        raise ValueError(f"modality '{name}' is not one this run knows; expected one of {', '.join(modalities)}.")
+    return modalities.index(name)
 
 
 @dataclass
@@ -114,11 +124,17 @@ class TrainedRun:
 
     def label_of(self, modality: str | None) -> int:
         """The model's target label of `modality` (its index among the prepared modalities)."""
-        mods = self.identity["data"]["modalities"]
-        if modality not in mods:
-            raise ValueError(f"{self.checkpoint}: modality {modality!r} is not one this run was trained on "
-                             f"({', '.join(mods)}).")
-        return mods.index(modality)
+        return modality_label(self.identity["data"]["modalities"], modality)
+
+    @property
+    def generated(self) -> list[str]:
+        """The modalities this run synthesizes (a label-conditional generation run's `data.targets`)."""
+        return list(self.identity.get("targets") or [self.identity["target"]])
+
+    @property
+    def null_label(self) -> int | None:
+        """A generation run's null label (its condition is the label, dropped for guidance); None when translating."""
+        return None if self.identity["sources"] else len(self.identity["data"]["modalities"])
 
     def settings(self, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None) -> SamplingSettings:
@@ -126,15 +142,18 @@ class TrainedRun:
         return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance)
 
     def sample(self, source: torch.Tensor, avail: torch.Tensor, seeds: list[int],
-               settings: SamplingSettings, target: str | None = None) -> torch.Tensor:
+               settings: SamplingSettings, target: str | None = None, label: int | None = None) -> torch.Tensor:
         """Target latents for source latents, with this run's denoiser, pyramid and target label (the run's own
-        target, or `target` for an any-to-any run)."""
-        label = torch.full((source.shape[0],), self.label_of(target or self.identity["target"]), device=self.device)
-        return sample_latents(self.denoiser, source, avail, label, seeds, self.cfg.model, settings)
+        target, or `target` for an any-to-any run, or the label index `label`)."""
+        if label is None:
+            label = self.label_of(target or self.identity["target"])
+        label = torch.full((source.shape[0],), label, device=self.device)
+        return sample_latents(self.denoiser, source, avail, label, seeds, self.cfg.model, settings, self.null_label)
 
 
-def load_trained(run: str | Path, device: str = "auto", which: str = "best") -> TrainedRun:
-    """Load the EMA weights of a run's best (or last) checkpoint and the autoencoder it was trained with."""
+def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema: bool = True) -> TrainedRun:
+    """Load the EMA weights (or with `ema=False` the raw ones) of a run's best (or last) checkpoint, or of a
+    checkpoint folder, and the autoencoder it was trained with."""
     path = resolve_checkpoint(run, which)
     ckpt = load_checkpoint(path)
     cfg = config_from_yaml(ckpt.config_yaml, origin=str(path / "config.yaml"))
@@ -148,7 +167,7 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best") -> 
     if ae_path.exists() and autoencoder_id(ae_path) != identity["data"]["autoencoder_id"]:
         raise ValueError(f"{ae_path}: this autoencoder is not the one the checkpoint {path} was trained with "
                          "(its sha256 differs); point model.autoencoder.path at the right one.")
-    state = ckpt.ema_state or ckpt.model_state
+    state = (ckpt.ema_state if ema else None) or ckpt.model_state
     if not any(".decoder_cond_embed." in k for k in state):  # written before source-aware mask tokens existed
         cfg.model.source_aware_mask_tokens = False
     dev = choose_device(device)

@@ -32,11 +32,13 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
                  target_label: torch.Tensor | None, *, levels: int, mask_ratio: float, mae_loss_coef: float = 0.1,
                  class_dropout_prob: float = 0.1, coarse_aug_sigma: float = 0.5,
                  cross_granularity_weight: float = 0.05, loss_fn=None,
-                 generator: torch.Generator | None = None) -> dict:
+                 generator: torch.Generator | None = None, null_label: int | None = None) -> dict:
     """PHMDiff training terms for one batch at a random pyramid level (and the same examples one level coarser).
 
     `source` (N, n_src*C, H, W) and `target` (N, C, H, W) are latents at level 0, `avail` (N, n_src). `loss_fn`
-    is the formulation's per-level denoising loss (`factory.LOSSES`; EDM's when None). Returns
+    is the formulation's per-level denoising loss (`factory.LOSSES`; EDM's when None). With `null_label` (a
+    generation run, whose condition is the modality label) condition dropout also puts the null label in place of
+    `target_label`, as MaskDiT drops its class label for classifier-free guidance. Returns
     {"loss", "denoise", "mae", "level"[, "coarse_loss", "cross_granularity"]} as scalars.
     """
     level = int(torch.randint(levels, (1,), generator=generator))
@@ -44,6 +46,9 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
     tgt_pyr = gaussian_pyramid(target, levels)
     # One dropout draw for both levels: an example without its condition loses it at the coarse level too.
     keep = (torch.rand(target.shape[0], generator=generator) >= class_dropout_prob).to(target.device)  # (N,)
+    if null_label is not None and target_label is not None:
+        label = torch.as_tensor(target_label, device=target.device).long().reshape(-1).expand(target.shape[0])
+        target_label = torch.where(keep, label, torch.full_like(label, null_label))  # (N,)
 
     def kwargs_at(l: int) -> dict:
         coarse = _augment(tgt_pyr[l + 1], coarse_aug_sigma, generator) if l + 1 < levels else None
@@ -70,13 +75,14 @@ class PyramidObjective(nn.Module):
     """
 
     def __init__(self, denoiser: nn.Module, levels: int, mae_loss_coef: float = 0.1, class_dropout_prob: float = 0.1,
-                 coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, loss_fn=None):
+                 coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, loss_fn=None,
+                 null_label: int | None = None):
         super().__init__()
         self.denoiser = denoiser
         self.loss_fn = loss_fn
         self.options = dict(levels=int(levels), mae_loss_coef=float(mae_loss_coef),
                             class_dropout_prob=float(class_dropout_prob), coarse_aug_sigma=float(coarse_aug_sigma),
-                            cross_granularity_weight=float(cross_granularity_weight))
+                            cross_granularity_weight=float(cross_granularity_weight), null_label=null_label)
 
     def forward(self, source, target, avail, target_label, mask_ratio: float, generator=None) -> dict:
         return pyramid_loss(self.denoiser, source, target, avail, target_label, mask_ratio=mask_ratio,

@@ -248,11 +248,12 @@ def level_kwargs(src_pyr: list[torch.Tensor], coarse_target: torch.Tensor | None
 def sample_pyramid(denoiser, source: torch.Tensor, avail: torch.Tensor, target_label: torch.Tensor | None,
                    seeds: list[int], levels: int, latent_channels: int, sampler: str = "heun", num_steps: int = 18,
                    fine_num_steps: int = 8, sigma_start: float = 2.0, guidance: float = 1.0,
-                   sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
+                   sigma_min: float = 0.002, sigma_max: float = 80.0, null_label: int | None = None) -> torch.Tensor:
     """Coarse-to-fine sampling of the target latents (N, C, H, W) given the source latents (N, n_src*C, H, W).
 
     Every random draw comes from the sample's own seed (`StackedRandomGenerator`), so a sample does not
-    depend on the batch it is in.
+    depend on the batch it is in. Guidance's unconditional branch drops the sources; with `null_label` (a
+    generation run, whose condition is the modality label) it also puts the null label in place of the label.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not available for pyramid sampling; expected one of "
@@ -280,6 +281,9 @@ def sample_pyramid(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
             start = min(sigma_start, sigma_max)
             sigmas = get_sigmas_karras(fine_num_steps, sigma_min, start, device=device).float()
             x_init = kwargs["coarse"] + noise * sigmas[0]
-        D = denoiser if guidance == 1.0 else guided_denoiser(denoiser, guidance, null_condition(kwargs))
+        uncond = null_condition(kwargs)
+        if null_label is not None:
+            uncond["target_label"] = torch.full((n,), null_label, dtype=torch.long, device=device)
+        D = denoiser if guidance == 1.0 else guided_denoiser(denoiser, guidance, uncond)
         x = step(D, x_init, sigmas, extra_args=kwargs, disable=True)
     return x

@@ -79,6 +79,8 @@ class _PreparedSplit(Dataset):
             picks = [m * self.k + self.k // 2 for m in mods]
         else:
             picks = [m * self.k + j for m in mods for j in range(self.k)]
+        if not picks:  # a generation run has no sources: (0, H, W)
+            return torch.zeros(0, *row.shape[1:], dtype=torch.float32)
         x = row[picks] if picks != list(range(picks[0], picks[-1] + 1)) else row[picks[0] : picks[-1] + 1]
         x = np.asarray(x, dtype=np.float32) * 2.0 - 1.0  # (C, H, W); numpy, not torch.cat: no thread-pool overhead
         return torch.from_numpy(np.ascontiguousarray(x[..., ::-1] if flip else x))
@@ -129,7 +131,8 @@ class PairedSlices(_PreparedSplit):
 
 
 class TargetSlices(_PreparedSplit):
-    """Slices of one modality for unconditional generation: dict(target (1, H, W), target_label, subject, index)."""
+    """Slices of one modality for generation (nearest training slices, realism): dict(target (1, H, W),
+    target_label, subject, index). Training reads the latent cache's `LatentTargets` instead."""
 
     def __init__(self, prepared_dir, split, target="flair", flip=False, seed=0):
         super().__init__(prepared_dir, split, flip, seed)

@@ -302,6 +302,28 @@ class LatentPairs(Dataset):
         }
 
 
+class LatentTargets(Dataset):
+    """Target-only latents of a generation run: item k is slice k // T of modality k % T of the T `targets`, with
+    that modality's label; the dict of `LatentPairs` without sources (source (0, h, w), avail (0,))."""
+
+    def __init__(self, cache_dir, split, targets=("flair",), seed=0):
+        if not targets:
+            raise ValueError("a generation run needs at least one target modality (data.target or data.targets).")
+        self.parts = [LatentPairs(cache_dir, split, (), t, seed=seed) for t in targets]
+        self.meta = self.parts[0].meta
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.parts[0]) * len(self.parts)
+
+    def __getitem__(self, k: int) -> dict:
+        i, t = divmod(int(k), len(self.parts))
+        return self.parts[t][i]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prepared", help="folder written by phmdiff prepare")
     parser.add_argument("autoencoder", help="autoencoder file written by phmdiff train-ae")

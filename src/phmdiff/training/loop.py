@@ -71,12 +71,15 @@ class PositionSampler(Sampler):
 
 
 def _latent_data(cfg: Config):
-    from phmdiff.data.latent_cache import LatentPairs
+    from phmdiff.data.latent_cache import LatentPairs, LatentTargets
 
     if not cfg.data.cache:
         raise ValueError("data.cache is empty; set it to the latent cache written by phmdiff encode.")
-    data = LatentPairs(cfg.data.cache, "train", source_slots(cfg.data), cfg.data.target, seed=cfg.train.seed,
-                       any_to_any=cfg.data.any_to_any)
+    if cfg.data.sources or cfg.data.any_to_any:
+        data = LatentPairs(cfg.data.cache, "train", source_slots(cfg.data), cfg.data.target, seed=cfg.train.seed,
+                           any_to_any=cfg.data.any_to_any)
+    else:  # a generation run: the target-only latents of every generated modality, each with its label
+        data = LatentTargets(cfg.data.cache, "train", cfg.data.generated, seed=cfg.train.seed)
     n_mod, c, h, w = data.meta["item_shape"]
     if (c, h, w) != (cfg.model.in_channels, cfg.model.in_size, cfg.model.in_size):
         raise ValueError(
@@ -105,7 +108,7 @@ def _identity(meta: dict, cfg: Config) -> dict:
                 "target_gains": {m: gain_ratios(manifest, m, [o for o in d.modalities if o != m])
                                  for m in d.modalities}}
     return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(cfg.data.cache), "sources": cfg.data.sources,
-            "target": cfg.data.target, "layout": manifest.get("layout"),
+            "target": cfg.data.target, "targets": cfg.data.generated, "layout": manifest.get("layout"),
             "volume_settings": manifest["config"]["volume"],
             "target_norm": asdict(reference_norm(manifest, cfg.data.target)),
             "target_gain": gain_ratios(manifest, cfg.data.target, cfg.data.sources)}
@@ -194,7 +197,9 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 writer = SummaryWriter(str(run_dir / "tensorboard"))
             if cfg.wandb.enabled:
                 _init_wandb(cfg, run_dir)
-        model, optimizer = accelerator.prepare(build_objective(denoiser, m), optimizer)
+        # A generation run's condition is the modality label: it is the one dropped for guidance (to the null label).
+        null_label = None if num_sources else len(data.meta["modalities"])
+        model, optimizer = accelerator.prepare(build_objective(denoiser, m, null_label), optimizer)
         unwrapped = accelerator.unwrap_model(model).denoiser
         if start is None:  # DDP broadcast rank 0's initial weights; the EMA copy was taken from this rank's own
             ema.module.load_state_dict(unwrapped.state_dict())
@@ -266,7 +271,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 if window:
                     bar.set_postfix(loss=f"{window[-1]['loss']:.4f}", level=int(window[-1].get("level", 0)))
             val = None
-            if cfg.eval.every and (step % cfg.eval.every == 0 or step == t.max_num_steps):
+            # Validation scores translations against the real target; a generation run has none to score.
+            if cfg.eval.every and cfg.data.sources and (step % cfg.eval.every == 0 or step == t.max_num_steps):
                 val = validate(ema.module, cfg, accelerator, step, writer)
             if step % cfg.log.log_every == 0 or step == t.max_num_steps or val is not None:
                 row = _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from phmdiff.config import Config, add_config_arguments, config_from_args
+from phmdiff.config import Config, add_config_arguments, config_from_args, data_modalities
 from phmdiff.fsutil import atomic_write_text
 
 
@@ -28,7 +28,7 @@ def slice_datasets(cfg: Config, split: str, flip: bool = False) -> ConcatDataset
 
     if not cfg.data.prepared:
         raise ValueError("data.prepared is empty; set it to the folder written by phmdiff prepare.")
-    mods = [*cfg.data.sources, cfg.data.target]
+    mods = data_modalities(cfg.data)
     return ConcatDataset([TargetSlices(cfg.data.prepared, split, target=m, flip=flip, seed=cfg.train.seed)
                           for m in mods])
 
@@ -82,7 +82,7 @@ def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> d
     manifest = load_manifest(cfg.data.prepared)
     ct = settings_from_manifest(manifest).ct_modalities
     psnrs, ssims, n = [], [], 0
-    mods = [*cfg.data.sources, cfg.data.target]
+    mods = data_modalities(cfg.data)
     split = "val" if manifest["splits"]["val"]["n"] else "train"
     for mod in mods:
         data = TargetSlices(cfg.data.prepared, split, target=mod)
