@@ -188,7 +188,7 @@ def test_ct_output_is_int16_in_the_hu_window_for_nifti_and_mha(pelvis_run, tmp_p
     # SynthRAD 2025 ships .mha: the same subject as .mha (CT int16) comes back as .mha int16, same geometry.
     mha = tmp_path / "mha" / sid
     mha.mkdir(parents=True)
-    for mod, dtype in (("mr", np.float32), ("ct", np.int16)):
+    for mod, dtype in (("mr", np.float32), ("ct", np.int16), ("mask", np.uint8)):
         data, affine, _ = load_volume(pelvis_run / "ph" / sid / f"{mod}.nii.gz")
         zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
         sitk.WriteImage(_itk_image(data, spacing=zooms, dtype=dtype), str(mha / f"{mod}.mha"), True)
@@ -198,6 +198,10 @@ def test_ct_output_is_int16_in_the_hu_window_for_nifti_and_mha(pelvis_run, tmp_p
     _same_geometry(out, sitk.ReadImage(str(mha / "mr.mha")))
     values = sitk.GetArrayViewFromImage(out)
     assert values.min() >= -1024 and values.max() <= 3071
+    assert meta["subjects"][0]["mask"].endswith("mask.mha")
+    assert cli.main(["evaluate", str(tmp_path / "out"), "--out", str(tmp_path / "ev")]) == 0  # MAE in HU, .mha
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["modality"] == "ct"
 
 
 def test_an_anisotropic_input_is_resampled_to_the_training_spacing_and_back(tiny_run, tmp_path, capsys):
