@@ -139,17 +139,23 @@ def test_every_subject_is_accounted_for_and_one_bad_subject_stops_no_other(tiny_
     data[3, 4, 5] = np.nan
     nib.save(nib.Nifti1Image(data, img.affine), bad)
     (tmp_path / "in" / "PHANTOM_00003" / "PHANTOM_00003_t1.nii.gz").unlink()
+    cut = tmp_path / "in" / "PHANTOM_00004" / "PHANTOM_00004_t1.nii.gz"  # a file cut short in a copy
+    cut.parent.mkdir()
+    for f in (src / "PHANTOM_00000").glob("*.nii.gz"):
+        shutil.copy(f, cut.parent / f.name.replace("PHANTOM_00000", "PHANTOM_00004"))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     args = ["translate", "--run", str(tiny_run / "run"), "--input", str(tmp_path / "in"), "--out",
             str(tmp_path / "out"), "--no-progress"]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
-    assert "2 subject(s) translated" in err and "2 subject(s) not translated" in err and "Traceback" not in err
+    assert "2 subject(s) translated" in err and "3 subject(s) not translated" in err and "Traceback" not in err
     meta = json.loads((tmp_path / "out" / "translate.json").read_text())
     assert [e["subject"] for e in meta["subjects"]] == ["PHANTOM_00000", "PHANTOM_00002"]
     reasons = {s["subject"]: s["reason"] for s in meta["skipped"]}
     assert "NaN or Inf voxels" in reasons["PHANTOM_00001"] and str(bad) in reasons["PHANTOM_00001"]
     assert reasons["PHANTOM_00003"].startswith("missing source modality t1")
     assert "PHANTOM_00003_t1.nii.gz" in reasons["PHANTOM_00003"]
+    assert reasons["PHANTOM_00004"].startswith(f"{cut}: truncated or corrupt")
     assert f"  PHANTOM_00001: {reasons['PHANTOM_00001']}" in err
     assert not (tmp_path / "out" / "PHANTOM_00001").exists() or not any((tmp_path / "out" / "PHANTOM_00001").iterdir())
 
@@ -182,7 +188,7 @@ def test_ct_output_is_int16_in_the_hu_window_for_nifti_and_mha(pelvis_run, tmp_p
     # SynthRAD 2025 ships .mha: the same subject as .mha (CT int16) comes back as .mha int16, same geometry.
     mha = tmp_path / "mha" / sid
     mha.mkdir(parents=True)
-    for mod, dtype in (("mr", np.float32), ("ct", np.int16)):
+    for mod, dtype in (("mr", np.float32), ("ct", np.int16), ("mask", np.uint8)):
         data, affine, _ = load_volume(pelvis_run / "ph" / sid / f"{mod}.nii.gz")
         zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
         sitk.WriteImage(_itk_image(data, spacing=zooms, dtype=dtype), str(mha / f"{mod}.mha"), True)
@@ -192,6 +198,10 @@ def test_ct_output_is_int16_in_the_hu_window_for_nifti_and_mha(pelvis_run, tmp_p
     _same_geometry(out, sitk.ReadImage(str(mha / "mr.mha")))
     values = sitk.GetArrayViewFromImage(out)
     assert values.min() >= -1024 and values.max() <= 3071
+    assert meta["subjects"][0]["mask"].endswith("mask.mha")
+    assert cli.main(["evaluate", str(tmp_path / "out"), "--out", str(tmp_path / "ev")]) == 0  # MAE in HU, .mha
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["modality"] == "ct"
 
 
 def test_an_anisotropic_input_is_resampled_to_the_training_spacing_and_back(tiny_run, tmp_path, capsys):

@@ -25,7 +25,7 @@ def _oblique(tmp_path, name="a.mha", dtype=np.int16):
     return img, arr
 
 
-@pytest.mark.parametrize("name", ["a.mha", "a.nrrd"])
+@pytest.mark.parametrize("name", ["a.mha", "a.mhd", "a.nrrd"])
 def test_voxels_and_affine_agree_with_simpleitk_index_to_point(tmp_path, name):
     img, arr = _oblique(tmp_path, name)
     data, affine, info = load_volume(tmp_path / name)

@@ -103,6 +103,10 @@ def read_info(path: str | Path) -> ItkInfo:
             normal = np.asarray(direction, dtype=float).reshape(3, 3)[:, 2]
             step = float(np.dot(np.subtract(last.GetOrigin(), origin), normal)) / (len(files) - 1)
             spacing = (*spacing[:2], abs(step) if step else spacing[2])
+            if step < 0:  # slices run against the plane's normal: the third axis points from first to last
+                flipped = np.asarray(direction, dtype=float).reshape(3, 3)
+                flipped[:, 2] *= -1
+                direction = tuple(flipped.ravel())
     if len(size) == 4 and size[3] == 1:
         size, spacing, origin = size[:3], spacing[:3], origin[:3]
         direction = tuple(np.asarray(direction).reshape(4, 4)[:3, :3].ravel())

@@ -324,10 +324,13 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", help="input folder (BraTS, SynthRAD, generic subject/modality NIfTI, PNG folders)")
+    parser.add_argument("root", help="input folder (BraTS, SynthRAD, generic subject/modality "
+                        ".nii.gz/.mha/.nrrd/DICOM, PNG folders)")
     parser.add_argument("out", help="output folder for shards and manifest.json")
     parser.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
-    parser.add_argument("--modalities", nargs="+", default=None, help="default: all of the layout's modalities")
+    parser.add_argument("--modalities", nargs="+", default=None,
+                        help="default: all of the layout's modalities; BraTS 2021 or 2023 names "
+                        "(t1n = t1, t2f = flair)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--split", nargs=3, type=float, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
     group.add_argument("--split-file", default=None, help="JSON {split: [ids]} or lines '<id> <split>'")

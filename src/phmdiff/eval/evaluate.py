@@ -143,9 +143,9 @@ def collect_subjects(args) -> tuple[list[dict], str]:
 def load_volume(path, like=None, what: str = "volume") -> tuple[np.ndarray, np.ndarray]:
     """Voxels (float64) and affine of a NIfTI file (or MHA/NRRD/DICOM), checked against `like` = (shape, affine)."""
     if not str(path).lower().endswith(_NII):  # the other formats: the readers' SimpleITK path (geometry as RAS)
-        from phmdiff.data.readers import load_volume as read_volume
+        from phmdiff.data.itk_io import read_itk
 
-        data, affine, _ = read_volume(path)
+        data, affine, _ = read_itk(path)
         data = data.astype(np.float64)
         if like is not None and data.shape != like[0]:
             raise ValueError(f"{path}: {what} shape {data.shape} differs from the reference's {like[0]}.")
