@@ -109,3 +109,10 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert config_from_args(args) is None
     printed = capsys.readouterr().out
     assert config_from_yaml(printed).train.lr == 0.002
+
+
+def test_brats_2023_names_in_a_config_are_the_2021_names():
+    cfg = load_config(None, ["data.sources=[t1n,T2w]", "data.target=t2f"])
+    assert (cfg.data.sources, cfg.data.target) == (["t1", "t2"], "flair")
+    with pytest.raises(ValueError, match="same modality"):
+        load_config(None, ["data.sources=[t1n,t1]"])

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from phmdiff.autoencoder import AE_presets
+from phmdiff.data.names import canonical, canonical_list
 from phmdiff.devices import DEVICES
 from phmdiff.diffusion.timestep_sampler import SCHEDULE_SAMPLERS
 from phmdiff.factory import PRECONDS
@@ -263,6 +264,11 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     if t.amp in ("False", "false"):  # YAML 1.1 reads an unquoted `no` as false
         t.amp = "no"
     _choice(origin, "data.category", d.category, CATEGORIES)
+    try:  # BraTS 2023 names (t1n, t2w, t2f, ...) and common spellings are the 2021 names everywhere after this
+        d.sources, d.modalities, d.targets = (canonical_list(x) for x in (d.sources, d.modalities, d.targets))
+    except ValueError as exc:
+        raise ValueError(f"{origin}: {exc}") from None
+    d.target = canonical(d.target)
     _choice(origin, "model.precond", m.precond, tuple(PRECONDS))
     _choice(origin, "model.timestep_sampler", m.timestep_sampler, tuple(SCHEDULE_SAMPLERS))
     _choice(origin, "model.mask_ratio_fn", m.mask_ratio_fn, MASK_RATIO_FNS)
