@@ -115,6 +115,9 @@ def test_modality_is_read_from_translate_json_and_a_contradiction_refused(tmp_pa
     assert not (tr / "evaluation").exists()
     assert main(["evaluate", str(tr), "--modality", "mr"]) == 0
     assert json.loads((tr / "evaluation" / "summary.json").read_text())["modality"] == "mr"
+    prov = json.loads((tr / "evaluation" / "evaluation.json").read_text())["provenance"]
+    assert prov["target"] == "flair" and prov["sources"] == ["t1"] and prov["n_samples"] == 1
+    assert prov["n_subjects"] == 1 and prov["phmdiff_version"] and prov["evaluated"].endswith("UTC")
     # --overwrite: a folder holding another's file is refused, then written into with the file kept
     other = tmp_path / "shared"
     other.mkdir()
