@@ -115,6 +115,9 @@ def test_modality_is_read_from_translate_json_and_a_contradiction_refused(tmp_pa
     assert not (tr / "evaluation").exists()
     assert main(["evaluate", str(tr), "--modality", "mr"]) == 0
     assert json.loads((tr / "evaluation" / "summary.json").read_text())["modality"] == "mr"
+    prov = json.loads((tr / "evaluation" / "evaluation.json").read_text())["provenance"]
+    assert prov["target"] == "flair" and prov["sources"] == ["t1"] and prov["n_samples"] == 1
+    assert prov["n_subjects"] == 1 and prov["phmdiff_version"] and prov["evaluated"].endswith("UTC")
     # --overwrite: a folder holding another's file is refused, then written into with the file kept
     other = tmp_path / "shared"
     other.mkdir()
@@ -124,3 +127,18 @@ def test_modality_is_read_from_translate_json_and_a_contradiction_refused(tmp_pa
     assert main(["evaluate", str(tr), "--out", str(other), "--overwrite"]) == 0
     assert (other / "notes.txt").read_text() == "mine" and (other / "summary.json").is_file()
     assert main(["evaluate", str(tr), "--out", str(other)]) == 0  # its own earlier output: no flag needed
+
+
+def test_baseline_is_the_best_source_intensity_matched(tmp_path):
+    ref, pred = _subject(2)
+    tr = tmp_path / "translate"
+    _write(tr / "s1_flair.nii.gz", pred)
+    sources = {"t1": str(_write(tmp_path / "t1.nii.gz", 3 * ref + 7)),  # a linear map of the truth: matched exactly
+               "t2": str(_write(tmp_path / "t2.nii.gz", ref[::-1]))}
+    meta = {"target": "flair", "sources": ["t1", "t2"], "modality_kind": "mr",
+            "subjects": [{"subject": "s1", "prediction": "s1_flair.nii.gz", "source_images": sources,
+                          "reference": str(_write(tmp_path / "ref.nii.gz", ref))}]}
+    (tr / "translate.json").write_text(json.dumps(meta))
+    assert main(["evaluate", str(tr)]) == 0
+    row = next(csv.DictReader((tr / "evaluation" / "per_subject.csv").open()))
+    assert row["baseline_source"] == "t1" and float(row["baseline_psnr"]) > 100  # float32 rounding only

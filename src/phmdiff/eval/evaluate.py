@@ -296,9 +296,10 @@ def distribution(subjects: list[dict], modality: str, slice_axis: int = -1, ince
 
 
 def format_table(summary: dict) -> str:
-    keys = ("psnr", "ssim", "mae", *(f"{c}_psnr" for c in CEILINGS))
+    keys = ("psnr", "ssim", "mae", "baseline_psnr", *(f"{c}_psnr" for c in CEILINGS))
     shown = [k for k in keys if any(k in stats for stats in summary.values())]
-    titles = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "pipeline_ceiling_psnr": "pipeline ceil. (dB)",
+    titles = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "baseline_psnr": "copy baseline (dB)",
+              "pipeline_ceiling_psnr": "pipeline ceil. (dB)",
               "noise_free_psnr": "noise-free ceil. (dB)"}
     lines = [f"{'protocol':<9} {'n':>3}  " + "  ".join(f"{titles[k]:>21}" for k in shown)]
     for protocol, stats in summary.items():

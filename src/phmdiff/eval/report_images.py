@@ -88,8 +88,11 @@ def panel(s: dict, kind: str, names: dict, lo: float, hi: float, img_dir, safe: 
     n_samples = max(len(s.get("samples") or []), 1)
     cols = _columns(kind, {**names, "source": src_name or "none"}, src, ref, pred, std, lo, hi, n_samples)
     nviews = 1 if ref.ndim == 2 else 3
-    fig, axes = plt.subplots(nviews, len(cols), figsize=(3.1 * len(cols), 3.0 * nviews + 0.9), squeeze=False,
-                             layout="constrained")
+    # Row heights follow each view's true height/width, so flat views leave no empty band.
+    ratios = [plane.shape[0] * aspect / plane.shape[1] for plane, aspect in views(ref, center, spacing)]
+    width = 2.9
+    fig, axes = plt.subplots(nviews, len(cols), figsize=(width * len(cols), width * sum(ratios) + 0.8 * nviews + 1.0),
+                             squeeze=False, layout="constrained", gridspec_kw={"height_ratios": ratios})
     for c, (title, vol, cmap, vmin, vmax, label) in enumerate(cols):
         planes = views(vol, center, spacing) if vol is not None else [None] * nviews
         image = None
@@ -134,6 +137,8 @@ def calibration(subjects: list[dict], kind: str, norm: dict, img_dir) -> str:
         scale = 1.0 if kind == "ct" else norm.get(s["subject"], (0.0, 1.0))[1] - norm.get(s["subject"], (0.0, 1.0))[0]
         sd, err = std[mask] / scale, (pred - ref)[mask] / scale
         edges = np.unique(np.quantile(sd, np.linspace(0, 1, CALIBRATION_BINS + 1)))
+        if len(edges) < 2:  # a constant std map: one bin
+            edges = np.array([sd.min(), sd.min() + 1.0])
         which = np.clip(np.searchsorted(edges, sd, side="right") - 1, 0, len(edges) - 2)
         xs = [sd[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
         ys = [math.sqrt(float(np.mean(err[which == b] ** 2))) for b in range(len(edges) - 1) if (which == b).any()]
@@ -149,8 +154,13 @@ def calibration(subjects: list[dict], kind: str, norm: dict, img_dir) -> str:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9)
     src = save_figure(fig, img_dir, "calibration.png", dpi=80)
-    body = "".join(f"<tr><td>{e(sid)}</td><td data-unit='r'>{q(p, 'r', '.3f')}</td><td data-unit='rho'>"
-                   f"{q(sp, 'rho', '.3f')}</td><td data-unit='{unit}'>{q(rmse, unit, '.4g')}</td>"
+    def corr_cell(value, name):
+        if not math.isfinite(value):
+            return "<td class='blank'>&ndash; undefined: the std or the error is constant</td>"
+        return f"<td data-unit='{name}'>{q(value, name, '.3f')}</td>"
+
+    body = "".join(f"<tr><td class='id'>{e(sid)}</td>{corr_cell(p, 'r')}{corr_cell(sp, 'rho')}"
+                   f"<td data-unit='{unit}'>{q(rmse, unit, '.4g')}</td>"
                    f"<td data-unit='{unit}'>{q(msd, unit, '.4g')}</td><td data-unit='samples'>"
                    f"{q(n, 'samples', '.0f')}</td></tr>" for sid, p, sp, rmse, msd, n in rows)
     return (head + "<p>Does the spread of the samples say where the prediction is wrong? Points above the dashed "
