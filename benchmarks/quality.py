@@ -206,8 +206,7 @@ def run_task(task: Task, args, autoencoders: dict) -> dict:
                  {"nfe": nfe_b, "seconds_per_volume": float(np.mean([r["seconds"] for r in rows])), **fit_info})
 
     # (d) copy the source modality, and the noise-free target: the best any method can reach.
-    from phmdiff.demo import matched_copy
-    from phmdiff.eval.protocols import foreground_mask
+    from phmdiff.eval.protocols import foreground_mask, matched_copy
 
     copies, ceiling = {}, {}
     for s in subjects:

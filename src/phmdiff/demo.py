@@ -37,19 +37,12 @@ def _load(path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float64)
 
 
-def matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The source in the reference's units: its foreground 0.5/99.5 percentiles mapped onto the reference's."""
-    s_lo, s_hi = np.percentile(source[mask], (0.5, 99.5))
-    r_lo, r_hi = np.percentile(ref[mask], (0.5, 99.5))
-    return (source - s_lo) / max(s_hi - s_lo, 1e-12) * (r_hi - r_lo) + r_lo
-
-
 def score(meta: dict, out: Path, copy_source: str) -> dict:
     """Mean PSNR/SSIM (volume protocol) and lesion PSNR of the prediction, the copy-the-source baseline and two
     ceilings: the pipeline's (a perfect prediction through normalization, autoencoder and inverse) and the
     noise-free one (the clean target against the noisy reference: no method can do better)."""
     from phmdiff.eval.evaluate import ceiling_volumes, load_volume
-    from phmdiff.eval.protocols import evaluate_subject, foreground_mask
+    from phmdiff.eval.protocols import evaluate_subject, foreground_mask, matched_copy
 
     rows = []
     for s in meta["subjects"]:
