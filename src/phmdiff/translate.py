@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,16 @@ import torch
 from phmdiff.devices import DEVICES
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
-from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, load_trained
+from phmdiff.inference import (
+    SamplingSettings,
+    TrainedRun,
+    crop_plane,
+    decode_target,
+    encode_sources,
+    load_trained,
+    pad_plane,
+    plane_multiple,
+)
 from phmdiff.limits import check_voxels
 from phmdiff.sample import SAMPLERS
 
@@ -49,6 +58,25 @@ def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], set
         z = trained.sample(cond, torch.ones(n, x.shape[1], device=dev), seeds[lo : lo + n], settings)
         out[lo : lo + n] = decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy()
     return out
+
+
+def plane_slices(volumes: dict, affine, settings, multiple: int) -> tuple[np.ndarray, object, list[list[int]]]:
+    """`volume_to_slices` over the whole input plane: where training padded or cropped planes to `settings.size`,
+    inference pads to at least that size and to a multiple of `multiple` (the run's `plane_multiple`), and never
+    crops (a larger plane is sampled in blended windows, `phmdiff.windows`). Returns the slices, the spec and
+    the pads `crop_plane` undoes.
+    """
+    from phmdiff.data.volume import volume_to_slices
+
+    if settings.fit == "resize" and settings.size is not None:  # the plane is resized to the model size: no crop
+        slices, spec = volume_to_slices(volumes, affine, settings)
+        return slices, spec, [[0, 0], [0, 0]]
+    slices, spec = volume_to_slices(volumes, affine, replace(settings, size=None))
+    k = 2 * spec.context + 1
+    mods = [m for m in settings.modalities if m in volumes]
+    fills = [float(spec.norm[m].forward(np.float32(spec.background[m]))) for m in mods for _ in range(k)]
+    slices, pads = pad_plane(slices, fills, settings.size or 0, multiple)
+    return slices, spec, pads
 
 
 def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]):
@@ -115,7 +143,6 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         VolumeSettings,
         load_subject_volumes,
         slices_to_volume,
-        volume_to_slices,
         write_like,
     )
 
@@ -160,7 +187,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         bar = tqdm(total=len(subjects) * n_samples, desc="translate", unit="volume", file=sys.stderr)
     for sub in subjects:
         volumes, affine, _ = load_subject_volumes(sub, sources)
-        slices, spec = volume_to_slices(volumes, affine, settings)
+        slices, spec, pads = plane_slices(volumes, affine, settings, plane_multiple(trained.cfg))
         del volumes
         k = 2 * spec.context + 1
         norm = target_norm_for(settings, target, sources, spec.norm, target_norm, ident.get("target_gain"))
@@ -170,7 +197,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         samples = []
         for j in range(n_samples):
             seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
-            pred = translate_slices(trained, src, seeds, sampling, batch_size)
+            pred = crop_plane(translate_slices(trained, src, seeds, sampling, batch_size), pads)
             samples.append(slices_to_volume(pred, spec, target, norm=norm))
             if n_samples > 1:
                 write_like(samples[-1], reference, files["samples"][j])

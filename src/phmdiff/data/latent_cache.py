@@ -244,10 +244,15 @@ class _Reader:
 
 
 class LatentPairs(Dataset):
-    """Latent source/target pairs sampled from the cached posteriors, same dict as `PairedSlices`."""
+    """Latent source/target pairs sampled from the cached posteriors, same dict as `PairedSlices`.
+
+    With `crop`, latents larger than `crop` x `crop` are cut to a random window of that size (the same for
+    source and target, seeded by (seed, epoch, index)): a model is trained on its configured grid while
+    translate runs it on whole planes in windows of that grid (`phmdiff.windows`).
+    """
 
     def __init__(self, cache_dir, split, sources=("t1", "t2"), target="flair", autoencoder_id=None,
-                 prepared_id=None, seed=0):
+                 prepared_id=None, seed=0, crop: int | None = None):
         self.root = Path(cache_dir)
         self.meta = load_cache_meta(self.root, autoencoder_id, prepared_id)
         if split not in SPLITS:
@@ -257,7 +262,7 @@ class LatentPairs(Dataset):
             if m not in mods:
                 raise ValueError(f"{self.root}: modality '{m}' is not in the latent cache; found {', '.join(mods)}.")
         self.source_idx, self.target_label = [mods.index(m) for m in sources], mods.index(target)
-        self.latent_scale, self.seed, self.epoch = float(self.meta["latent_scale"]), seed, 0
+        self.latent_scale, self.seed, self.epoch, self.crop = float(self.meta["latent_scale"]), seed, 0, crop
         self.slices = self.meta["slices"][split]
         self.reader = _Reader(self.root, self.meta, split)
 
@@ -273,6 +278,10 @@ class LatentPairs(Dataset):
         mean, logvar = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in self.reader.get(i))
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
         z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * self.latent_scale
+        if self.crop and max(z.shape[-2:]) > self.crop:  # (n_mod, c, h, w) -> (n_mod, c, crop, crop)
+            h, w = z.shape[-2:]
+            i, j = (int(torch.randint(0, max(s - self.crop, 0) + 1, (1,), generator=g)) for s in (h, w))
+            z = z[..., i : i + self.crop, j : j + self.crop]
         subject, index = self.slices[i]
         return {
             "source": z[self.source_idx].flatten(0, 1),  # (n_src * c, h, w)
