@@ -1,5 +1,5 @@
-"""Run the four benchmarks (speed, quality, sampling, memory) in order, each in its own process, and write
-their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
+"""Run the benchmarks (speed, quality, ablation, sampling, memory, translate_speed) in order, each in its own
+process, and write their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
 
 sampling.py reuses quality.py's PHMDiff run when it has two pyramid levels or more, else trains a brief one.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory")
+SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "translate_speed")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -111,6 +111,21 @@ def markdown(results_dir: Path) -> str:
                       f"{r['model']}, minus its weights, plus each preset's fp32 weights): "
                       + ", ".join(f"{k} {v / 2**30:.2f} GB"
                                   for k, v in r["translate_estimate_by_backbone_bytes"].items()) + "."]
+        elif name == "translate_speed":
+            if "targets" in r:
+                lines += _targets(r["targets"], cmd) + [""]
+            lines += [f"One {'x'.join(map(str, r['volume']))} volume, {r['samples']} samples, {r['threads']} threads: "
+                      f"{r['note']}.", "", "| model | code | plane predicted | s per volume | CPU s | peak RSS GB | "
+                      "speed-up over per-sample |", "|---|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                up = x.get("speedup_over_per_sample")
+                lines.append(f"| {x['preset']} | {x['variant']} | {'x'.join(map(str, x['plane_predicted']))} | "
+                             f"{x['volume_seconds']:.0f} | {x['volume_cpu_seconds']:.0f} | {x['peak_rss_gb']:.2f} | "
+                             f"{'' if up is None else f'{up:.2f}'} |")
+            if "bf16_psnr" in r:
+                b = r["bf16_psnr"]
+                lines += ["", f"bf16 against fp32 on a trained run: {b['bf16']['psnr']:.3f} vs "
+                          f"{b['fp32']['psnr']:.3f} dB ({b['delta_db']:+.3f} dB)."]
         lines.append("")
     return "\n".join(lines)
 

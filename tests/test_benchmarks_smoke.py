@@ -100,3 +100,17 @@ def test_quick_benchmarks_write_their_fields(tmp_path, restore_threads):
     assert mem["prepare"]["rc"] == 0 and mem["translate"]["rc"] == 0
     assert 10 * 2**20 < mem["translate"]["peak_rss_bytes"] < 8 * 2**30
     assert (tmp_path / "m" / "translate").exists()
+
+
+def test_quick_translate_speed_writes_before_and_after(tmp_path, restore_threads):
+    import translate_speed
+
+    assert translate_speed.main(["--quick", "--out-dir", str(tmp_path), "--threads", "1"]) == 0
+    r = _load(tmp_path / "translate_speed.json")
+    variants = {x["variant"]: x for x in r["rows"]}
+    assert "batched" in variants
+    for x in variants.values():
+        assert x["volume_seconds"] > 0 and x["volume_cpu_seconds"] > 0 and 10 * 2**20 < x["peak_rss_gb"] * 2**30
+    assert variants["batched"]["plane_predicted"] == [32, 32]  # the whole plane, not the 16x16 training crop
+    if "main" in variants:  # where git can give main's src/
+        assert variants["main"]["plane_predicted"] == [16, 16]

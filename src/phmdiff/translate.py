@@ -45,19 +45,40 @@ def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(subject.encode()), sample, index]).generate_state(1)[0])
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @torch.no_grad()
-def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], settings: SamplingSettings,
-                     batch_size: int = 16) -> np.ndarray:
-    """Source slices (n, n_src, H, W) -> predicted target slices (n, H, W), both in normalized units (about [0, 1])."""
-    dev = trained.device
-    out = np.empty((src.shape[0], *src.shape[2:]), dtype=np.float32)
+def translate_samples(trained: TrainedRun, src: np.ndarray, seeds: list[list[int]], settings: SamplingSettings,
+                      batch_size: int = 16, precision: str = "fp32") -> np.ndarray:
+    """Source slices (n, n_src, H, W) -> predicted target slices (n_samples, n, H, W), in normalized units.
+
+    `seeds[j][i]` seeds sample j of slice i. Each batch of `batch_size` slices is encoded once and all its samples
+    are drawn in one batched sampling run (the network sees slices x samples together; `WindowedDenoiser` bounds
+    one call). `precision="bf16"` runs the denoiser under bf16 autocast.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    dev, n_samples = trained.device, len(seeds)
+    out = np.empty((n_samples, src.shape[0], *src.shape[2:]), dtype=np.float32)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for lo in range(0, src.shape[0], batch_size):
         x = torch.from_numpy(np.ascontiguousarray(src[lo : lo + batch_size], dtype=np.float32)).to(dev) * 2 - 1
         n = x.shape[0]
-        cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
-        z = trained.sample(cond, torch.ones(n, x.shape[1], device=dev), seeds[lo : lo + n], settings)
-        out[lo : lo + n] = decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy()
+        cond = encode_sources(trained.autoencoder, x, trained.latent_scale)  # once for every sample
+        cond = cond.repeat(n_samples, 1, 1, 1)  # (n_samples * n, n_src * C, h, w), sample-major
+        batch_seeds = [s for per_sample in seeds for s in per_sample[lo : lo + n]]
+        with autocast:
+            z = trained.sample(cond, torch.ones(n_samples * n, x.shape[1], device=dev), batch_seeds, settings)
+        pred = decode_target(trained.autoencoder, z.float(), trained.latent_scale)[:, 0]  # (n_samples * n, H, W)
+        out[:, lo : lo + n] = pred.reshape(n_samples, n, *pred.shape[1:]).cpu().numpy()
     return out
+
+
+def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], settings: SamplingSettings,
+                     batch_size: int = 16, precision: str = "fp32") -> np.ndarray:
+    """Source slices (n, n_src, H, W) -> one predicted sample (n, H, W), in normalized units (about [0, 1])."""
+    return translate_samples(trained, src, [list(seeds)], settings, batch_size, precision)[0]
 
 
 def plane_slices(volumes: dict, affine, settings, multiple: int) -> tuple[np.ndarray, object, list[list[int]]]:
@@ -132,7 +153,7 @@ def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = F
 def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
-              ceiling: bool = False, log=None) -> dict:
+              ceiling: bool = False, log=None, precision: str = "fp32") -> dict:
     """Translate every subject under `input_path`; returns the translate.json content.
 
     With `ceiling`, subjects whose real target is present also get the pipeline ceiling (`phmdiff.ceiling`):
@@ -154,6 +175,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         raise ValueError(f"--seed is {seed}; expected a whole number of at least 0.")
     if batch_size < 1:
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
     out = Path(out)
     trained = load_trained(run, device)
     sampling = trained.settings(sampler, steps, guidance)
@@ -194,11 +217,11 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
         reference = sub.paths[sources[0]]
         files = planned[sub.id]
+        seeds = [[subject_seed(seed, sub.id, j, int(i)) for i in spec.indices] for j in range(n_samples)]
+        preds = translate_samples(trained, src, seeds, sampling, batch_size, precision)  # (n_samples, n, H, W)
         samples = []
         for j in range(n_samples):
-            seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
-            pred = crop_plane(translate_slices(trained, src, seeds, sampling, batch_size), pads)
-            samples.append(slices_to_volume(pred, spec, target, norm=norm))
+            samples.append(slices_to_volume(crop_plane(preds[j], pads), spec, target, norm=norm))
             if n_samples > 1:
                 write_like(samples[-1], reference, files["samples"][j])
             if bar is not None:
@@ -265,7 +288,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--n-samples", type=int, default=1, help="samples per subject: mean and std volumes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch (results do not depend on it)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="slices per batch, each with all its samples (results do not depend on it)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="the denoiser's arithmetic: fp32, or bf16 autocast")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
@@ -276,6 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
                      args.seed, args.overwrite, args.batch_size, args.device, progress=not args.no_progress,
-                     ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None)
+                     ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None,
+                     precision=args.precision)
     print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {meta['target']}.", file=sys.stderr)
     return 0
