@@ -114,18 +114,19 @@ def markdown(results_dir: Path) -> str:
         elif name == "translate_speed":
             if "targets" in r:
                 lines += _targets(r["targets"], cmd) + [""]
-            lines += [f"One {'x'.join(map(str, r['volume']))} volume, {r['samples']} samples, {r['threads']} threads: "
-                      f"{r['note']}.", "", "| model | code | plane predicted | s per volume | CPU s | peak RSS GB | "
-                      "speed-up over per-sample |", "|---|---|---|---|---|---|---|"]
+            lines += [f"One {'x'.join(map(str, r['volume']))} volume, {r['threads']} threads: "
+                      f"{r['note']}.", "", "| model | code | samples | slices measured | plane predicted | s per volume | "
+                      "CPU s | peak RSS GB | speed-up over per-sample |", "|---|---|---|---|---|---|---|---|---|"]
             for x in r["rows"]:
                 up = x.get("speedup_over_per_sample")
-                lines.append(f"| {x['preset']} | {x['variant']} | {'x'.join(map(str, x['plane_predicted']))} | "
+                lines.append(f"| {x['preset']} | {x['variant']} | {x.get('samples', r['samples'])} | "
+                             f"{x['slices_measured']} | {'x'.join(map(str, x['plane_predicted']))} | "
                              f"{x['volume_seconds']:.0f} | {x['volume_cpu_seconds']:.0f} | {x['peak_rss_gb']:.2f} | "
                              f"{'' if up is None else f'{up:.2f}'} |")
             if "bf16_psnr" in r:
                 b = r["bf16_psnr"]
-                lines += ["", f"bf16 against fp32 on a trained run: {b['bf16']['psnr']:.3f} vs "
-                          f"{b['fp32']['psnr']:.3f} dB ({b['delta_db']:+.3f} dB)."]
+                lines += ["", f"bf16 against fp32 on a trained run ({b.get('samples', 1)} sample(s)): "
+                          f"{b['bf16']['psnr']:.3f} vs {b['fp32']['psnr']:.3f} dB ({b['delta_db']:+.3f} dB)."]
         lines.append("")
     return "\n".join(lines)
 

@@ -151,6 +151,9 @@ def main(argv=None) -> int:
     p.add_argument("--before-ref", default="main", help="git ref whose src/ is the 'main' variant")
     p.add_argument("--psnr-run", default=None, help="a trained run: also measure fp32 against bf16 PSNR")
     p.add_argument("--psnr-input", default=None, help="subjects with their real target for --psnr-run")
+    p.add_argument("--psnr-samples", type=int, default=1, help="samples per subject of the PSNR check")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows (and PSNR check) of presets not measured now from the existing result file")
     p.add_argument("--out-dir", default=None)
     args = p.parse_args(argv)
     presets = QUICK if args.quick else {k: PRESETS[k] for k in (args.presets or PRESETS)}
@@ -172,17 +175,22 @@ def main(argv=None) -> int:
                         "threads": args.threads}
                 r = _run_child(spec, src_dir)
                 scale = args.depth / slices
-                rows.append({"preset": name, "variant": variant, "slices_measured": slices,
+                rows.append({"preset": name, "variant": variant, "slices_measured": slices, "samples": samples,
                              "volume_seconds": r["seconds"] * scale, "volume_cpu_seconds": r["cpu_seconds"] * scale,
                              "peak_rss_gb": r["peak_rss_bytes"] / 2**30, "plane_predicted": r["plane"]})
                 print_table(rows[-1:], list(rows[-1]))
+    old_path = Path(args.out_dir or common.RESULTS) / "translate_speed.json"
+    old = json.loads(old_path.read_text())["results"] if args.merge and old_path.exists() else {}
+    rows = [r for r in old.get("rows", []) if r["preset"] not in presets] + rows
     by = {(r["preset"], r["variant"]): r for r in rows}
     for r in rows:
         base = by.get((r["preset"], "per_sample"))
         r["speedup_over_per_sample"] = base["volume_seconds"] / r["volume_seconds"] if base else None
+    for r in rows:
+        r.setdefault("samples", samples)
     results = {"volume": [plane, plane, args.depth], "samples": samples, "threads": args.threads,
-               "slices_measured": slices, "before_ref": args.before_ref, "rows": rows,
-               "note": (f"time of {slices} slice(s) x {samples} samples scaled to {args.depth} slices; random weights "
+               "before_ref": args.before_ref, "rows": rows,
+               "note": (f"time of the measured slices x samples scaled to {args.depth} slices; random weights "
                         "and random sources (time does not depend on them); 'main' predicts only the centre "
                         "training-size crop of a larger plane")}
     demo = by.get(("demo", "batched_bf16")) or by.get(("demo", "batched"))
@@ -192,8 +200,12 @@ def main(argv=None) -> int:
                                     "met": demo["volume_seconds"] <= TARGET_S},
             "demo_peak_rss": {"target": f"< {TARGET_GB:g} GB", "value_gb": demo["peak_rss_gb"],
                               "met": demo["peak_rss_gb"] < TARGET_GB}}
+    for key in ("bf16_psnr", "targets"):
+        if key in old and key not in results:
+            results[key] = old[key]
     if args.psnr_run and args.psnr_input:
-        results["bf16_psnr"] = psnr_fp32_vs_bf16(args.psnr_run, args.psnr_input, samples, args.threads)
+        results["bf16_psnr"] = psnr_fp32_vs_bf16(args.psnr_run, args.psnr_input, args.psnr_samples, args.threads)
+        results["bf16_psnr"]["samples"] = args.psnr_samples
         print(json.dumps(results["bf16_psnr"]))
     print_table(rows, ["preset", "variant", "volume_seconds", "volume_cpu_seconds", "peak_rss_gb",
                        "speedup_over_per_sample"])

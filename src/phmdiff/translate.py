@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phmdiff.consistency import joint_bilateral_z
 from phmdiff.devices import DEVICES
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
@@ -46,6 +47,9 @@ def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
 
 
 PRECISIONS = ("fp32", "bf16")
+# The through-plane joint bilateral filter (`phmdiff.consistency`): slice distance sigma (0 = off) and source range
+# h, in normalized units. Defaults measured on the demo's phantom run (docs/benchmarks.md, "3D consistency").
+Z_SIGMA, Z_H = 0.0, 0.05
 
 
 @torch.no_grad()
@@ -153,7 +157,8 @@ def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = F
 def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: int | None = None,
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
-              ceiling: bool = False, log=None, precision: str = "fp32") -> dict:
+              ceiling: bool = False, log=None, precision: str = "fp32", z_sigma: float = Z_SIGMA,
+              z_h: float = Z_H) -> dict:
     """Translate every subject under `input_path`; returns the translate.json content.
 
     With `ceiling`, subjects whose real target is present also get the pipeline ceiling (`phmdiff.ceiling`):
@@ -177,6 +182,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
     if precision not in PRECISIONS:
         raise ValueError(f"--precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    if not (z_sigma >= 0 and z_h > 0):
+        raise ValueError(f"--z-sigma {z_sigma} and --z-h {z_h}: expected z-sigma >= 0 (0 = off) and z-h > 0.")
     out = Path(out)
     trained = load_trained(run, device)
     sampling = trained.settings(sampler, steps, guidance)
@@ -219,6 +226,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         files = planned[sub.id]
         seeds = [[subject_seed(seed, sub.id, j, int(i)) for i in spec.indices] for j in range(n_samples)]
         preds = translate_samples(trained, src, seeds, sampling, batch_size, precision)  # (n_samples, n, H, W)
+        preds = joint_bilateral_z(preds, src, spec.indices, z_sigma, z_h)  # through-plane consistency
         samples = []
         for j in range(n_samples):
             samples.append(slices_to_volume(crop_plane(preds[j], pads), spec, target, norm=norm))
@@ -254,6 +262,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         bar.close()
     meta = {"target": target, "sources": sources, "modality_kind": kind, "checkpoint": str(trained.checkpoint),
             "sampler": sampling.sampler, "steps": sampling.num_steps, "guidance": sampling.guidance,
+            "through_plane_filter": {"sigma": z_sigma, "h": z_h},
             "subjects": [e for e in earlier if e.get("subject") not in {n["subject"] for n in entries}] + entries}
     atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
     return meta
@@ -296,6 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
+    parser.add_argument("--z-sigma", type=float, default=Z_SIGMA,
+                        help="through-plane joint bilateral filter guided by the sources: slice distance (0 = off)")
+    parser.add_argument("--z-h", type=float, default=Z_H, help="the filter's source range (normalized units)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per subject instead)")
 
 
@@ -303,6 +315,6 @@ def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
                      args.seed, args.overwrite, args.batch_size, args.device, progress=not args.no_progress,
                      ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None,
-                     precision=args.precision)
+                     precision=args.precision, z_sigma=args.z_sigma, z_h=args.z_h)
     print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {meta['target']}.", file=sys.stderr)
     return 0
