@@ -115,8 +115,9 @@ def markdown(results_dir: Path) -> str:
             if "targets" in r:
                 lines += _targets(r["targets"], cmd) + [""]
             lines += [f"One {'x'.join(map(str, r['volume']))} volume, {r['threads']} threads: "
-                      f"{r['note']}.", "", "| model | code | samples | slices measured | plane predicted | s per volume | "
-                      "CPU s | peak RSS GB | speed-up over per-sample |", "|---|---|---|---|---|---|---|---|---|"]
+                      f"{r['note']}.", "", "| model | code | samples | slices measured | plane predicted | "
+                      "s per volume | CPU s | peak RSS GB | speed-up over per-sample |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for x in r["rows"]:
                 up = x.get("speedup_over_per_sample")
                 lines.append(f"| {x['preset']} | {x['variant']} | {x.get('samples', r['samples'])} | "
