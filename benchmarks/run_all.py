@@ -1,5 +1,6 @@
-"""Run the benchmarks (speed, quality, ablation, sampling, memory, anytoany, realism) in order, each in its own
-process, and write their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the smoke-test sizes.
+"""Run the benchmarks (speed, quality, ablation, sampling, memory, anytoany, realism, translate_speed) in order,
+each in its own process, and write their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the
+smoke-test sizes.
 
 sampling.py reuses quality.py's PHMDiff run when it has two pyramid levels or more, else trains a brief one.
 """
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany", "realism")
+SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany", "realism", "translate_speed")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -140,6 +141,23 @@ def markdown(results_dir: Path) -> str:
                 lines.append(f"| {k} | {v['ms_swd']:.1f} | {v['tissue_hist']:.4f} | "
                              + " | ".join(f"{v['tissue_hist_parts'][t]:.4f}" for t in tissues)
                              + f" | {'' if sps is None else f'{sps:.2f}'} | {steps} | {secs} |")
+        elif name == "translate_speed":
+            if "targets" in r:
+                lines += _targets(r["targets"], cmd) + [""]
+            lines += [f"One {'x'.join(map(str, r['volume']))} volume, {r['threads']} threads: "
+                      f"{r['note']}.", "", "| model | code | samples | slices measured | plane predicted | "
+                      "s per volume | CPU s | peak RSS GB | speed-up over per-sample |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                up = x.get("speedup_over_per_sample")
+                lines.append(f"| {x['preset']} | {x['variant']} | {x.get('samples', r['samples'])} | "
+                             f"{x['slices_measured']} | {'x'.join(map(str, x['plane_predicted']))} | "
+                             f"{x['volume_seconds']:.0f} | {x['volume_cpu_seconds']:.0f} | {x['peak_rss_gb']:.2f} | "
+                             f"{'' if up is None else f'{up:.2f}'} |")
+            if "bf16_psnr" in r:
+                b = r["bf16_psnr"]
+                lines += ["", f"bf16 against fp32 on a trained run ({b.get('samples', 1)} sample(s)): "
+                          f"{b['bf16']['psnr']:.3f} vs {b['fp32']['psnr']:.3f} dB ({b['delta_db']:+.3f} dB)."]
         lines.append("")
     return "\n".join(lines)
 

@@ -149,3 +149,17 @@ def test_quick_realism_writes_its_fields(tmp_path, restore_threads):
     assert r["targets"]["vs_floor"]["met"] == (r["methods"]["phmdiff_mask0.5"]["ms_swd"]
                                                <= 2 * r["methods"]["floor_real_train"]["ms_swd"])
     assert (tmp_path / "r" / "samples_run_mask0.5" / "grid.png").is_file()
+
+
+def test_quick_translate_speed_writes_before_and_after(tmp_path, restore_threads):
+    import translate_speed
+
+    assert translate_speed.main(["--quick", "--out-dir", str(tmp_path), "--threads", "1"]) == 0
+    r = _load(tmp_path / "translate_speed.json")
+    variants = {x["variant"]: x for x in r["rows"]}
+    assert "batched" in variants
+    for x in variants.values():
+        assert x["volume_seconds"] > 0 and x["volume_cpu_seconds"] > 0 and 10 * 2**20 < x["peak_rss_gb"] * 2**30
+    assert variants["batched"]["plane_predicted"] == [32, 32]  # the whole plane, not the 16x16 training crop
+    if "main" in variants:  # where git can give main's src/
+        assert variants["main"]["plane_predicted"] == [16, 16]

@@ -30,11 +30,16 @@ def round_trip(trained, slices: np.ndarray, batch_size: int = 32) -> np.ndarray:
 
 def oracle_volume(trained, subject, settings, sources: list[str], target: str, norm) -> np.ndarray:
     """The subject's true target through the pipeline, on its own grid and in its own units (a perfect model)."""
-    from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume, volume_to_slices
+    from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume
+    from phmdiff.inference import crop_plane, plane_multiple
+    from phmdiff.translate import plane_slices
 
     mods = [*sources, target]
     volumes, affine, _ = load_subject_volumes(subject, mods)
-    slices, spec = volume_to_slices(volumes, affine, VolumeSettings.from_dict({**asdict(settings), "modalities": mods}))
+    every = VolumeSettings.from_dict({**asdict(settings), "modalities": mods})
+    cfg = getattr(trained, "cfg", None)  # a stand-in run without a config pads for its autoencoder alone
+    multiple = plane_multiple(cfg) if cfg is not None else int(getattr(trained.autoencoder, "downsample_factor", 1))
+    slices, spec, pads = plane_slices(volumes, affine, every, multiple)  # the plane translate sees, whole
     k = 2 * spec.context + 1
     truth = slices[:, len(sources) * k + spec.context]  # (n, H, W): the target as training normalized it
-    return slices_to_volume(round_trip(trained, truth), spec, target, norm=norm)
+    return slices_to_volume(crop_plane(round_trip(trained, truth), pads), spec, target, norm=norm)

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from phmdiff.autoencoder import load_autoencoder
@@ -19,7 +20,9 @@ from phmdiff.config import config_from_yaml
 from phmdiff.data.latent_cache import autoencoder_id
 from phmdiff.devices import choose_device
 from phmdiff.factory import build_denoiser
+from phmdiff.masked_dit import masked_dit_config
 from phmdiff.sample import sample_pyramid
+from phmdiff.windows import WindowedDenoiser
 
 
 def autoencoder_path(cfg) -> Path:
@@ -48,6 +51,35 @@ def decode_target(ae, z: torch.Tensor, latent_scale: float) -> torch.Tensor:
     """Target latents -> images in normalized units (N, 1, H, W); not clipped to [0, 1], since prepared slices
     keep intensities beyond the normalization percentiles (background and bright tails invert exactly)."""
     return (ae.decode(z / latent_scale).float() + 1) / 2
+
+
+def plane_multiple(cfg) -> int:
+    """What every side of an image plane must be a multiple of for this run: the autoencoder's downsampling
+    factor x the patch size x 2^(pyramid levels - 1) (the coarsest level's tokens must tile the plane)."""
+    ae_factor = max(1, int(cfg.data.resolution) // int(cfg.model.in_size))
+    patch = masked_dit_config(cfg.model.model_type).patch_size
+    return ae_factor * patch * 2 ** (cfg.model.pyramid_levels - 1)
+
+
+def pad_plane(x: np.ndarray, fills: list[float], side: int, multiple: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Pad slices (n, C, A, B) centred to at least `side` x `side` and to multiples of `multiple`, channel c with
+    `fills[c]` (as training padded planes smaller than its size); returns the padded slices and [before, after]
+    per plane axis, which `crop_plane` undoes. Nothing is ever cropped."""
+    shape = x.shape[2:]
+    target = [max(side, -(-s // multiple) * multiple) for s in shape]
+    pads = [[(t - s) // 2, (t - s) - (t - s) // 2] for s, t in zip(shape, target)]
+    if not any(b or a for b, a in pads):
+        return x, pads
+    out = np.empty((*x.shape[:2], *target), dtype=np.float32)
+    out[:] = np.asarray(fills, dtype=np.float32)[None, :, None, None]
+    out[:, :, pads[0][0] : pads[0][0] + shape[0], pads[1][0] : pads[1][0] + shape[1]] = x
+    return out, pads
+
+
+def crop_plane(x: np.ndarray, pads: list[list[int]]) -> np.ndarray:
+    """Undo `pad_plane` on predicted slices (n, H, W)."""
+    (b0, a0), (b1, a1) = pads
+    return x[:, b0 : x.shape[1] - a0, b1 : x.shape[2] - a1]
 
 
 @dataclass(frozen=True)
@@ -88,8 +120,12 @@ def sample_latents(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
                    null_label: int | None = None) -> torch.Tensor:
     """Target latents (N, C, h, w) for the source latents (N, n_src * C, h, w): `sample_pyramid` over the
     run's pyramid (`model_cfg.pyramid_levels`, `model_cfg.in_channels`) with `settings`, one seed per sample;
-    `null_label`: a generation run's null modality label, for guidance."""
+    `null_label`: a generation run's null modality label, for guidance. A grid larger than the training grid
+    (`model_cfg.in_size`) is denoised in blended windows of that size."""
     s = settings
+    window = getattr(model_cfg, "in_size", None)
+    if window and max(source.shape[2:]) > window:
+        denoiser = WindowedDenoiser(denoiser, window)
     return sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
                           model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance,
                           null_label=null_label)

@@ -18,17 +18,27 @@ import argparse
 import json
 import sys
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from phmdiff.consistency import joint_bilateral_z
 from phmdiff.data.names import ALIASES, canonical
 from phmdiff.devices import DEVICES
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
-from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, load_trained
+from phmdiff.inference import (
+    SamplingSettings,
+    TrainedRun,
+    crop_plane,
+    decode_target,
+    encode_sources,
+    load_trained,
+    pad_plane,
+    plane_multiple,
+)
 from phmdiff.limits import check_voxels
 from phmdiff.sample import SAMPLERS
 
@@ -40,30 +50,73 @@ def subject_seed(seed: int, subject: str, sample: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(subject.encode()), sample, index]).generate_state(1)[0])
 
 
-@torch.no_grad()
-def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], settings: SamplingSettings,
-                     batch_size: int = 16, target: str | None = None, sources: list[str] | None = None) -> np.ndarray:
-    """Source slices (n, n_src, H, W) -> predicted target slices (n, H, W), both in normalized units (about [0, 1]).
+PRECISIONS = ("fp32", "bf16")
+# The through-plane joint bilateral filter (`phmdiff.consistency`): slice distance sigma (0 = off) and source range
+# h, in normalized units: chosen on the demo run's validation subject, confirmed on its test subjects
+# (docs/benchmarks.md, "3D consistency").
+Z_SIGMA, Z_H = 1.0, 0.06
 
-    An any-to-any run takes the `target` to synthesize and the names of the `sources` in `src`: they fill their
-    slots of the run, every other slot is unavailable (black, masked out by the model).
+
+@torch.no_grad()
+def translate_samples(trained: TrainedRun, src: np.ndarray, seeds: list[list[int]], settings: SamplingSettings,
+                      batch_size: int = 16, precision: str = "fp32", target: str | None = None,
+                      sources: list[str] | None = None) -> np.ndarray:
+    """Source slices (n, n_src, H, W) -> predicted target slices (n_samples, n, H, W), in normalized units.
+
+    `seeds[j][i]` seeds sample j of slice i. Each batch of `batch_size` slices is encoded once and all its samples
+    are drawn in one batched sampling run (the network sees slices x samples together; `WindowedDenoiser` bounds
+    one call). `precision="bf16"` runs the denoiser under bf16 autocast. An any-to-any run takes the `target` to
+    synthesize and the names of the `sources` in `src`: they fill their slots of the run, every other slot is
+    unavailable (black, masked out by the model).
     """
-    dev = trained.device
-    slots = list(trained.identity["sources"])
-    sources = slots if sources is None else list(sources)
-    pick = [slots.index(m) for m in sources]  # slot of each given source
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    dev, n_samples = trained.device, len(seeds)
+    slots = [canonical(m) for m in trained.identity["sources"]]
+    pick = [slots.index(m) for m in (slots if sources is None else sources)]  # slot of each given source
     avail = torch.zeros(len(slots), device=dev)
     avail[pick] = 1.0
-    out = np.empty((src.shape[0], *src.shape[2:]), dtype=np.float32)
+    out = np.empty((n_samples, src.shape[0], *src.shape[2:]), dtype=np.float32)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for lo in range(0, src.shape[0], batch_size):
         given = torch.from_numpy(np.ascontiguousarray(src[lo : lo + batch_size], dtype=np.float32)).to(dev) * 2 - 1
         n = given.shape[0]
         x = given.new_full((n, len(slots), *given.shape[2:]), -1.0)  # (n, n_slots, H, W)
         x[:, pick] = given
-        cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
-        z = trained.sample(cond, avail.expand(n, -1), seeds[lo : lo + n], settings, target)
-        out[lo : lo + n] = decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy()
+        cond = encode_sources(trained.autoencoder, x, trained.latent_scale)  # once for every sample
+        cond = cond.repeat(n_samples, 1, 1, 1)  # (n_samples * n, n_slots * C, h, w), sample-major
+        batch_seeds = [s for per_sample in seeds for s in per_sample[lo : lo + n]]
+        with autocast:
+            z = trained.sample(cond, avail.expand(n_samples * n, -1), batch_seeds, settings, target)
+        pred = decode_target(trained.autoencoder, z.float(), trained.latent_scale)[:, 0]  # (n_samples * n, H, W)
+        out[:, lo : lo + n] = pred.reshape(n_samples, n, *pred.shape[1:]).cpu().numpy()
     return out
+
+
+def translate_slices(trained: TrainedRun, src: np.ndarray, seeds: list[int], settings: SamplingSettings,
+                     batch_size: int = 16, precision: str = "fp32", target: str | None = None,
+                     sources: list[str] | None = None) -> np.ndarray:
+    """Source slices (n, n_src, H, W) -> one predicted sample (n, H, W), in normalized units (about [0, 1])."""
+    return translate_samples(trained, src, [list(seeds)], settings, batch_size, precision, target, sources)[0]
+
+
+def plane_slices(volumes: dict, affine, settings, multiple: int) -> tuple[np.ndarray, object, list[list[int]]]:
+    """`volume_to_slices` over the whole input plane: where training padded or cropped planes to `settings.size`,
+    inference pads to at least that size and to a multiple of `multiple` (the run's `plane_multiple`), and never
+    crops (a larger plane is sampled in blended windows, `phmdiff.windows`). Returns the slices, the spec and
+    the pads `crop_plane` undoes.
+    """
+    from phmdiff.data.volume import volume_to_slices
+
+    if settings.fit == "resize" and settings.size is not None:  # the plane is resized to the model size: no crop
+        slices, spec = volume_to_slices(volumes, affine, settings)
+        return slices, spec, [[0, 0], [0, 0]]
+    slices, spec = volume_to_slices(volumes, affine, replace(settings, size=None))
+    k = 2 * spec.context + 1
+    mods = [m for m in settings.modalities if m in volumes]
+    fills = [float(spec.norm[m].forward(np.float32(spec.background[m]))) for m in mods for _ in range(k)]
+    slices, pads = pad_plane(slices, fills, settings.size or 0, multiple)
+    return slices, spec, pads
 
 
 class SkipSubject(ValueError):
@@ -205,7 +258,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
               sampler: str | None = None, guidance: float | None = None, n_samples: int = 1, seed: int = 0,
               overwrite: bool = False, batch_size: int = 16, device: str = "auto", progress: bool = True,
               ceiling: bool = False, log=None, resample: bool = True, target: str | None = None,
-              use_sources: list[str] | None = None) -> dict:
+              use_sources: list[str] | None = None, precision: str = "fp32", z_sigma: float = Z_SIGMA,
+              z_h: float = Z_H) -> dict:
     """Translate every subject under `input_path`; returns the translate.json content.
 
     An any-to-any run synthesizes each subject's missing modalities (or only `target`) from the ones it has
@@ -228,6 +282,10 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         raise ValueError(f"--seed is {seed}; expected a whole number of at least 0.")
     if batch_size < 1:
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    if not (z_sigma >= 0 and z_h > 0):
+        raise ValueError(f"--z-sigma {z_sigma} and --z-h {z_h}: expected z-sigma >= 0 (0 = off) and z-h > 0.")
     out = Path(out)
     trained = load_trained(run, device)
     sampling = trained.settings(sampler, steps, guidance)
@@ -285,7 +343,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
         target_norm, gain = _target_scale(ident, target, sources)
         try:
             entry = _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files,
-                                       n_samples, seed, batch_size, out, gain, bar, resample, say)
+                                       n_samples, seed, batch_size, out, gain, bar, resample, say,
+                                       precision=precision, z_sigma=z_sigma, z_h=z_h)
         except (ValueError, MemoryError) as exc:  # this subject only: unreadable, NaN, too big, mismatched grids
             reason = "out of memory (the volume is too big for this machine)" if isinstance(exc, MemoryError) \
                 else " ".join(str(exc).split())
@@ -307,7 +366,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     kind = kinds.pop() if len(kinds) == 1 else "mixed"
     meta = {"target": listed_target, "sources": listed_sources, "modality_kind": kind,
             "checkpoint": str(trained.checkpoint), "sampler": sampling.sampler, "steps": sampling.num_steps,
-            "guidance": sampling.guidance,
+            "guidance": sampling.guidance, "through_plane_filter": {"sigma": z_sigma, "h": z_h},
             "subjects": [e for e in earlier
                          if (e.get("subject"), e.get("target", listed_target)) not in done] + entries,
             "skipped": [{"subject": sid, "reason": why, "failed": sid not in complete}
@@ -325,12 +384,15 @@ def _with_problem(sub, reason: str) -> str:
 
 
 def _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files, n_samples, seed,
-                       batch_size, out, gain, bar, resample=True, say=print) -> dict:
-    """Translate one subject and write its files; returns its translate.json entry (ValueError: skip it)."""
-    from dataclasses import replace
+                       batch_size, out, gain, bar, resample=True, say=print, precision="fp32", z_sigma=Z_SIGMA,
+                       z_h=Z_H) -> dict:
+    """Translate one subject and write its files; returns its translate.json entry (ValueError: skip it).
 
+    The whole plane is predicted (`plane_slices`), all samples of a batch of slices in one sampling run
+    (`translate_samples`), then filtered through the plane (`joint_bilateral_z`, guided by the sources).
+    """
     from phmdiff.data import spacing as sp
-    from phmdiff.data.volume import load_subject_volumes, slices_to_volume, volume_to_slices, write_like
+    from phmdiff.data.volume import load_subject_volumes, slices_to_volume, write_like
 
     volumes, affine, _ = load_subject_volumes(sub, sources)
     axis, _, in_plane = sp.slice_plane(affine, settings.axis)
@@ -346,18 +408,19 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
             f"{sp.TOLERANCE:.0%} from the training spacing {sp.mm(settings.spacing)} and resampling is off "
             "(--no-resample): the model sees anatomy at a scale it was not trained on.")
     back = plan.back if plan is not None and resample else (lambda v: v)
-    slices, spec = volume_to_slices(volumes, affine, settings)
+    slices, spec, pads = plane_slices(volumes, affine, settings, plane_multiple(trained.cfg))
     del volumes
     k = 2 * spec.context + 1
     norm = target_norm_for(settings, target, sources, spec.norm, target_norm, gain)
     src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
     reference = sub.paths[sources[0]]
     dtype = output_dtype(target, settings, sub.paths.get(target, reference))
+    seeds = [[subject_seed(seed, sub.id, j, int(i)) for i in spec.indices] for j in range(n_samples)]
+    preds = translate_samples(trained, src, seeds, sampling, batch_size, precision, target, sources)
+    preds = joint_bilateral_z(preds, src, spec.indices, z_sigma, z_h)  # (n_samples, n, H, W), through-plane
     samples = []
     for j in range(n_samples):
-        seeds = [subject_seed(seed, sub.id, j, int(i)) for i in spec.indices]
-        pred = translate_slices(trained, src, seeds, sampling, batch_size, target, sources)
-        samples.append(back(slices_to_volume(pred, spec, target, norm=norm)))
+        samples.append(back(slices_to_volume(crop_plane(preds[j], pads), spec, target, norm=norm)))
         if n_samples > 1:
             write_like(to_output(samples[-1], dtype, settings.ct_window), reference, files["samples"][j], dtype)
         if bar is not None:
@@ -444,11 +507,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--n-samples", type=int, default=1, help="samples per subject: mean and std volumes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch (results do not depend on it)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="slices per batch, each with all its samples (results do not depend on it)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="the denoiser's arithmetic: fp32, or bf16 autocast")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
+    parser.add_argument("--z-sigma", type=float, default=Z_SIGMA,
+                        help="through-plane joint bilateral filter guided by the sources: slice distance (0 = off)")
+    parser.add_argument("--z-h", type=float, default=Z_H, help="the filter's source range (normalized units)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per subject instead)")
     parser.add_argument("--no-resample", action="store_true",
                         help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
@@ -462,7 +531,8 @@ def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, args.steps, args.sampler, args.guidance, args.n_samples,
                      args.seed, args.overwrite, args.batch_size, args.device, progress=not args.no_progress,
                      ceiling=args.ceiling, log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None,
-                     resample=not args.no_resample, target=args.target, use_sources=args.sources)
+                     resample=not args.no_resample, target=args.target, use_sources=args.sources,
+                     precision=args.precision, z_sigma=args.z_sigma, z_h=args.z_h)
     made = sorted({e.get("target", meta["target"]) for e in meta["subjects"]})
     print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {', '.join(made)}.", file=sys.stderr)
     if meta["skipped"]:  # every subject is accounted for: the ones left out, each with its reason

@@ -93,6 +93,24 @@ def test_latent_pairs_sample_the_posterior(tmp_path):
     assert not torch.equal(other[0]["target"], item["target"])
 
 
+def test_latent_pairs_crop_one_random_window_shared_by_source_and_target(tmp_path):
+    prep, model, ae_file = _setup(tmp_path)
+    encode_prepared(prep, model, tmp_path / "cache", autoencoder_id(ae_file), progress=False)
+    full = LatentPairs(tmp_path / "cache", "train", ("t1", "flair"), "t2")
+    crops = LatentPairs(tmp_path / "cache", "train", ("t1", "flair"), "t2", crop=2)
+    offsets = set()
+    for epoch in range(12):
+        full.set_epoch(epoch), crops.set_epoch(epoch)
+        a, b = full[0], crops[0]
+        assert b["source"].shape == (4, 2, 2) and b["target"].shape == (2, 2, 2)
+        hits = [(i, j) for i in range(3) for j in range(3)
+                if torch.equal(a["target"][:, i : i + 2, j : j + 2], b["target"])
+                and torch.equal(a["source"][:, i : i + 2, j : j + 2], b["source"])]
+        assert hits  # the same window of the same draw for source and target
+        offsets.add(hits[0])
+    assert len(offsets) > 2  # the window moves between epochs
+
+
 def test_cache_refuses_another_autoencoder_or_other_data_and_reuses_its_own(tmp_path):
     prep, model, ae_file = _setup(tmp_path)
     cache = tmp_path / "cache"

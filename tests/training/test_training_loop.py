@@ -118,8 +118,15 @@ def test_resume_none_refuses_a_run_with_checkpoints(data):
 
 
 def test_cache_that_does_not_match_the_model_is_refused(data):
-    with pytest.raises(ValueError, match="latents are 1x16x16"):
-        train(_cfg(data, "mismatch", "model.in_size=8", "data.resolution=8"), progress=False)
+    with pytest.raises(ValueError, match="latents are 1x16x16"):  # smaller than the model's grid
+        train(_cfg(data, "mismatch", "model.in_size=32", "data.resolution=32"), progress=False)
+
+
+def test_latents_larger_than_the_model_grid_train_on_random_crops(data):
+    seen = []
+    cfg = _cfg(data, "crops", "model.in_size=8", "data.resolution=8", "train.max_num_steps=1")
+    train(cfg, progress=False, step_hook=lambda step, terms: seen.append(step) or terms)
+    assert seen and find_latest(cfg.run_dir) is not None
 
 
 def test_validation_logs_psnr_ssim_and_keeps_the_best_checkpoint(data):

@@ -250,10 +250,13 @@ class LatentPairs(Dataset):
     With `any_to_any`, `sources` are the model's slots (every modality) and each example draws its own target
     and non-empty set of available sources (`datasets.draw_direction`, seeded by (seed, epoch, index)); the
     target's and the unavailable slots enter as zeros. The cache holds each modality once for all directions.
+    With `crop`, latents larger than `crop` x `crop` are cut to a random window of that size (the same for
+    source and target, seeded by (seed, epoch, index)): a model is trained on its configured grid while
+    translate runs it on whole planes in windows of that grid (`phmdiff.windows`).
     """
 
     def __init__(self, cache_dir, split, sources=("t1", "t2"), target="flair", autoencoder_id=None,
-                 prepared_id=None, seed=0, any_to_any=False):
+                 prepared_id=None, seed=0, any_to_any=False, crop: int | None = None):
         self.root = Path(cache_dir)
         self.meta = load_cache_meta(self.root, autoencoder_id, prepared_id)
         if split not in SPLITS:
@@ -265,7 +268,7 @@ class LatentPairs(Dataset):
                 raise ValueError(f"{self.root}: modality '{m}' is not in the latent cache; found {', '.join(mods)}.")
         self.source_idx = [mods.index(m) for m in sources]
         self.target_label = None if self.any_to_any else mods.index(target)
-        self.latent_scale, self.seed, self.epoch = float(self.meta["latent_scale"]), seed, 0
+        self.latent_scale, self.seed, self.epoch, self.crop = float(self.meta["latent_scale"]), seed, 0, crop
         self.slices = self.meta["slices"][split]
         self.reader = _Reader(self.root, self.meta, split)
 
@@ -281,6 +284,10 @@ class LatentPairs(Dataset):
         mean, logvar = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in self.reader.get(i))
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
         z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * self.latent_scale
+        if self.crop and max(z.shape[-2:]) > self.crop:  # (n_mod, c, h, w) -> (n_mod, c, crop, crop)
+            h, w = z.shape[-2:]
+            i, j = (int(torch.randint(0, max(s - self.crop, 0) + 1, (1,), generator=g)) for s in (h, w))
+            z = z[..., i : i + self.crop, j : j + self.crop]
         subject, index = self.slices[i]
         if self.any_to_any:
             slot, avail = draw_direction(len(self.source_idx), direction_generator(self.seed, self.epoch, i, 1))
@@ -315,6 +322,15 @@ class LatentTargets(Dataset):
     def set_epoch(self, epoch: int) -> None:
         for part in self.parts:
             part.set_epoch(epoch)
+
+    @property
+    def crop(self) -> int | None:
+        return self.parts[0].crop
+
+    @crop.setter
+    def crop(self, size: int | None) -> None:  # random crops of larger planes, as `LatentPairs`
+        for part in self.parts:
+            part.crop = size
 
     def __len__(self) -> int:
         return len(self.parts[0]) * len(self.parts)

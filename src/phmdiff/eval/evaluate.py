@@ -32,7 +32,7 @@ import numpy as np
 
 from phmdiff.data.names import spellings
 from phmdiff.eval.ensemble import evaluate_ensemble
-from phmdiff.eval.metrics import format_value
+from phmdiff.eval.metrics import format_value, through_plane_scores
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, matched_copy, normalize_pair
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
 from phmdiff.limits import LimitError, check_nifti
@@ -52,6 +52,10 @@ SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "
                 "ssim_healthy", "through_plane_pred",
                 "through_plane_ref", *(f"{c}_{m}" for c in CEILINGS for m in CEILING_METRICS),
                 *(f"baseline_{m}" for m in BASELINE_METRICS), "std_error_pearson", "std_error_spearman")
+# 3D consistency (`metrics.through_plane_scores`, volume protocol, normalized units): views across the slice axis
+# and the error of the gradient through the slices, beside the in-plane one.
+THROUGH_COLUMNS = ("psnr_through", "ssim_through", "grad_error_through", "grad_error_inplane")
+SUBJECT_COLUMNS, SUMMARY_KEYS = SUBJECT_COLUMNS + THROUGH_COLUMNS, SUMMARY_KEYS + THROUGH_COLUMNS
 _NII = (".nii.gz", ".nii")
 
 
@@ -249,6 +253,10 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
                                    slice_axis=slice_axis)
             slice_rows += [{"subject": s["subject"], "protocol": protocol, **r} for r in res.pop("slices")]
             row = {"subject": s["subject"], **res}
+            if protocol == "volume" and ref.ndim == 3:
+                lo, hi = res["norm_low"], res["norm_high"]
+                fg = foreground_mask(ref, modality) if mask is None else mask
+                row.update(through_plane_scores((pred - lo) / (hi - lo), (ref - lo) / (hi - lo), 1.0, slice_axis, fg))
             for name, vol in ceilings.items():
                 top = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
                                        slice_axis=slice_axis)

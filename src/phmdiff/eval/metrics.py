@@ -193,6 +193,52 @@ def ms_ssim(pred, ref, data_range: float) -> tuple[float | None, str]:
     return float(value), ""
 
 
+def view_scores(pred, ref, data_range: float, axis: int, mask=None) -> dict:
+    """Mean PSNR and SSIM of a volume's 2D slices along `axis` (for an axially synthesized volume, its coronal or
+    sagittal views, where slice-by-slice stripes show). Slices without a mask voxel are skipped; with a mask, each
+    slice's PSNR and SSIM map are taken over its mask voxels."""
+    import torch
+
+    pred, ref = _pair(pred, ref)
+    if pred.ndim != 3:
+        raise ValueError(f"view_scores needs 3D volumes, got {pred.ndim} dimensions.")
+    data_range = _check_range(data_range)
+    mask = _mask(mask, pred.shape)
+    p, r = np.moveaxis(pred, axis, 0), np.moveaxis(ref, axis, 0)  # (n, A, B)
+    m = np.ones(p.shape, bool) if mask is None else np.moveaxis(mask, axis, 0)
+    keep = m.reshape(len(m), -1).any(1)
+    p, r, m = p[keep], r[keep], m[keep]
+    full, _ = ssim_maps(torch.from_numpy(np.ascontiguousarray(p))[:, None],
+                        torch.from_numpy(np.ascontiguousarray(r))[:, None], data_range)  # (n, 1, A, B)
+    psnrs = [psnr(a, b, data_range, None if mask is None else k) for a, b, k in zip(p, r, m)]
+    ssims = [_mean_of_map(v, None if mask is None else k) for v, k in zip(full[:, 0].numpy(), m)]
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "n_slices": int(keep.sum())}
+
+
+def gradient_error(pred, ref, axis: int, mask=None) -> float:
+    """RMS error of the finite difference along `axis`: sqrt(mean((d pred - d ref)^2)) with d x = x[k+1] - x[k],
+    over neighbour pairs inside the mask. Along the slice axis it measures stripes between synthesized slices."""
+    pred, ref = _pair(pred, ref)
+    d = np.diff(pred, axis=axis) - np.diff(ref, axis=axis)
+    mask = _mask(mask, pred.shape)
+    if mask is None:
+        return float(np.sqrt(np.mean(d**2)))
+    both = np.moveaxis(np.moveaxis(mask, axis, 0)[1:] & np.moveaxis(mask, axis, 0)[:-1], 0, axis)
+    return float(np.sqrt(np.mean(d[both] ** 2))) if both.any() else math.nan
+
+
+def through_plane_scores(pred, ref, data_range: float, slice_axis: int, mask=None) -> dict:
+    """3D consistency of a volume synthesized slice by slice along `slice_axis`: PSNR and SSIM of the views across
+    it (mean over the two other axes), and the gradient error through the slices beside the in-plane one."""
+    slice_axis = slice_axis % 3
+    others = [a for a in range(3) if a != slice_axis]
+    views = [view_scores(pred, ref, data_range, a, mask) for a in others]
+    return {"psnr_through": float(np.mean([v["psnr"] for v in views])),
+            "ssim_through": float(np.mean([v["ssim"] for v in views])),
+            "grad_error_through": gradient_error(pred, ref, slice_axis, mask),
+            "grad_error_inplane": float(np.mean([gradient_error(pred, ref, a, mask) for a in others]))}
+
+
 def _downsample2(x: np.ndarray) -> np.ndarray:
     """2x average pooling along every axis (odd trailing voxels dropped)."""
     x = x[tuple(slice(0, (n // 2) * 2) for n in x.shape)]

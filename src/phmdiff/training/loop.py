@@ -81,11 +81,13 @@ def _latent_data(cfg: Config):
     else:  # a generation run: the target-only latents of every generated modality, each with its label
         data = LatentTargets(cfg.data.cache, "train", cfg.data.generated, seed=cfg.train.seed)
     n_mod, c, h, w = data.meta["item_shape"]
-    if (c, h, w) != (cfg.model.in_channels, cfg.model.in_size, cfg.model.in_size):
+    if c != cfg.model.in_channels or min(h, w) < cfg.model.in_size:
         raise ValueError(
             f"{cfg.data.cache}: latents are {c}x{h}x{w} but the config expects model.in_channels x in_size x in_size "
-            f"= {cfg.model.in_channels}x{cfg.model.in_size}x{cfg.model.in_size}; fix the config or re-encode."
+            f"= {cfg.model.in_channels}x{cfg.model.in_size}x{cfg.model.in_size} (or larger planes, trained on random "
+            "crops of in_size); fix the config or re-encode."
         )
+    data.crop = cfg.model.in_size if (h, w) != (cfg.model.in_size,) * 2 else None  # larger planes: random crops
     return data
 
 
