@@ -76,8 +76,8 @@ def test_config_any_to_any_slots_and_errors():
     assert source_slots(plain.data) == ["t1", "t2"] and data_modalities(plain.data) == ["t1", "t2", "flair"]
     with pytest.raises(ValueError, match="two or more distinct"):
         load_config(None, ["data.any_to_any=true", "data.modalities=[t1]"])
-    with pytest.raises(ValueError, match="two or more distinct"):
-        load_config(None, ["data.any_to_any=true", "data.modalities=[t1,t1]"])
+    with pytest.raises(ValueError, match="same modality"):
+        load_config(None, ["data.any_to_any=true", "data.modalities=[t1,t1n]"])
 
 
 def test_latent_pairs_hold_each_modality_once_and_mask_the_missing(anyto):

@@ -34,7 +34,7 @@ def test_config_accepts_generation_runs_and_refuses_mixed_ones(tmp_path):
     assert data_modalities(load_config(None, ["data.sources=[]"]).data) == ["flair"]  # unconditional
     with pytest.raises(ValueError, match="data.targets.*generation runs"):
         load_config(None, ["data.targets=[t1,t2]"])  # sources t1, t2 by default
-    with pytest.raises(ValueError, match="names a modality twice"):
+    with pytest.raises(ValueError, match="same modality"):
         load_config(None, ["data.sources=[]", "data.targets=[t1,t1]"])
 
 

@@ -363,15 +363,13 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         "'data.val_fraction' and 'data.test_fraction' must be >= 0 and sum to a number in (0, 1).",
     )
     if d.any_to_any:
-        _check(len(d.modalities) >= 2 and len(set(d.modalities)) == len(d.modalities), origin,
+        _check(len(d.modalities) >= 2, origin,
                f"'data.modalities' is {list(d.modalities)}; an any-to-any run needs two or more distinct "
                "modalities (e.g. [t1, t1ce, t2, flair]).")
     else:
         if d.targets:  # label-conditional generation
             _check(not d.sources, origin, f"'data.targets' ({list(d.targets)}) is for generation runs; set "
                    "'data.sources: []' to generate them by a modality label, or name one 'data.target' to translate.")
-            _check(len(set(d.targets)) == len(d.targets), origin,
-                   f"'data.targets' ({list(d.targets)}) names a modality twice.")
             if d.target not in d.targets:  # the default `flair` of a run that lists other modalities
                 d.target = d.targets[0]
         _check(
