@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phmdiff.devices import DEVICES
+from phmdiff.devices import DEVICES, run_device
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, load_trained
@@ -128,6 +128,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     if batch_size < 1:
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
     out = Path(out)
+    # Which device, in one line; a GPU asked for but absent is a warning and the run goes on on the CPU.
+    device = str(run_device(device, "translate", log))
     trained = load_trained(run, device)
     sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
