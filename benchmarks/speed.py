@@ -112,13 +112,14 @@ def make_step(kind: str, model_name: str, size: int, batch: int, device: str, ma
 
 @contextlib.contextmanager
 def count_attention_flops(counter: list):
-    """Count the FLOPs of F.scaled_dot_product_attention (FlopCounterMode misses the CPU kernel): 4 B H Tq Tk d
+    """Count the FLOPs of F.scaled_dot_product_attention on the CPU (FlopCounterMode misses that kernel): 4 B H Tq Tk d
     forward, twice that backward when a gradient is needed."""
     original = F.scaled_dot_product_attention
 
     def counted(q, k, v, *args, **kwargs):
         fwd = 4.0 * math.prod(q.shape[:-1]) * k.shape[-2] * q.shape[-1]
-        counter[0] += fwd * (3.0 if q.requires_grad else 1.0)
+        if q.device.type == "cpu":  # FlopCounterMode counts the CUDA kernels (flash, efficient, cuDNN) itself
+            counter[0] += fwd * (3.0 if q.requires_grad else 1.0)
         return original(q, k, v, *args, **kwargs)
     F.scaled_dot_product_attention = counted
     try:
