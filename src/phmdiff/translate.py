@@ -128,9 +128,13 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     if batch_size < 1:
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
     out = Path(out)
-    # Which device, in one line; a GPU asked for but absent is a warning and the run goes on on the CPU.
-    device = str(run_device(device, "translate", log))
+    # Which device, in one line once the run has loaded (bad input stays one sentence); a GPU asked for but
+    # absent is a warning and the run goes on on the CPU.
+    device_lines = []
+    device = str(run_device(device, "translate", device_lines.append))
     trained = load_trained(run, device)
+    for line in device_lines:
+        (log or (lambda msg: print(msg, file=sys.stderr, flush=True)))(line)
     sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
     sources, target = list(ident["sources"]), ident["target"]

@@ -27,7 +27,6 @@ from phmdiff.fsutil import atomic_write_text
 from phmdiff.inference import SamplingSettings, decode_target, encode_sources, load_run_autoencoder, sample_latents
 from phmdiff.training import checkpoint as ckpt_lib
 from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
-from phmdiff.training.distributed import rank as dist_rank
 from phmdiff.training.ema import EMA
 from phmdiff.training.interrupt import StopSignals
 from phmdiff.training.lock import RunLock
@@ -136,8 +135,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
     """
     t, m = cfg.train, cfg.model
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    quiet = (lambda msg: None) if dist_rank() != 0 else log
-    device_type = run_device(t.device, "train", quiet).type  # a GPU asked for but absent: a warning, then CPU
+    device_lines = []  # said once the data is found, so that bad input stays one sentence
+    device_type = run_device(t.device, "train", device_lines.append).type  # a GPU asked for but absent: warn, CPU
     accelerator = setup_accelerator(t.amp, t.grad_accum, device_type)
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     run_dir = cfg.run_dir
@@ -159,6 +158,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         identity = _identity(data.meta, cfg)
         num_sources = len(cfg.data.sources)
         denoiser = build_denoiser(cfg, num_sources, len(data.meta["modalities"]))
+        for line in device_lines if is_main else ():
+            log(line)
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
                                       weight_decay=t.weight_decay, fused=True)
         ema = EMA(denoiser, t.ema_halflife_kimg, t.ema_rampup_ratio)

@@ -129,11 +129,14 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: an autoencoder already exists; pass --overwrite to train a new one.")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    device = run_device(cfg.train.device, "train-ae", log)  # a GPU asked for but absent: a warning, then CPU
+    device_lines = []  # said once the data is found, so that bad input stays one sentence
+    device = run_device(cfg.train.device, "train-ae", device_lines.append)  # a GPU asked for but absent: warn, CPU
     seed_everything(cfg.train.seed)
     data = slice_datasets(cfg, "train", flip=True)
     if len(data) == 0:
         raise ValueError(f"{cfg.data.prepared}: the training split has no slices.")
+    for line in device_lines:
+        log(line)
     ae = build_autoencoder_for(cfg).to(device)
     params = list(ae.parameters())
     steps = a.steps if params else 0  # the identity autoencoder has nothing to train
