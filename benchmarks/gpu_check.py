@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -57,45 +58,45 @@ def peak_memory(step, device: str) -> int | None:
     return int(torch.cuda.max_memory_allocated())
 
 
-def training_steps(args, peak: dict, deadline: float) -> list[dict]:
-    """bf16 steps per (model, mask ratio, compiled) on `args.size` latents; compiled ones only while time is left."""
+def training_steps(args, peak: dict, plan: list[tuple[str, bool]], deadline: float) -> list[dict]:
+    """bf16 steps per (model, compiled) in `plan` at mask ratio 0 and 0.5 on `args.size` latents; a compiled
+    model is skipped once `deadline` has passed (compiling takes minutes)."""
     speed, common = _bench()
     time_interleaved = common.time_interleaved
     rows = []
-    for model in args.models:
-        for compiled in (False, True) if args.compile else (False,):
-            if compiled and time.perf_counter() > deadline:
-                rows.append({"model": model, "compiled": True, "skipped": "time budget spent"})
-                continue
-            variants, flops = {}, {}
-            for ratio in (0.0, 0.5):
-                name = f"m{ratio}"
-                variants[name] = speed.make_step("phmdiff", model, args.size, args.batch, args.device, ratio, "bf16",
-                                                 compiled)[0]
-                # Every operation is per sample: count one sample's step (eager, same FLOPs) and scale.
-                one = speed.make_step("phmdiff", model, args.size, 1, args.device, ratio, "bf16")[0]
-                flops[name] = args.batch * speed.step_flops(one)
-            tic = time.perf_counter()
-            timings = time_interleaved(variants, repeats=args.repeats, warmup=3 if compiled else 1,
-                                       device=args.device)
-            for ratio in (0.0, 0.5):
-                name, t = f"m{ratio}", timings[f"m{ratio}"]
-                achieved = flops[name] / t["median"]
-                rows.append({"model": model, "compiled": compiled, "mask_ratio": ratio, "batch": args.batch,
-                             "latent": [4, args.size, args.size], "step_s": t["median"], "step_iqr_s": t["iqr"],
-                             "step_cpu_s": t["cpu_median"], "flops_per_step": flops[name],
-                             "achieved_flops_per_s": achieved,
-                             "fraction_of_bf16_peak": achieved / peak["flops_per_s_median"],
-                             "fraction_range": [achieved / peak["flops_per_s_best"],
-                                                achieved / peak["flops_per_s_worst"]],
-                             "peak_memory_bytes": peak_memory(variants[name], args.device),
-                             "wall_s_with_compile": time.perf_counter() - tic})
-            log(f"{model} compiled={compiled}: " + ", ".join(
-                f"mask {r['mask_ratio']}: {r['step_s'] * 1e3:.1f} ms, {100 * r['fraction_of_bf16_peak']:.1f}% of peak"
-                for r in rows[-2:]))
-            del variants
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+    for model, compiled in plan:
+        if compiled and time.perf_counter() > deadline:
+            rows.append({"model": model, "compiled": True, "skipped": "time budget spent"})
+            continue
+        variants, flops = {}, {}
+        for ratio in (0.0, 0.5):
+            name = f"m{ratio}"
+            variants[name] = speed.make_step("phmdiff", model, args.size, args.batch, args.device, ratio, "bf16",
+                                             compiled)[0]
+            # Every operation is per sample: count one sample's step (eager, same FLOPs) and scale.
+            one = speed.make_step("phmdiff", model, args.size, 1, args.device, ratio, "bf16")[0]
+            flops[name] = args.batch * speed.step_flops(one)
+        tic = time.perf_counter()
+        timings = time_interleaved(variants, repeats=args.repeats, warmup=3 if compiled else 1,
+                                   device=args.device)
+        for ratio in (0.0, 0.5):
+            name, t = f"m{ratio}", timings[f"m{ratio}"]
+            achieved = flops[name] / t["median"]
+            rows.append({"model": model, "compiled": compiled, "mask_ratio": ratio, "batch": args.batch,
+                         "latent": [4, args.size, args.size], "step_s": t["median"], "step_iqr_s": t["iqr"],
+                         "step_cpu_s": t["cpu_median"], "flops_per_step": flops[name],
+                         "achieved_flops_per_s": achieved,
+                         "fraction_of_bf16_peak": achieved / peak["flops_per_s_median"],
+                         "fraction_range": [achieved / peak["flops_per_s_best"],
+                                            achieved / peak["flops_per_s_worst"]],
+                         "peak_memory_bytes": peak_memory(variants[name], args.device),
+                         "wall_s_with_compile": time.perf_counter() - tic})
+        log(f"{model} compiled={compiled}: " + ", ".join(
+            f"mask {r['mask_ratio']}: {r['step_s'] * 1e3:.1f} ms, {100 * r['fraction_of_bf16_peak']:.1f}% of peak"
+            for r in rows[-2:]))
+        del variants
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -155,7 +156,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes: the same code in seconds (CPU test)")
     p.add_argument("--out", default=None, help="the JSON (default benchmarks/results/gpu_check.json)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
-    p.add_argument("--budget", type=float, default=420.0, help="seconds; compiled steps are skipped past it")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds; compiled steps start only before 55%% of it (default 420; --quick: 0, so the "
+                        "compiled steps are planned and skipped: compiling on a CPU takes minutes)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
         return 2
     if args.quick:
         args.models, args.size, args.batch, args.repeats = ["PHMDiff-T/2"], 8, 2, 2
-        args.compile, args.train_shape, args.volume, args.train_steps, args.samples = False, (32, 32, 16), \
+        args.compile, args.train_shape, args.volume, args.train_steps, args.samples = True, (32, 32, 16), \
             (48, 40, 16), 2, (2,)
         peak_size, peak_repeats = 256, 3
     else:
@@ -172,6 +175,8 @@ def main(argv=None) -> int:
         args.compile, args.train_shape, args.volume, args.train_steps, args.samples = True, (64, 64, 40), \
             (240, 240, 155), 200, (1, 4)
         peak_size, peak_repeats = 8192, 10
+    if args.budget is None:
+        args.budget = 0.0 if args.quick else 420.0
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     result = {"device": args.device, "quick": args.quick, "machine": _bench()[1].machine(args.device)}
@@ -180,23 +185,34 @@ def main(argv=None) -> int:
     log(f"tests: {result['cuda_tests'].get('summary', result['cuda_tests'].get('skipped'))}")
     result["bf16_peak"] = peak = bf16_peak(args.device, peak_size, peak_repeats)
     log(f"bf16 matmul peak {peak['flops_per_s_median'] / 1e12:.1f} TFLOP/s (median of {peak['repeats']})")
-    result["training"] = training_steps(args, peak, start + args.budget * 0.6)
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "gpu_check.json"
+
+    def save(complete: bool) -> None:
+        """The JSON after every section (a check stopped by the time limit still leaves what it measured)."""
+        xl = [r for r in result.get("training", []) if r.get("model") == "PHMDiff-XL/2"
+              and r.get("mask_ratio") == 0.0 and "skipped" not in r]
+        best = max((r["fraction_of_bf16_peak"] for r in xl), default=None)
+        result["targets"] = {"mfu_XL2": {"target": f">= {TARGET_MFU_XL2}", "value": best,
+                                         "met": best is not None and best >= TARGET_MFU_XL2}}
+        result["complete"], result["wall_s"] = complete, time.perf_counter() - start
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_text(json.dumps(result, indent=1))
+        tmp_out.replace(out)
+
+    # Eager steps, then the translation, then the compiled steps (XL/2 first) while the budget lasts.
+    result["training"] = training_steps(args, peak, [(m, False) for m in args.models], deadline=math.inf)
+    save(False)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         result["translate"] = translate_volume(args, work)
-    xl = [r for r in result["training"] if r.get("model") == "PHMDiff-XL/2" and r.get("mask_ratio") == 0.0
-          and "skipped" not in r]
-    best = max((r["fraction_of_bf16_peak"] for r in xl), default=None)
-    result["targets"] = {"mfu_XL2": {"target": f">= {TARGET_MFU_XL2}", "value": best,
-                                     "met": best is not None and best >= TARGET_MFU_XL2}}
-    result["wall_s"] = time.perf_counter() - start
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "gpu_check.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=1))
-    tmp_out.replace(out)
+    save(False)
+    if args.compile:
+        result["training"] += training_steps(args, peak, [(m, True) for m in reversed(args.models)],
+                                             deadline=start + args.budget * 0.55)
+    save(True)
     log(f"wrote {out} in {result['wall_s']:.0f} s")
     return 0 if result["cuda_tests"].get("rc", 0) == 0 else 1
 

@@ -22,7 +22,9 @@ def test_gpu_check_quick_on_the_cpu_writes_one_json(tmp_path):
     assert "no CUDA device" in r["cuda_tests"]["skipped"]
     peak = r["bf16_peak"]
     assert 0 < peak["flops_per_s_worst"] <= peak["flops_per_s_median"] <= peak["flops_per_s_best"]
-    rows = r["training"]
+    assert r["complete"] and [row for row in r["training"] if "skipped" in row] == [
+        {"model": "PHMDiff-T/2", "compiled": True, "skipped": "time budget spent"}]  # --quick: budget 0
+    rows = [row for row in r["training"] if "skipped" not in row]
     assert {(row["model"], row["mask_ratio"]) for row in rows} == {("PHMDiff-T/2", 0.0), ("PHMDiff-T/2", 0.5)}
     for row in rows:
         lo, hi = row["fraction_range"]
