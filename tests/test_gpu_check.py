@@ -35,6 +35,15 @@ def test_gpu_check_quick_on_the_cpu_writes_one_json(tmp_path):
     assert (tmp_path / "work" / "pred2").is_dir()
     assert r["targets"]["mfu_XL2"]["value"] is None  # XL/2 does not run in --quick
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    text = "\n".join(run_all._gpu_check(tmp_path))  # docs/benchmarks.md's section, rendered from this JSON
+    assert "| PHMDiff-T/2 | True | | skipped: time budget spent |" in text and "Translate 48x40x16" in text
+    assert "not run" in "\n".join(run_all._gpu_check(tmp_path / "nowhere"))
+
 
 def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path):
     import torch
