@@ -121,18 +121,23 @@ def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 5
             variants[name]()
         synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             synchronize(device)
-            tic = time.perf_counter()
+            tic, cpu_tic = time.perf_counter(), time.process_time()
             variants[name]()
             synchronize(device)
             times[name].append(time.perf_counter() - tic)
+            cpu[name].append(time.process_time() - cpu_tic)
         if min_seconds and r >= 2 and time.perf_counter() - start > min_seconds:
             break
-    return {name: {**median_iqr(t), "times": t} for name, t in times.items()}
+    # CPU time (all threads of this process) beside wall time: on a shared machine wall time also counts the
+    # time other processes held the cores, CPU time much less so.
+    return {name: {**median_iqr(t), "times": t, "cpu_median": median_iqr(cpu[name])["median"], "cpu_times": cpu[name]}
+            for name, t in times.items()}
 
 
 def matmul_peak(dtypes=(torch.float32, torch.bfloat16), size: int = 2048, repeats: int = 5,

@@ -35,6 +35,59 @@ def _targets(rows: dict, command: str) -> list[str]:
     return out
 
 
+def _met(value: float, target: str) -> bool:
+    """A value against a target written as '<= x' or '>= x'."""
+    op, bound = target.split()
+    return value <= float(bound) if op == "<=" else value >= float(bound)
+
+
+def _speed_targets(r: dict, command: str) -> list[str]:
+    """speed.py's targets on wall-time medians and on CPU-time medians (met or not on each: on a loaded machine
+    wall time also counts the time others held the cores), and the older code's ratios (--before) when run."""
+    out = ["| target | wall-time ratio | CPU-time ratio | before (wall, CPU) | result (wall, CPU) | reproduce |",
+           "|---|---|---|---|---|---|"]
+    rows = {(t["kind"], t["mask_ratio"], t["dtype"]): t for t in r["training"]}
+    for name, t in r["targets"].items():
+        cpu = t.get("value_cpu_time")
+        peak = r["matmul_peak"]["bfloat16"].get("flops_per_s_cpu_median")
+        if cpu is None and name.startswith("bf16_peak_fraction") and peak and "step_cpu_s" in rows[
+                ("phmdiff", 0.0, "bf16")]:
+            row = rows[("phmdiff", 0.0, "bf16")]
+            cpu = row["flops_per_step"] / row["step_cpu_s"] / peak  # CPU-time FLOP/s over the CPU-time peak
+        before = f"{_fmt(t['before'])}, {_fmt(t['before_cpu_time'])}" if "before" in t else ""
+        rng = t.get("range_over_peak_repeats")
+        value = _fmt(t["value"]) + (f" ({_fmt(rng[0])}-{_fmt(rng[1])})" if rng else "")
+        result = _fmt(t["met"]) + ("" if cpu is None else f", {_fmt(_met(cpu, t['target']))}")
+        out.append(f"| {name}: {t['target']} | {value} | {'' if cpu is None else _fmt(cpu)} | {before} | "
+                   f"{result} | `{command}` |")
+    return out
+
+
+def _gpu_check(results_dir: Path) -> list[str]:
+    """benchmarks/gpu_check.sh's JSON, or the sentence that it was not run."""
+    path = results_dir / "gpu_check.json"
+    if not path.exists():
+        return ["`benchmarks/gpu_check.sh`: **not run** (no GPU was lent to this session); its `--device cpu "
+                "--quick` mode is tested (`tests/test_gpu_check.py`)."]
+    g = json.loads(path.read_text())
+    lines = [f"`benchmarks/gpu_check.sh` on {g['machine'].get('device_name', g['device'])} ({g['wall_s']:.0f} s): "
+             f"CUDA-only tests {g['cuda_tests'].get('summary', g['cuda_tests'].get('skipped'))}; bf16 peak "
+             f"{g['bf16_peak']['flops_per_s_median'] / 1e12:.0f} TFLOP/s.", "",
+             "| model | compiled | mask ratio | step ms | % bf16 peak (range) | peak GB |", "|---|---|---|---|---|---|"]
+    for t in g["training"]:
+        if "skipped" in t:
+            lines.append(f"| {t['model']} | {t['compiled']} | | skipped: {t['skipped']} | | |")
+            continue
+        mem = t.get("peak_memory_bytes")
+        lines.append(f"| {t['model']} | {t['compiled']} | {t['mask_ratio']} | {t['step_s'] * 1e3:.1f} | "
+                     f"{100 * t['fraction_of_bf16_peak']:.1f} ({100 * t['fraction_range'][0]:.1f}-"
+                     f"{100 * t['fraction_range'][1]:.1f}) | {'' if mem is None else f'{mem / 2**30:.2f}'} |")
+    tr = g["translate"]
+    lines += ["", f"Translate {'x'.join(map(str, tr['volume']))} ({tr['model']}, {tr['weights']}): " + ", ".join(
+        f"{k.split('_')[1]} sample(s) {v:.1f} s" for k, v in tr.items() if k.startswith("seconds_")) + "."]
+    return lines
+
+
 def markdown(results_dir: Path) -> str:
     """Tables for docs/benchmarks.md, read from the result JSON files only (nothing typed by hand)."""
     lines = []
@@ -52,25 +105,30 @@ def markdown(results_dir: Path) -> str:
                   f"{m['cores']} cores ({r.get('threads', m['torch_threads'])} threads), torch {m['torch_version']}, "
                   f"load average {', '.join(f'{x:.1f}' for x in m.get('load_average', []))} (shared machine).", ""]
         if name == "speed":
-            lines += _targets(r["targets"], cmd) + [""]
-            lines += ["| model | mask ratio | dtype | step s (median, IQR) | GFLOP/step | achieved GFLOP/s | "
-                      "% fp32 peak | % bf16 peak | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|"]
+            lines += _speed_targets(r, cmd) + [""]
+            lines += ["| model | mask ratio | dtype | step s (median, IQR) | CPU s | GFLOP/step | achieved GFLOP/s | "
+                      "% fp32 peak | % bf16 peak | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|"]
             for t in r["training"]:
                 mem = t.get("memory", {}).get("peak_rss_bytes")
+                cpu = t.get("step_cpu_s")
                 lines.append(f"| {t['kind']} | {t['mask_ratio']} | {t['dtype']} | {t['step_s']:.3f} "
-                             f"({t['step_iqr_s']:.3f}) | {t['flops_per_step'] / 1e9:.1f} | "
+                             f"({t['step_iqr_s']:.3f}) | {'' if cpu is None else f'{cpu:.3f}'} | "
+                             f"{t['flops_per_step'] / 1e9:.1f} | "
                              f"{t['achieved_flops_per_s'] / 1e9:.1f} | "
                              f"{100 * t['fraction_of_float32_peak']:.1f} | "
                              f"{100 * t['fraction_of_bfloat16_peak']:.1f} | "
                              f"{'' if mem is None else f'{mem / 2**30:.2f}'} |")
             pk = r["matmul_peak"]
+            spread = {k: (f" (repeats {v['flops_per_s_worst'] / 1e9:.0f}-{v['flops_per_s_best'] / 1e9:.0f})"
+                          if "flops_per_s_worst" in v else "") for k, v in pk.items()}
             lines += ["", f"Matmul peak ({pk['float32']['size']}^2): fp32 "
-                      f"{pk['float32']['flops_per_s_median'] / 1e9:.0f} GFLOP/s, bf16 "
-                      f"{pk['bfloat16']['flops_per_s_median'] / 1e9:.0f} GFLOP/s (medians).", "",
+                      f"{pk['float32']['flops_per_s_median'] / 1e9:.0f} GFLOP/s{spread['float32']}, bf16 "
+                      f"{pk['bfloat16']['flops_per_s_median'] / 1e9:.0f} GFLOP/s{spread['bfloat16']} "
+                      "(medians; the range is the worst and best repeat).", "",
                       "| sampler | steps | NFE | s per batch | slices/s |", "|---|---|---|---|---|"]
             lines += [f"| {x['sampler']} | {x['steps']} | {x['nfe']:g} | {x['seconds']:.3f} | "
                       f"{x['slices_per_s']:.2f} |" for x in r["sampling"]]
-            lines += ["", f"GPU: {r['gpu_section']}."]
+            lines += ["", f"GPU: {r['gpu_section']}.", ""] + _gpu_check(results_dir)
         elif name == "quality":
             for task in r["tasks"]:
                 lines += [f"**{task['task']}** ({' + '.join(task['sources'])} -> {task['target']}; held out: "

@@ -5,12 +5,15 @@ plus sampling throughput per sampler at equal NFE.
     python benchmarks/speed.py                 # PHMDiff-S/2, 32x32x4 latents, batch 8, CPU, fp32 and bf16
     python benchmarks/speed.py --quick         # tiny model, seconds (smoke test)
     python benchmarks/speed.py --model PHMDiff-XL/2 --device cuda --compile --batch 64
+    git show main:src/phmdiff/masked_dit.py > /tmp/before.py
+    python benchmarks/speed.py --before /tmp/before.py   # an older masked_dit.py timed in the same rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import subprocess
@@ -28,14 +31,27 @@ from phmdiff.masked_dit import build_masked_dit, masked_dit_config
 from phmdiff.sample import SAMPLERS, get_sigmas_karras
 
 MASK_RATIOS = (0.0, 0.5, 0.75)
-TARGETS = {"mask0.5_over_unmasked": 0.6, "phmdiff_over_diffusers": 1.0, "bf16_peak_fraction_S2": 0.40,
+TARGETS = {"mask0.5_over_unmasked": 0.5, "phmdiff_over_diffusers": 1.0, "bf16_peak_fraction_S2": 0.40,
            "gpu_mfu_XL2": 0.35}
 
 
-def phmdiff_setup(model_name: str, size: int, batch: int, device: str, seed: int = 0):
+BEFORE: dict = {}  # "module": an older masked_dit module (--before), timed as kind "phmdiff-before"
+
+
+def load_before(path: str):
+    """An older `masked_dit.py` (self-contained: it imports only torch) as its own module."""
+    spec = importlib.util.spec_from_file_location("masked_dit_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def phmdiff_setup(model_name: str, size: int, batch: int, device: str, seed: int = 0, before: bool = False):
     """PHMDiff denoiser with two source modalities and the coarse condition, as the pipeline trains it."""
     torch.manual_seed(seed)
-    net = build_masked_dit(model_name, input_size=size, latent_channels=4, num_sources=2)
+    build = BEFORE["module"].build_masked_dit if before else build_masked_dit
+    net = build(model_name, input_size=size, latent_channels=4, num_sources=2)
     denoiser = EDMPrecond(net).to(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, size, size, generator=gen).to(device)
@@ -65,8 +81,8 @@ def make_step(kind: str, model_name: str, size: int, batch: int, device: str, ma
     """One closure = forward + loss + backward + AdamW step; returns (step, model)."""
     amp = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if dtype == "bf16" else None
     gen = torch.Generator().manual_seed(1)
-    if kind == "phmdiff":
-        model, x, kwargs = phmdiff_setup(model_name, size, batch, device)
+    if kind.startswith("phmdiff"):
+        model, x, kwargs = phmdiff_setup(model_name, size, batch, device, before=kind == "phmdiff-before")
         fwd = torch.compile(model) if compile_model else model
 
         def loss_fn():
@@ -96,13 +112,14 @@ def make_step(kind: str, model_name: str, size: int, batch: int, device: str, ma
 
 @contextlib.contextmanager
 def count_attention_flops(counter: list):
-    """Count the FLOPs of F.scaled_dot_product_attention (FlopCounterMode misses the CPU kernel): 4 B H Tq Tk d
+    """Count the FLOPs of F.scaled_dot_product_attention on the CPU (FlopCounterMode misses that kernel): 4 B H Tq Tk d
     forward, twice that backward when a gradient is needed."""
     original = F.scaled_dot_product_attention
 
     def counted(q, k, v, *args, **kwargs):
         fwd = 4.0 * math.prod(q.shape[:-1]) * k.shape[-2] * q.shape[-1]
-        counter[0] += fwd * (3.0 if q.requires_grad else 1.0)
+        if q.device.type == "cpu":  # FlopCounterMode counts the CUDA kernels (flash, efficient, cuDNN) itself
+            counter[0] += fwd * (3.0 if q.requires_grad else 1.0)
         return original(q, k, v, *args, **kwargs)
     F.scaled_dot_product_attention = counted
     try:
@@ -158,6 +175,8 @@ def training_variants(args) -> list[dict]:
     for dtype in args.dtypes:
         out.append({"kind": "diffusers", "mask_ratio": 0.0, "dtype": dtype})
         out += [{"kind": "phmdiff", "mask_ratio": r, "dtype": dtype} for r in MASK_RATIOS]
+        if BEFORE:
+            out += [{"kind": "phmdiff-before", "mask_ratio": r, "dtype": dtype} for r in (0.0, 0.5)]
     return out
 
 
@@ -190,6 +209,8 @@ def bench_training(args) -> tuple[list[dict], dict]:
     timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=args.device)
     peaks = {key: {"size": size, "flops_per_s_median": f / timings[f"matmul-{key}"]["median"],
                    "flops_per_s_best": f / min(timings[f"matmul-{key}"]["times"]),
+                   "flops_per_s_worst": f / max(timings[f"matmul-{key}"]["times"]),
+                   "flops_per_s_cpu_median": f / timings[f"matmul-{key}"]["cpu_median"],
                    "seconds_median": timings[f"matmul-{key}"]["median"], "seconds_iqr": timings[f"matmul-{key}"]["iqr"]}
              for key, f in peak_flops.items()}
     for v in variants:
@@ -197,12 +218,17 @@ def bench_training(args) -> tuple[list[dict], dict]:
         # Every operation is per sample, so the FLOPs of a batch are batch x those of one sample: count on one.
         one = make_step(v["kind"], args.model, args.size, 1, args.device, v["mask_ratio"], v["dtype"])[0]
         flops = args.batch * step_flops(one)
-        row = {**v, "step_s": t["median"], "step_iqr_s": t["iqr"], "n": t["n"], "flops_per_step": flops,
+        row = {**v, "step_s": t["median"], "step_iqr_s": t["iqr"], "step_cpu_s": t["cpu_median"], "n": t["n"],
+               "flops_per_step": flops,
                "achieved_flops_per_s": flops / t["median"], "slices_per_s": args.batch / t["median"]}
         for peak_dtype, peak in peaks.items():
             row[f"fraction_of_{peak_dtype}_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s_median"]
+            # The peak's spread over its repeats gives the fraction's: against the best and the worst repeat.
+            row[f"fraction_of_{peak_dtype}_peak_range"] = [row["achieved_flops_per_s"] / peak["flops_per_s_best"],
+                                                           row["achieved_flops_per_s"] / peak["flops_per_s_worst"]]
         # --quick probes one variant only: each probe is a fresh process (seconds of imports).
-        probe = not args.no_memory and (not args.quick or (v["kind"], v["mask_ratio"]) == ("phmdiff", 0.5))
+        probe = not args.no_memory and (not args.quick or (v["kind"], v["mask_ratio"]) == ("phmdiff", 0.5)) \
+            and v["kind"] != "phmdiff-before"  # the child process knows only the current code
         if args.device == "cpu" and probe:
             row["memory"] = cpu_memory({"kind": v["kind"], "model": args.model, "size": args.size,
                                         "batch": args.batch, "mask_ratio": v["mask_ratio"], "dtype": v["dtype"]})
@@ -246,17 +272,25 @@ def bench_sampling(args) -> list[dict]:
 
 
 def summarize(rows: list[dict], model: str, device: str) -> dict:
-    """Each target against its measured value."""
+    """Each target against its measured value (wall-time medians; CPU-time ratios beside them), and the same
+    ratios of the older code when --before was given."""
     by = {(r["kind"], r["mask_ratio"], r["dtype"]): r for r in rows}
     out = {}
+
+    def ratios(kind: str, dtype: str) -> dict:
+        un, half, dit = by[(kind, 0.0, dtype)], by[(kind, 0.5, dtype)], by[("diffusers", 0.0, dtype)]
+        return {"mask": half["step_s"] / un["step_s"], "mask_cpu": half["step_cpu_s"] / un["step_cpu_s"],
+                "dit": un["step_s"] / dit["step_s"], "dit_cpu": un["step_cpu_s"] / dit["step_cpu_s"]}
     for dtype in sorted({r["dtype"] for r in rows}):
-        base = by[("phmdiff", 0.0, dtype)]["step_s"]
-        ratio = by[("phmdiff", 0.5, dtype)]["step_s"] / base
-        out[f"mask0.5_over_unmasked_{dtype}"] = {"target": f"<= {TARGETS['mask0.5_over_unmasked']}",
-                                                "value": ratio, "met": ratio <= TARGETS["mask0.5_over_unmasked"]}
-        vs = base / by[("diffusers", 0.0, dtype)]["step_s"]
-        out[f"phmdiff_over_diffusers_{dtype}"] = {"target": f"<= {TARGETS['phmdiff_over_diffusers']}", "value": vs,
-                                                 "met": vs <= TARGETS["phmdiff_over_diffusers"]}
+        now = ratios("phmdiff", dtype)
+        before = ratios("phmdiff-before", dtype) if ("phmdiff-before", 0.0, dtype) in by else None
+        for key, name, target in (("mask", "mask0.5_over_unmasked", TARGETS["mask0.5_over_unmasked"]),
+                                  ("dit", "phmdiff_over_diffusers", TARGETS["phmdiff_over_diffusers"])):
+            entry = {"target": f"<= {target}", "value": now[key], "met": now[key] <= target,
+                     "value_cpu_time": now[f"{key}_cpu"]}
+            if before is not None:
+                entry.update(before=before[key], before_cpu_time=before[f"{key}_cpu"])
+            out[f"{name}_{dtype}"] = entry
     if ("phmdiff", 0.0, "bf16") in by:
         r = by[("phmdiff", 0.0, "bf16")]
         key, goal = ("gpu_mfu", TARGETS["gpu_mfu_XL2"]) if device.startswith("cuda") else \
@@ -264,6 +298,7 @@ def summarize(rows: list[dict], model: str, device: str) -> dict:
         frac = r.get("fraction_of_bfloat16_peak")
         if frac is not None:
             out[f"{key}_{model}"] = {"target": f">= {goal}", "value": frac, "met": frac >= goal,
+                                     "range_over_peak_repeats": r.get("fraction_of_bfloat16_peak_range"),
                                      "applies": model in ("PHMDiff-S/2", "PHMDiff-XL/2")}
     return out
 
@@ -283,6 +318,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory child processes")
     p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--before", default=None, help="an older masked_dit.py, timed beside the current one")
+    p.add_argument("--no-sampling", action="store_true", help="skip the sampler throughput section")
     p.add_argument("--probe-memory", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     # --quick uses one thread: on a loaded 2-core machine two OpenMP threads wait on each other for seconds.
@@ -290,6 +327,8 @@ def main(argv=None) -> int:
     if args.probe_memory:
         print(json.dumps(probe_memory(json.loads(args.probe_memory))))
         return 0
+    if args.before:
+        BEFORE["module"] = load_before(args.before)
     args.model = args.model or ("PHMDiff-T/2" if args.quick else "PHMDiff-S/2")
     args.size = args.size or (8 if args.quick else 32)
     args.batch = args.batch or (2 if args.quick else 8)
@@ -300,21 +339,23 @@ def main(argv=None) -> int:
     # The peak alone, first, and again interleaved with the steps (the fractions use the interleaved one).
     peaks_alone = matmul_peak(size=512 if args.quick else 2048, repeats=2 if args.quick else 5, device=args.device)
     training, peaks = bench_training(args)
-    sampling = bench_sampling(args)
+    sampling = [] if args.no_sampling else bench_sampling(args)
     targets = summarize(training, args.model, args.device)
     gpu = ("run on " + args.device) if args.device.startswith("cuda") else \
         "not run: no GPU was lent to this session (run `--model PHMDiff-XL/2 --device cuda --compile` on one)"
     results = {"model": args.model, "latent": [4, args.size, args.size], "batch": args.batch, "device": args.device,
-               "threads": threads, "compile": args.compile, "quick": args.quick, "matmul_peak": peaks,
+               "threads": threads, "compile": args.compile, "quick": args.quick, "before": args.before,
+               "matmul_peak": peaks,
                "matmul_peak_alone": peaks_alone,
                "training": training, "sampling": sampling, "targets": targets, "gpu_section": gpu,
                "wall_s": time.perf_counter() - tic}
     path = write_result("speed", results, args.device, args.out_dir)
-    print_table(training, ["kind", "mask_ratio", "dtype", "step_s", "step_iqr_s", "achieved_flops_per_s",
+    print_table(training, ["kind", "mask_ratio", "dtype", "step_s", "step_cpu_s", "step_iqr_s", "achieved_flops_per_s",
                            "fraction_of_float32_peak", "fraction_of_bfloat16_peak"])
     print_table(sampling, ["sampler", "steps", "nfe", "seconds", "slices_per_s"])
     for name, t in targets.items():
-        print(f"{name}: {t['value']:.3f} (target {t['target']}) {'met' if t['met'] else 'MISSED'}")
+        before = f", before {t['before']:.3f}" if "before" in t else ""
+        print(f"{name}: {t['value']:.3f} (target {t['target']}) {'met' if t['met'] else 'MISSED'}{before}")
     print(f"wrote {path}")
     return 0
 

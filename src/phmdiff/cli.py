@@ -48,6 +48,9 @@ def build_parser(command: str) -> tuple[argparse.ArgumentParser, object]:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"phmdiff {command}", description=help_)
     module.add_arguments(parser)
+    if not any("--threads" in action.option_strings for action in parser._actions):
+        parser.add_argument("--threads", type=int, default=0,
+                            help="torch CPU threads (default 0: every available core, or OMP_NUM_THREADS when set)")
     return parser, module
 
 
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser, module = build_parser(command)
     args = parser.parse_args(rest)
     try:
+        from phmdiff.devices import set_threads
+
+        set_threads(getattr(args, "threads", 0))  # every command uses the available cores unless told otherwise
         return int(module.run(args) or 0)
     except KeyboardInterrupt as exc:  # a training run says where it saved; its exit code names the signal
         print(f"phmdiff {command}: {exc or 'interrupted.'}", file=sys.stderr)

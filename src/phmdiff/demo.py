@@ -106,10 +106,9 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     the squared error of the posterior mean, which PSNR/SSIM reward (measured on the demo: +0.9 dB, +0.07 SSIM
     for 4 samples); translate also writes each sample and their std.
     """
-    if threads:  # 0 or None: torch's default, one thread per core
-        import torch
+    from phmdiff.devices import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads or 0)  # 0 or None: every available core
     from phmdiff.data.phantom import write_phantom
     from phmdiff.training import run_pipeline
     from phmdiff.translate import translate
@@ -243,7 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.max_num_steps=500")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (default 0: torch's choice, every core of the machine)")
+                        help="torch intra-op threads (default 0: every available core, or OMP_NUM_THREADS when set)")
     parser.add_argument("--n-samples", type=int, default=4,
                         help="samples per test subject; the prediction is their mean (default 4)")
     parser.add_argument("--no-progress", action="store_true")
@@ -253,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     if args.subjects < 3:
         raise ValueError(f"--subjects is {args.subjects}; the demo needs at least 3 (train, validation, test).")
     if args.threads < 0:
-        raise ValueError(f"--threads is {args.threads}; expected 0 (torch's default) or more.")
+        raise ValueError(f"--threads is {args.threads}; expected 0 (every available core) or more.")
     if args.n_samples < 1:
         raise ValueError(f"--n-samples is {args.n_samples}; expected 1 or more.")
     if args.task == "generate":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+
 import torch
 
 # The device choices every command offers; "auto" picks the first available of the others, in this order.
@@ -28,3 +32,58 @@ def choose_device(preference: str = "auto") -> torch.device:
     if preference not in DEVICES:
         raise ValueError(f"device {preference!r} is unknown; expected one of {', '.join(DEVICES)}.")
     return torch.device(preference)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity set, capped by a cgroup CPU quota (containers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    try:  # cgroup v2 "max 100000" or "200000 100000": quota / period cores
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def set_threads(threads: int = 0) -> int:
+    """Torch intra-op threads: `threads` > 0 as given; 0 uses every available core, unless OMP_NUM_THREADS says
+    otherwise (then torch's own choice, which follows it). Returns the number in use."""
+    if threads < 0:
+        raise ValueError(f"--threads is {threads}; expected 0 (every available core) or more.")
+    if threads == 0 and not os.environ.get("OMP_NUM_THREADS"):
+        threads = available_cores()
+    if threads > 0 and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def run_device(preference: str, command: str, log=None) -> torch.device:
+    """The device a command runs on, announced in one line; a requested GPU that is absent is a warning and the
+    run goes on on the CPU (a config written for a GPU machine still runs on a laptop, slowly, and says so)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if preference == "cuda" and not torch.cuda.is_available():
+        log(f"phmdiff {command}: warning: the config asks for device 'cuda' but no CUDA GPU is available; "
+            "running on the CPU instead (set train.device=cpu or auto to silence this).")
+        preference = "cpu"
+    elif preference == "mps" and not mps_available():
+        log(f"phmdiff {command}: warning: the config asks for device 'mps' but Apple MPS is not available; "
+            "running on the CPU instead.")
+        preference = "cpu"
+    device = choose_device(preference)
+    log(f"phmdiff {command}: running on {describe_device(device)}")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """'cuda:0 (NVIDIA H200, 139.8 GiB)' or 'cpu (2 threads)'."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)

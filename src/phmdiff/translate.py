@@ -26,7 +26,7 @@ import torch
 
 from phmdiff.consistency import joint_bilateral_z
 from phmdiff.data.names import ALIASES, canonical
-from phmdiff.devices import DEVICES
+from phmdiff.devices import DEVICES, run_device
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 from phmdiff.inference import (
@@ -287,7 +287,13 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     if not (z_sigma >= 0 and z_h > 0):
         raise ValueError(f"--z-sigma {z_sigma} and --z-h {z_h}: expected z-sigma >= 0 (0 = off) and z-h > 0.")
     out = Path(out)
+    # Which device, in one line once the run has loaded (bad input stays one sentence); a GPU asked for but
+    # absent is a warning and the run goes on on the CPU.
+    device_lines = []
+    device = str(run_device(device, "translate", device_lines.append))
     trained = load_trained(run, device)
+    for line in device_lines:
+        (log or (lambda msg: print(msg, file=sys.stderr, flush=True)))(line)
     sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
     any_to_any = bool(ident.get("any_to_any"))

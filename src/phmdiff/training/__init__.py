@@ -57,7 +57,7 @@ def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
         else:
             from phmdiff.training.train_ae import train_autoencoder
 
-            report = train_autoencoder(cfg, progress=progress)
+            report = train_autoencoder(cfg, progress=progress, log=log)
             done["train-ae"] = report
             if report.get("preset") == "identity":
                 log("train-ae: identity autoencoder (pixel-space diffusion): nothing to train")
@@ -79,6 +79,6 @@ def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
     if "train" in stages:
         from phmdiff.training.loop import train
 
-        done["train"] = train(cfg, resume="auto", progress=progress)
+        done["train"] = train(cfg, resume="auto", progress=progress, log=log)
         log(f"train: {done['train']['run_dir']} at step {done['train']['step']}")
     return done

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, source_slots, to_yaml
+from phmdiff.devices import run_device
 from phmdiff.factory import build_denoiser, build_objective
 from phmdiff.fsutil import atomic_write_text
 from phmdiff.inference import SamplingSettings, decode_target, encode_sources, load_run_autoencoder, sample_latents
@@ -136,16 +137,21 @@ def _fmt(value) -> str:
 
 
 def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=None, after_step=None,
-          allow_config_change: bool = False) -> dict:
+          allow_config_change: bool = False, log=None) -> dict:
     """Train until `train.max_num_steps`; returns {"run_dir", "step", "nonfinite_total", "best_psnr", ...}.
 
     `resume`: "auto" continues from the newest valid checkpoint of the run folder, "none" refuses a run
     folder that already has checkpoints, any other value is a checkpoint folder to start from.
     `step_hook(step, terms)` may edit the loss terms (tests inject non-finite losses with it);
     `after_step(step, model, accelerator)` is called on every rank after each step (tests check replicas).
+    `log(line)` receives the device line and, without a progress bar, a line every `log.log_every` steps
+    (stderr when None).
     """
     t, m = cfg.train, cfg.model
-    accelerator = setup_accelerator(t.amp, t.grad_accum, t.device)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    device_lines = []  # said once the data is found, so that bad input stays one sentence
+    device_type = run_device(t.device, "train", device_lines.append).type  # a GPU asked for but absent: warn, CPU
+    accelerator = setup_accelerator(t.amp, t.grad_accum, device_type)
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     run_dir = cfg.run_dir
     lock = RunLock(run_dir).acquire() if is_main else None
@@ -166,6 +172,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         identity = _identity(data.meta, cfg)
         num_sources = len(source_slots(cfg.data))
         denoiser = build_denoiser(cfg, num_sources, len(data.meta["modalities"]))
+        for line in device_lines if is_main else ():
+            log(line)
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
                                       weight_decay=t.weight_decay, fused=True)
         ema = EMA(denoiser, t.ema_halflife_kimg, t.ema_rampup_ratio)
@@ -280,6 +288,9 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 row = _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val)
                 window, tic = [], time.perf_counter()
                 if is_main:
+                    if bar is None:  # --no-progress: one line every log.log_every steps instead of the bar
+                        log(f"train: step {step}/{t.max_num_steps}  loss {row['loss']:.4f}  "
+                            f"{row['sec_per_step']:.3f} s/step" + (f"  val PSNR {val['psnr']:.2f} dB" if val else ""))
                     _append_csv(run_dir / "log.csv", row)
                     if writer is not None:
                         for k, v in row.items():
@@ -427,7 +438,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--resume", default="auto",
                         help="auto (newest valid checkpoint of the run folder), none, or a checkpoint folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (a line every log.log_every steps instead)")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume even though seed, batch size, lr, mask ratio or model differ from the checkpoint")
 

@@ -113,10 +113,13 @@ def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> d
             "ssim_std": float(np.std(ssims))}
 
 
-def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = True) -> dict:
-    """Train, evaluate, scale and save the autoencoder to `autoencoder_path(cfg)`; returns the report."""
+def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = True, log=None) -> dict:
+    """Train, evaluate, scale and save the autoencoder to `autoencoder_path(cfg)`; returns the report.
+
+    `log(line)` receives the device line and, without a progress bar, a line every `log.log_every` steps
+    (stderr when None)."""
     from phmdiff.autoencoder import save_autoencoder
-    from phmdiff.devices import choose_device
+    from phmdiff.devices import run_device
     from phmdiff.inference import autoencoder_path
     from phmdiff.losses import ae_loss
     from phmdiff.training.distributed import seed_everything
@@ -125,11 +128,15 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
     out = autoencoder_path(cfg)
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: an autoencoder already exists; pass --overwrite to train a new one.")
-    device = choose_device(cfg.train.device)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    device_lines = []  # said once the data is found, so that bad input stays one sentence
+    device = run_device(cfg.train.device, "train-ae", device_lines.append)  # a GPU asked for but absent: warn, CPU
     seed_everything(cfg.train.seed)
     data = slice_datasets(cfg, "train", flip=True)
     if len(data) == 0:
         raise ValueError(f"{cfg.data.prepared}: the training split has no slices.")
+    for line in device_lines:
+        log(line)
     ae = build_autoencoder_for(cfg).to(device)
     params = list(ae.parameters())
     steps = a.steps if params else 0  # the identity autoencoder has nothing to train
@@ -161,6 +168,9 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(l1=f"{l1.item():.4f}", ssim=f"{s.item():.3f}")
+            elif step % cfg.log.log_every == 0 or step == steps:  # --no-progress: a line every N steps
+                log(f"train-ae: step {step}/{steps}  L1 {l1.item():.4f}  SSIM {s.item():.3f}  "
+                    f"{(time.perf_counter() - tic) / step:.3f} s/step")
             if step >= steps:
                 break
     if bar is not None:
@@ -183,7 +193,8 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing autoencoder")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (a line every log.log_every steps instead)")
 
 
 def run(args: argparse.Namespace) -> int:
