@@ -28,18 +28,27 @@ def round_trip(trained, slices: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return out
 
 
-def oracle_volume(trained, subject, settings, sources: list[str], target: str, norm) -> np.ndarray:
-    """The subject's true target through the pipeline, on its own grid and in its own units (a perfect model)."""
+def oracle_volume(trained, subject, settings, sources: list[str], target: str, norm, plan=None) -> np.ndarray:
+    """The subject's true target through the pipeline, on its own grid and in its own units (a perfect model).
+
+    `plan`: translate's in-plane resampling of this subject (`phmdiff.data.spacing.plan`), applied on the way in
+    and undone on the way out, as for the prediction.
+    """
     from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume
     from phmdiff.inference import crop_plane, plane_multiple
     from phmdiff.translate import plane_slices
 
     mods = [*sources, target]
     volumes, affine, _ = load_subject_volumes(subject, mods)
+    if plan is not None:
+        from phmdiff.data.spacing import resize
+
+        volumes, affine = {m: resize(v, plan.new_shape) for m, v in volumes.items()}, plan.affine
     every = VolumeSettings.from_dict({**asdict(settings), "modalities": mods})
     cfg = getattr(trained, "cfg", None)  # a stand-in run without a config pads for its autoencoder alone
     multiple = plane_multiple(cfg) if cfg is not None else int(getattr(trained.autoencoder, "downsample_factor", 1))
     slices, spec, pads = plane_slices(volumes, affine, every, multiple)  # the plane translate sees, whole
     k = 2 * spec.context + 1
     truth = slices[:, len(sources) * k + spec.context]  # (n, H, W): the target as training normalized it
-    return slices_to_volume(crop_plane(round_trip(trained, truth), pads), spec, target, norm=norm)
+    volume = slices_to_volume(crop_plane(round_trip(trained, truth), pads), spec, target, norm=norm)
+    return volume if plan is None else plan.back(volume)

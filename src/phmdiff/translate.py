@@ -438,7 +438,7 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
     if "ceiling" in files:
         from phmdiff.ceiling import oracle_volume
 
-        oracle = oracle_volume(trained, sub, settings, sources, target, norm)
+        oracle = oracle_volume(trained, sub, settings, sources, target, norm, plan if resample else None)
         write_like(to_output(oracle, dtype, settings.ct_window), reference, files["ceiling"], dtype)
     is_brats = (sub.layout or "").startswith("brats")
     return {
