@@ -163,3 +163,13 @@ def test_quick_translate_speed_writes_before_and_after(tmp_path, restore_threads
     assert variants["batched"]["plane_predicted"] == [32, 32]  # the whole plane, not the 16x16 training crop
     if "main" in variants:  # where git can give main's src/
         assert variants["main"]["plane_predicted"] == [16, 16]
+
+
+def test_through_plane_scores_every_filter_setting(tiny_run, tmp_path, restore_threads):
+    import through_plane
+
+    assert through_plane.main(["--run", str(tiny_run / "run"), "--input", str(tiny_run / "ph"), "--subjects",
+                               "PHANTOM_00000", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    rows = _load(tmp_path / "through_plane.json")["rows"]
+    assert len(rows) == len(through_plane.GRID)
+    assert all(math.isfinite(r["grad_error_through"]) and math.isfinite(r["psnr_through"]) for r in rows)
