@@ -163,7 +163,7 @@ def phmdiff(cfg, budget: float, seeds: list[int], work: Path) -> tuple[np.ndarra
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=None, help=f"training CPU seconds per method (default "
-                   f"{DEFAULT_BUDGET_S:g}; --quick: 2)")
+                   f"{DEFAULT_BUDGET_S:g}; --quick: 1)")
     p.add_argument("--n-samples", type=int, default=None, help="generated slices per method (default 64; --quick 4)")
     p.add_argument("--target", default="flair", help="the modality generated (default flair)")
     p.add_argument("--subjects", type=int, default=8)
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(DEFAULT_WORK))
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
-    budget = args.budget or (2.0 if args.quick else DEFAULT_BUDGET_S)
+    budget = args.budget or (1.0 if args.quick else DEFAULT_BUDGET_S)
     n = args.n_samples or (4 if args.quick else 64)
     threads = set_threads(args.threads)
     from phmdiff.data.phantom import write_phantom
