@@ -43,9 +43,9 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
-def test_bf16_step_matches_the_float64_step_within_bf16_tolerance(mask_ratio, device):
+def test_bf16_step_matches_the_float64_step_within_bf16_tolerance(mask_ratio, device, monkeypatch):
     if device == "cuda":  # TF32 would make the float32 comparison a bf16-like one
-        torch.backends.cuda.matmul.allow_tf32 = False
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     denoiser = tiny_pyramid_denoiser(seed=2).to(device)
     ref_loss, ref_grad = _loss_and_grad(copy.deepcopy(denoiser).double(), torch.float64, mask_ratio, False, device)
     loss32, grad32 = _loss_and_grad(copy.deepcopy(denoiser), torch.float32, mask_ratio, False, device)
