@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from phmdiff.devices import available_cores, run_device, set_threads
+from phmdiff.devices import run_device
+from phmdiff.threads import available_cores, set_threads
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for an absent GPU")
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, module = build_parser(command)
     args = parser.parse_args(rest)
     try:
-        from phmdiff.devices import set_threads
+        from phmdiff.threads import set_threads
 
         set_threads(getattr(args, "threads", 0))  # every command uses the available cores unless told otherwise
         return int(module.run(args) or 0)

@@ -106,7 +106,7 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     the squared error of the posterior mean, which PSNR/SSIM reward (measured on the demo: +0.9 dB, +0.07 SSIM
     for 4 samples); translate also writes each sample and their std.
     """
-    from phmdiff.devices import set_threads
+    from phmdiff.threads import set_threads
 
     set_threads(threads or 0)  # 0 or None: every available core
     from phmdiff.data.phantom import write_phantom

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 
 import torch
@@ -32,33 +30,6 @@ def choose_device(preference: str = "auto") -> torch.device:
     if preference not in DEVICES:
         raise ValueError(f"device {preference!r} is unknown; expected one of {', '.join(DEVICES)}.")
     return torch.device(preference)
-
-
-def available_cores() -> int:
-    """CPU cores this process may use: its affinity set, capped by a cgroup CPU quota (containers)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    try:  # cgroup v2 "max 100000" or "200000 100000": quota / period cores
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
-def set_threads(threads: int = 0) -> int:
-    """Torch intra-op threads: `threads` > 0 as given; 0 uses every available core, unless OMP_NUM_THREADS says
-    otherwise (then torch's own choice, which follows it). Returns the number in use."""
-    if threads < 0:
-        raise ValueError(f"--threads is {threads}; expected 0 (every available core) or more.")
-    if threads == 0 and not os.environ.get("OMP_NUM_THREADS"):
-        threads = available_cores()
-    if threads > 0 and threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
 
 
 def run_device(preference: str, command: str, log=None) -> torch.device:

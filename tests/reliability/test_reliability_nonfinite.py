@@ -53,7 +53,7 @@ def test_a_streak_of_nan_steps_stops_with_the_step_and_keeps_the_last_good_check
     poisoned = _poisoned_cache(data / "latents", tmp_path / "poisoned")
     code = main(["train", "--config", str(config), "--no-progress", "train.max_num_steps=10",
                  "train.max_nonfinite_steps=3", f"data.cache={poisoned}"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = fx.sentences(capsys.readouterr().err)
     assert code == 2 and len(err) == 1, err
     # Steps 3, 4 and 5 are non-finite: the sentence names step 5 and where the good checkpoint is.
     assert "stopped at step 5" in err[0] and "3 steps in a row" in err[0] and str(run) in err[0], err[0]

@@ -138,7 +138,7 @@ def test_a_full_disk_ends_with_a_sentence_and_keeps_earlier_outputs(tmp_path_fac
         config = fx.write_config(data, small / "run", path=tmp_path / "small.yaml")
         capsys.readouterr()
         code = main(["train", "--config", str(config), "--no-progress", "train.max_num_steps=4"])
-        err = capsys.readouterr().err.strip().splitlines()
+        err = fx.sentences(capsys.readouterr().err)
         assert code == 2 and len(err) == 1 and "could not write the checkpoint" in err[0], err
         assert "MiB free" in err[0] and "step-000004" in err[0] and "Traceback" not in err[0]
         kept = find_latest(small / "run")

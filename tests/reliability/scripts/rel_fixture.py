@@ -76,6 +76,16 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120, check: bool =
     return proc
 
 
+# What a run says while it works (`--no-progress` logs, the device line): not part of a failure's one sentence.
+INFO_PREFIXES = ("train: step ", "train-ae: step ", "phmdiff train: running on", "phmdiff train-ae: running on",
+                 "phmdiff translate: running on", "translate: ")
+
+
+def sentences(stderr: str) -> list[str]:
+    """The lines of `stderr` that are not progress or device lines: a failure must leave exactly one."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith(INFO_PREFIXES)]
+
+
 def in_process(*args: str) -> None:
     """Run `phmdiff ARGS` in this process (set-up steps, where a subprocess would only cost start-up time)."""
     from phmdiff.cli import main
