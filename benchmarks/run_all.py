@@ -112,8 +112,11 @@ def markdown(results_dir: Path) -> str:
                       + ", ".join(f"{k} {v / 2**30:.2f} GB"
                                   for k, v in r["translate_estimate_by_backbone_bytes"].items()) + "."]
         elif name == "anytoany":
-            lines += [f"One any-to-any model trained {r['budget_s_anytoany']:g} s against a dedicated model per "
-                      f"direction trained {r['budget_s_per_dedicated_model']:g} s each; mean of {r['n_samples']} "
+            per = r.get("budget_steps_per_dedicated_model")
+            budget = (f"{3 * per} steps against a dedicated model per direction trained {per} steps" if per else
+                      f"{r['budget_s_anytoany']:g} s against a dedicated model per direction trained "
+                      f"{r['budget_s_per_dedicated_model']:g} s")
+            lines += [f"One any-to-any model trained {budget} each; mean of {r['n_samples']} "
                       f"samples, held out: {', '.join(r['directions'][0]['test_subjects'])}. `{cmd}`", "",
                       "| direction | model | PSNR dB | SSIM | lesion PSNR dB | steps | train s | train CPU s |",
                       "|---|---|---|---|---|---|---|---|"]
