@@ -8,7 +8,8 @@ share one phantom and the same held-out subjects; scored with the volume protoco
 on the mean of n samples, beside the noise-free ceiling.
 
     python benchmarks/anytoany.py                 # default budget (120 s per dedicated model, 360 s any-to-any)
-    python benchmarks/anytoany.py --quick         # tiny sizes, seconds (smoke test)
+    python benchmarks/anytoany.py --steps 300     # a step budget instead: 300 per dedicated model, 900 any-to-any
+    python benchmarks/anytoany.py --quick         # tiny sizes, 6 steps per dedicated model (smoke test)
 """
 
 from __future__ import annotations
@@ -47,14 +48,22 @@ def config_for(work: Path, phantom: Path, data: list[str], quick: bool, override
     return load_config(DEMO_CONFIG, [*paths, *data, *overrides])
 
 
-def train_model(cfg, budget_s: float) -> dict:
-    """Prepare the data of `cfg` and train it for `budget_s` seconds of wall clock (`quality.train_phmdiff`)."""
+def train_model(cfg, budget_s: float, steps: int | None = None) -> dict:
+    """Prepare the data of `cfg` and train it for `budget_s` seconds of wall clock (`quality.train_phmdiff`),
+    or for exactly `steps` steps (a budget that the machine's load cannot move), the last tenth unmasked."""
     from phmdiff.training import run_pipeline
 
     run_pipeline(cfg, stages=("prepare", "train-ae"), progress=False, log=lambda *_: None)
     cpu = time.process_time()
-    info = train_phmdiff(cfg, budget_s)
-    return {**info, "train_cpu_seconds": time.process_time() - cpu, "budget_s": budget_s}
+    if steps is None:
+        info = train_phmdiff(cfg, budget_s)
+    else:
+        tic = time.perf_counter()
+        cfg.train.max_num_steps, cfg.train.unmasked_finetune_steps = steps, steps // 10
+        done = run_pipeline(cfg, stages=("encode", "train"), progress=False, log=lambda *_: None)["train"]
+        info = {"train_seconds": time.perf_counter() - tic, "diffusion_steps": done["step"],
+                "unmasked_finetune_steps": steps // 10}
+    return {**info, "train_cpu_seconds": time.process_time() - cpu, "budget_s": budget_s, "budget_steps": steps}
 
 
 def run(args) -> dict:
@@ -74,13 +83,14 @@ def run(args) -> dict:
     for task in DIRECTIONS:  # (a) one dedicated model per direction, `budget` seconds each
         cfg = config_for(work / task.name, phantom, [f"data.sources=[{','.join(task.sources)}]",
                                                     f"data.target={task.target}"], args.quick, overrides)
-        training[task.name] = train_model(cfg, args.budget)
+        training[task.name] = train_model(cfg, args.budget, args.steps)
         runs[task.name] = cfg
     # (b) one any-to-any model for the sum of their budgets
     any_cfg = config_for(work / "anytoany", phantom, ["data.any_to_any=true",
                                                       f"data.modalities=[{','.join(MODALITIES)}]"], args.quick,
                          overrides)
-    training["anytoany"] = train_model(any_cfg, args.budget * len(DIRECTIONS))
+    training["anytoany"] = train_model(any_cfg, args.budget * len(DIRECTIONS),
+                                       args.steps * len(DIRECTIONS) if args.steps else None)
 
     subjects = test_subjects(phantom, any_cfg.data.prepared, MODALITIES)
     for task in DIRECTIONS:  # the same subjects are held out by every run (same ids, same split seed)
@@ -123,10 +133,13 @@ def _mean(scores: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds of training (smoke test)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 6 training steps per dedicated model (smoke test)")
     p.add_argument("--budget", type=float, default=None,
                    help=f"training seconds per dedicated model (default {DEFAULT_BUDGET_S:g}; --quick: 1); the "
                         "any-to-any model gets three times this")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train each dedicated model exactly this many steps instead of --budget seconds (the "
+                        "any-to-any model: three times as many); --quick: 6")
     p.add_argument("--subjects", type=int, default=10, help="phantom subjects (20%% held out)")
     p.add_argument("--n-samples", type=int, default=None, help="samples averaged per volume (default 4; --quick: 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -138,12 +151,14 @@ def main(argv=None) -> int:
     threads = set_threads(args.threads or 1)
     args.budget = args.budget or (1.0 if args.quick else DEFAULT_BUDGET_S)
     args.n_samples = args.n_samples or (2 if args.quick else 4)
-    if args.budget <= 0 or args.n_samples < 1:
-        raise ValueError("--budget and --n-samples must be positive.")
+    args.steps = args.steps or (6 if args.quick else None)
+    if args.budget <= 0 or args.n_samples < 1 or (args.steps is not None and args.steps < 1):
+        raise ValueError("--budget, --steps and --n-samples must be positive.")
     tic = time.perf_counter()
     result = run(args)
     result.update({"budget_s_per_dedicated_model": args.budget,
-                   "budget_s_anytoany": args.budget * len(DIRECTIONS), "threads": threads, "quick": args.quick,
+                   "budget_s_anytoany": args.budget * len(DIRECTIONS), "budget_steps_per_dedicated_model": args.steps,
+                   "threads": threads, "quick": args.quick,
                    "n_samples": args.n_samples, "protocol": "volume", "wall_s": time.perf_counter() - tic})
     path = write_result("anytoany", result, "cpu", args.out_dir)
     for r in result["directions"]:

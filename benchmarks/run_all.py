@@ -171,18 +171,21 @@ def markdown(results_dir: Path) -> str:
                       + ", ".join(f"{k} {v / 2**30:.2f} GB"
                                   for k, v in r["translate_estimate_by_backbone_bytes"].items()) + "."]
         elif name == "anytoany":
-            lines += [f"One any-to-any model trained {r['budget_s_anytoany']:g} s against a dedicated model per "
-                      f"direction trained {r['budget_s_per_dedicated_model']:g} s each; mean of {r['n_samples']} "
+            per = r.get("budget_steps_per_dedicated_model")
+            budget = (f"{3 * per} steps against a dedicated model per direction trained {per} steps" if per else
+                      f"{r['budget_s_anytoany']:g} s against a dedicated model per direction trained "
+                      f"{r['budget_s_per_dedicated_model']:g} s")
+            lines += [f"One any-to-any model trained {budget} each; mean of {r['n_samples']} "
                       f"samples, held out: {', '.join(r['directions'][0]['test_subjects'])}. `{cmd}`", "",
-                      "| direction | model | PSNR dB | SSIM | lesion PSNR dB | steps | train s |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| direction | model | PSNR dB | SSIM | lesion PSNR dB | steps | train s | train CPU s |",
+                      "|---|---|---|---|---|---|---|---|"]
             for d in r["directions"]:
                 for k, v in d["methods"].items():
-                    steps, train = v.get("diffusion_steps", ""), v.get("train_seconds")
+                    steps, train, cpu = v.get("diffusion_steps", ""), v.get("train_seconds"), v.get("train_cpu_seconds")
                     lesion = v.get("lesion_psnr")
                     lines.append(f"| {d['task']} | {k} | {v['psnr']:.2f} +- {v['std']['psnr']:.2f} | "
                                  f"{v['ssim']:.4f} | {'' if lesion is None else f'{lesion:.2f}'} | {steps} | "
-                                 f"{'' if train is None else f'{train:.0f}'} |")
+                                 f"{'' if train is None else f'{train:.0f}'} | {'' if cpu is None else f'{cpu:.0f}'} |")
         elif name == "realism":
             lines += [f"Unconditional {r['target']} on {'x'.join(map(str, r['plane']))} phantom slices: "
                       f"{r['n_samples']} samples per method against {r['n_heldout_slices']} held-out real slices, "

@@ -112,6 +112,8 @@ def test_quick_anytoany_benchmark_writes_its_table(tmp_path, restore_threads):
     r = _load(out / "anytoany.json")
     assert [d["target"] for d in r["directions"]] == ["flair", "t2", "t1ce"]
     assert r["budget_s_anytoany"] == 3 * r["budget_s_per_dedicated_model"]
+    steps = {k: v["diffusion_steps"] for k, v in r["training"].items()}  # --quick trains a step budget
+    assert steps == {"flair_from_t1_t2": 6, "t2_from_t1": 6, "t1ce_from_t1_t2_flair": 6, "anytoany": 18}
     for d in r["directions"]:
         m = d["methods"]
         assert all(math.isfinite(m[k]["psnr"]) and 0 <= m[k]["ssim"] <= 1 for k in m)
