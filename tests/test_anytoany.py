@@ -185,3 +185,12 @@ def test_translate_synthesizes_each_missing_modality_from_the_present_ones(anyto
     assert [e["reference"] is not None for e in meta["subjects"]].count(True) == 4  # subject 3 lacks flair
     with pytest.raises(ValueError, match="'pd' is not a modality of this any-to-any run"):
         translate(anyto / "run", inp, tmp_path / "bad", progress=False, target="pd")
+
+
+def test_generate_on_an_any_to_any_run_takes_any_of_its_modalities_by_label(anyto, tmp_path):
+    from phmdiff.generate import generate
+
+    with pytest.raises(ValueError, match="choose one with --label"):
+        generate(anyto / "run", tmp_path / "none", seeds=[0], steps=2, nearest=False)
+    generate(anyto / "run", tmp_path / "t1ce", seeds=[0, 1], steps=2, label="t1ce", nearest=False)
+    assert (tmp_path / "t1ce" / "grid.png").is_file()

@@ -144,6 +144,8 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     cfg, ident, dev = trained.cfg, trained.identity, trained.device
     n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
     label = label or ident["target"]
+    if label is None:  # an any-to-any run has no one target
+        raise ValueError(f"this run synthesizes any of {', '.join(trained.generated)}; choose one with --label.")
     if label not in trained.generated:
         raise ValueError(f"--label {label}: this run generates {', '.join(trained.generated)} only.")
     label_index = modality_label(ident["data"]["modalities"], label)

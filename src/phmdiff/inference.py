@@ -164,7 +164,10 @@ class TrainedRun:
 
     @property
     def generated(self) -> list[str]:
-        """The modalities this run synthesizes (a label-conditional generation run's `data.targets`)."""
+        """The modalities this run synthesizes (a label-conditional generation run's `data.targets`, every
+        modality of an any-to-any run)."""
+        if self.identity.get("any_to_any"):
+            return list(self.identity["sources"])
         return list(self.identity.get("targets") or [self.identity["target"]])
 
     @property
