@@ -109,6 +109,8 @@ def test_latent_pairs_crop_one_random_window_shared_by_source_and_target(tmp_pat
         assert hits  # the same window of the same draw for source and target
         offsets.add(hits[0])
     assert len(offsets) > 2  # the window moves between epochs
+    for k in range(len(full)):  # a crop never changes which slice an item is
+        assert (crops[k]["subject"], crops[k]["index"]) == (full[k]["subject"], full[k]["index"])
 
 
 def test_cache_refuses_another_autoencoder_or_other_data_and_reuses_its_own(tmp_path):

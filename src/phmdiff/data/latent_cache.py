@@ -286,8 +286,8 @@ class LatentPairs(Dataset):
         z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * self.latent_scale
         if self.crop and max(z.shape[-2:]) > self.crop:  # (n_mod, c, h, w) -> (n_mod, c, crop, crop)
             h, w = z.shape[-2:]
-            i, j = (int(torch.randint(0, max(s - self.crop, 0) + 1, (1,), generator=g)) for s in (h, w))
-            z = z[..., i : i + self.crop, j : j + self.crop]
+            top, left = (int(torch.randint(0, max(s - self.crop, 0) + 1, (1,), generator=g)) for s in (h, w))
+            z = z[..., top : top + self.crop, left : left + self.crop]
         subject, index = self.slices[i]
         if self.any_to_any:
             slot, avail = draw_direction(len(self.source_idx), direction_generator(self.seed, self.epoch, i, 1))
