@@ -34,3 +34,23 @@ def test_larger_planes_are_predicted_whole_and_the_ceiling_loses_nothing(tiny_ru
     fg = np.moveaxis(ref > ref.min(), axis, 0)[~dropped]
     values = np.moveaxis(pred, axis, 0)[~dropped][fg]
     assert fg.sum() > 0.5 * fg.size and len(np.unique(values)) > 0.99 * values.size
+
+
+def test_slices_below_the_training_foreground_rule_are_still_predicted(tiny_run, tmp_path):
+    """Training keeps slices with >= 5 % foreground; translate predicts every slice with any: the identity
+    pipeline ceiling gives back a slice holding a sliver of head (here 2 %) instead of background."""
+    subject = write_phantom(tmp_path / "ph", "brain", n_subjects=1, shape=(16, 16, 16), seed=5)[0]
+    t1 = next(subject.glob("*_t1.nii.gz"))
+    axis = int(np.argmax(nib.load(t1).header.get_zooms()))  # the slice axis (the coarsest spacing)
+    for path in subject.glob("*.nii.gz"):  # keep 5 voxels (2 % of the plane) of head in the last slice
+        img = nib.load(path)
+        vol = np.moveaxis(np.asarray(img.dataobj).astype(np.float32), axis, 0)
+        keep = vol[-1, 6:11, 8].copy()
+        vol[-1] = vol.min()
+        vol[-1, 6:11, 8] = keep if path != t1 else np.maximum(keep, vol.max() / 2)
+        nib.save(nib.Nifti1Image(np.moveaxis(vol, 0, axis), img.affine), path)
+    meta = translate(tiny_run / "run", subject, tmp_path / "out", ceiling=True, progress=False, resample=False,
+                     log=lambda m: None)
+    entry = meta["subjects"][0]
+    pred = np.moveaxis(nib.load(tmp_path / "out" / entry["prediction"]).get_fdata(), axis, 0)
+    assert len(np.unique(pred[-1])) > 1  # predicted, not refilled with background

@@ -402,7 +402,9 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
 
     volumes, affine, _ = load_subject_volumes(sub, sources)
     axis, _, in_plane = sp.slice_plane(affine, settings.axis)
-    settings = replace(settings, axis=axis)  # resampling the plane must not change which axis is sliced
+    # Resampling the plane must not change which axis is sliced; every slice with any foreground is predicted
+    # (training's min_foreground keeps nearly empty slices out of the training set, not out of a volume).
+    settings = replace(settings, axis=axis, min_foreground=1e-12)
     plan = sp.plan(next(iter(volumes.values())).shape, affine, axis, settings.spacing) if settings.spacing else None
     if plan is not None and resample:
         say(f"translate: {sub.id}: in-plane spacing {sp.mm(plan.spacing)}, training {sp.mm(settings.spacing)}: "
