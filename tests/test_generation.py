@@ -36,6 +36,8 @@ def test_config_accepts_generation_runs_and_refuses_mixed_ones(tmp_path):
         load_config(None, ["data.targets=[t1,t2]"])  # sources t1, t2 by default
     with pytest.raises(ValueError, match="same modality"):
         load_config(None, ["data.sources=[]", "data.targets=[t1,t1]"])
+    with pytest.raises(ValueError, match="data.targets.*generation runs"):
+        load_config(None, ["data.any_to_any=true", "data.modalities=[t1,t2]", "data.targets=[t1,t2]"])
 
 
 def test_generation_run_trains_on_both_modalities_and_resumes(gen_run):
@@ -144,3 +146,11 @@ def test_nearest_slices_finds_a_training_slice_itself(gen_run):
     images = np.stack([(data[i]["target"][0].numpy() + 1) / 2 for i in picks])
     idx, rms = nearest_slices(images + 0.01, data, chunk=4)  # chunks smaller than the split
     assert idx.tolist() == picks and np.allclose(rms, 0.01, atol=1e-6)
+
+
+def test_translate_refuses_a_generation_run_with_a_sentence(gen_run, tiny_run, tmp_path):
+    from phmdiff.translate import translate
+
+    subject = next(p for p in (tiny_run / "ph").iterdir() if p.is_dir())
+    with pytest.raises(ValueError, match="generation run"):
+        translate(gen_run / "run", subject, tmp_path / "out", progress=False, log=lambda m: None)

@@ -363,6 +363,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         "'data.val_fraction' and 'data.test_fraction' must be >= 0 and sum to a number in (0, 1).",
     )
     if d.any_to_any:
+        _check(not d.targets, origin, f"'data.targets' ({list(d.targets)}) is for generation runs; an any-to-any run "
+               "synthesizes any of 'data.modalities'.")
         _check(len(d.modalities) >= 2, origin,
                f"'data.modalities' is {list(d.modalities)}; an any-to-any run needs two or more distinct "
                "modalities (e.g. [t1, t1ce, t2, flair]).")

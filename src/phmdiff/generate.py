@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phmdiff.data.names import canonical
 from phmdiff.devices import DEVICES
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
 from phmdiff.inference import decode_target, encode_sources, load_trained, modality_label
@@ -143,13 +144,16 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     settings = trained.settings(sampler, steps, guidance)
     cfg, ident, dev = trained.cfg, trained.identity, trained.device
     n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
-    label = label or ident["target"]
+    label = canonical(label) if label else ident["target"]
     if label is None:  # an any-to-any run has no one target
         raise ValueError(f"this run synthesizes any of {', '.join(trained.generated)}; choose one with --label.")
     if label not in trained.generated:
         raise ValueError(f"--label {label}: this run generates {', '.join(trained.generated)} only.")
     label_index = modality_label(ident["data"]["modalities"], label)
     sources = None
+    if condition != "none" and ident.get("any_to_any"):
+        raise ValueError(f"--condition {condition}: an any-to-any run is conditioned by phmdiff translate (--target, "
+                         "--sources); generate samples it without sources.")
     if condition != "none" and not n_src:
         raise ValueError(f"--condition {condition}: this generation run has no source modalities to condition on.")
     if condition != "none":

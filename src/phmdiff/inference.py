@@ -190,6 +190,36 @@ class TrainedRun:
         return sample_latents(self.denoiser, source, avail, label, seeds, self.cfg.model, settings, self.null_label)
 
 
+def canonical_identity(identity: dict) -> dict:
+    """A run's data identity with every modality name canonical (`phmdiff.data.names`): runs prepared before the
+    alias table kept spellings such as ``t1w``, which the readers and translate now call ``t1``."""
+    from phmdiff.data.names import canonical
+
+    def names(x):
+        return [canonical(m) for m in x]
+
+    def keys(d):
+        return {canonical(k): keys(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+    out = {**identity, "sources": names(identity.get("sources") or [])}
+    if identity.get("target"):
+        out["target"] = canonical(identity["target"])
+    if identity.get("targets"):
+        out["targets"] = names(identity["targets"])
+    if "data" in identity:
+        out["data"] = {**identity["data"], "modalities": names(identity["data"].get("modalities") or [])}
+    if "volume_settings" in identity:
+        vs = dict(identity["volume_settings"])
+        vs["modalities"] = names(vs.get("modalities") or [])
+        vs["relative"] = {canonical(k): names(v) for k, v in (vs.get("relative") or {}).items()}
+        out["volume_settings"] = vs
+    for key in ("target_norms", "target_gains", "target_gain"):
+        if isinstance(identity.get(key), dict):
+            out[key] = {canonical(k): keys(v) if isinstance(v, dict) and key != "target_norms" else v
+                        for k, v in identity[key].items()}
+    return out
+
+
 def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema: bool = True) -> TrainedRun:
     """Load the EMA weights (or with `ema=False` the raw ones) of a run's best (or last) checkpoint, or of a
     checkpoint folder, and the autoencoder it was trained with."""
@@ -213,4 +243,4 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema
     denoiser = build_denoiser(cfg, len(identity["sources"]), len(identity["data"]["modalities"]))
     denoiser.load_state_dict(state)
     denoiser = denoiser.to(dev).eval().requires_grad_(False)
-    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, identity, path, dev)
+    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, canonical_identity(identity), path, dev)

@@ -18,7 +18,8 @@ def available_cores() -> int:
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     try:  # cgroup v2 "max 100000" or "200000 100000": quota / period cores
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):

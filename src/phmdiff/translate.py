@@ -298,6 +298,9 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     ident = trained.identity
     any_to_any = bool(ident.get("any_to_any"))
     slots = [canonical(m) for m in ident["sources"]]
+    if not slots:
+        raise ValueError(f"{trained.checkpoint}: this is a generation run (no source modalities); sample it with "
+                         "phmdiff generate.")
     run_target = canonical(ident["target"]) if ident.get("target") else None
     target = canonical(target) if target else None
     use_sources = [canonical(m) for m in use_sources] if use_sources else None
@@ -351,9 +354,12 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             entry = _translate_subject(trained, sub, sources, target, settings, target_norm, sampling, files,
                                        n_samples, seed, batch_size, out, gain, bar, resample, say,
                                        precision=precision, z_sigma=z_sigma, z_h=z_h)
-        except (ValueError, MemoryError) as exc:  # this subject only: unreadable, NaN, too big, mismatched grids
-            reason = "out of memory (the volume is too big for this machine)" if isinstance(exc, MemoryError) \
-                else " ".join(str(exc).split())
+        except (ValueError, MemoryError, torch.OutOfMemoryError) as exc:  # this subject only: unreadable, NaN,
+            # too big, mismatched grids, out of (GPU) memory
+            oom = isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            reason = "out of memory (the volume is too big for this machine)" if oom else " ".join(str(exc).split())
             skipped[sub.id] = f"{target}: {reason}" if any_to_any else reason
             for f in _files_of(files):  # nothing half-written: this subject's new files go
                 if f.exists() and not any(e.get("subject") == sub.id for e in earlier):

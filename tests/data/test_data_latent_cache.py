@@ -147,3 +147,13 @@ def test_encode_command_with_the_identity_autoencoder(tmp_path):
     shard = np.load(prep / load_manifest(prep)["splits"]["val"]["shards"][0]["file"]).astype(np.float32)
     scale = float(ds.latent_scale)
     torch.testing.assert_close(ds[1]["target"] / scale, torch.from_numpy(shard[1, 2:3] * 2 - 1), atol=2e-3, rtol=0)
+
+
+def test_generation_targets_read_one_lmdb_cache_through_one_environment(tmp_path):
+    from phmdiff.data.latent_cache import LatentTargets
+
+    prep, model, ae_file = _setup(tmp_path)
+    encode_prepared(prep, model, tmp_path / "lmdb", autoencoder_id(ae_file), "lmdb", progress=False)
+    data = LatentTargets(tmp_path / "lmdb", "train", ("t1", "t2"), seed=0)
+    items = [data[k] for k in range(len(data))]  # both modalities: a second lmdb.open would raise here
+    assert {it["target_label"] for it in items} == {0, 1} and all(it["target"].shape == (2, 4, 4) for it in items)

@@ -317,6 +317,8 @@ class LatentTargets(Dataset):
         if not targets:
             raise ValueError("a generation run needs at least one target modality (data.target or data.targets).")
         self.parts = [LatentPairs(cache_dir, split, (), t, seed=seed) for t in targets]
+        for part in self.parts[1:]:  # one reader: an lmdb environment may be opened once per process
+            part.reader = self.parts[0].reader
         self.meta = self.parts[0].meta
 
     def set_epoch(self, epoch: int) -> None:

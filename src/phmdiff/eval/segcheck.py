@@ -154,13 +154,15 @@ def collect(translate_dir: Path, data: str | None):
     if not meta_path.is_file():
         raise ValueError(f"{translate_dir}: no translate.json; give a translate output folder.")
     meta = json.loads(meta_path.read_text())
-    modalities = [*meta.get("sources", []), meta.get("target")]
-    if None in modalities or not meta.get("sources"):
-        raise ValueError(f"{meta_path}: expected 'sources' and 'target'.")
+    # An any-to-any listing names every modality of the run as a source, the target among them.
+    sources = [m for m in meta.get("sources") or [] if m != meta.get("target")]
+    modalities = [*sources, meta.get("target")]
+    if None in modalities or not sources:
+        raise ValueError(f"{meta_path}: expected 'sources' and 'target' (an any-to-any run: translate with --target).")
     tests = []
     for s in meta.get("subjects", []):
         if not (s.get("reference") and s.get("seg") and all(m in (s.get("source_images") or {})
-                                                            for m in meta["sources"])):
+                                                            for m in sources)):
             continue
         paths = {**s["source_images"], meta["target"]: s["reference"]}
         tests.append((s["subject"], paths, s["seg"], safe_relpath(s["prediction"], translate_dir, meta_path)))
@@ -217,7 +219,7 @@ def segcheck(translate_dir, data=None, steps: int = 600, batch_size: int = 16, s
         table.append({"label": label, "dice_real": float(np.mean(real)), "dice_real_std": float(np.std(real)),
                       "dice_synth": float(np.mean(synth)), "dice_synth_std": float(np.std(synth)),
                       "difference": float(np.mean(synth) - np.mean(real))})
-    return {"target": meta["target"], "sources": meta["sources"], "labels": {str(v): BRATS_LABELS.get(v, str(v))
+    return {"target": meta["target"], "sources": modalities[:-1], "labels": {str(v): BRATS_LABELS.get(v, str(v))
                                                                             for v in labels},
             "train_subjects": [t[0] for t in train], "test_subjects": [t[0] for t in tests],
             "steps": steps, "batch_size": batch_size, "seed": seed, "train_seconds": seconds, "threads": threads,

@@ -282,7 +282,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                     bar.set_postfix(loss=f"{window[-1]['loss']:.4f}", level=int(window[-1].get("level", 0)))
             val = None
             # Validation scores translations against the real target; a generation run has none to score.
-            if cfg.eval.every and cfg.data.sources and (step % cfg.eval.every == 0 or step == t.max_num_steps):
+            translating = cfg.data.sources or cfg.data.any_to_any
+            if cfg.eval.every and translating and (step % cfg.eval.every == 0 or step == t.max_num_steps):
                 val = validate(ema.module, cfg, accelerator, step, writer)
             if step % cfg.log.log_every == 0 or step == t.max_num_steps or val is not None:
                 row = _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val)
