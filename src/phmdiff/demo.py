@@ -97,6 +97,18 @@ def write_panel(meta: dict, out: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def _phantom(cfg, subjects: int, shape, progress: bool, log, step: str) -> float:
+    """The demo's brain phantom under data.root unless it is there already; returns the seconds it took."""
+    from phmdiff.data.phantom import write_phantom
+
+    tic = time.perf_counter()
+    if not Path(cfg.data.root).exists():
+        log(f"{step} phantom: {subjects} brain subjects {shape[0]}x{shape[1]}x{shape[2]} -> {cfg.data.root}")
+        write_phantom(cfg.data.root, "brain", n_subjects=subjects, shape=shape, seed=cfg.data.split_seed,
+                      progress=progress)
+    return time.perf_counter() - tic
+
+
 def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, subjects: int = 8,
              shape: tuple[int, int, int] = (64, 64, 40), config: str | Path | None = None, progress: bool = True,
              log=print, threads: int | None = None, n_samples: int = 4) -> dict:
@@ -109,19 +121,13 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     from phmdiff.threads import set_threads
 
     set_threads(threads or 0)  # 0 or None: every available core
-    from phmdiff.data.phantom import write_phantom
     from phmdiff.training import run_pipeline
     from phmdiff.translate import translate
 
     out = Path(out)
     cfg = demo_config(out, overrides, config)
     tic = time.perf_counter()
-    times = {}
-    if not Path(cfg.data.root).exists():
-        log(f"[1/6] phantom: {subjects} brain subjects {shape[0]}x{shape[1]}x{shape[2]} -> {cfg.data.root}")
-        write_phantom(cfg.data.root, "brain", n_subjects=subjects, shape=shape, seed=cfg.data.split_seed,
-                      progress=progress)
-    times["phantom"] = time.perf_counter() - tic
+    times = {"phantom": _phantom(cfg, subjects, shape, progress, log, "[1/6]")}
     stages = [("prepare", "[2/6] prepare"), ("train-ae", "[3/6] train the autoencoder"),
               ("encode", "[4/6] encode the latent cache"), ("train", f"[5/6] train {cfg.model.model_type}")]
     for stage, title in stages:
@@ -177,7 +183,6 @@ def run_generate_demo(out: str | Path = "demo_gen", overrides: list[str] | None 
 
         torch.set_num_threads(threads)
     from phmdiff.data.datasets import TargetSlices
-    from phmdiff.data.phantom import write_phantom
     from phmdiff.generate import _pairs, _save_png, generate
     from phmdiff.training import run_pipeline
 
@@ -186,12 +191,7 @@ def run_generate_demo(out: str | Path = "demo_gen", overrides: list[str] | None 
     if cfg.data.sources:
         raise ValueError(f"{config}: the generation demo needs a generation config ('data.sources: []').")
     tic = time.perf_counter()
-    times = {}
-    if not Path(cfg.data.root).exists():
-        log(f"[1/4] phantom: {subjects} brain subjects {shape[0]}x{shape[1]}x{shape[2]} -> {cfg.data.root}")
-        write_phantom(cfg.data.root, "brain", n_subjects=subjects, shape=shape, seed=cfg.data.split_seed,
-                      progress=progress)
-    times["phantom"] = time.perf_counter() - tic
+    times = {"phantom": _phantom(cfg, subjects, shape, progress, log, "[1/4]")}
     for stage, title in [("prepare", "[2/4] prepare"), ("train", f"[3/4] train {cfg.model.model_type} to generate "
                                                                f"{', '.join(cfg.data.generated)}")]:
         log(title)
