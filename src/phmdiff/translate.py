@@ -72,7 +72,7 @@ def translate_samples(trained: TrainedRun, src: np.ndarray, seeds: list[list[int
     if precision not in PRECISIONS:
         raise ValueError(f"precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
     dev, n_samples = trained.device, len(seeds)
-    slots = [canonical(m) for m in trained.identity["sources"]]
+    slots = list(trained.identity["sources"])  # canonical names (`inference.canonical_identity`)
     pick = [slots.index(m) for m in (slots if sources is None else sources)]  # slot of each given source
     avail = torch.zeros(len(slots), device=dev)
     avail[pick] = 1.0
@@ -297,14 +297,14 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     sampling = trained.settings(sampler, steps, guidance)
     ident = trained.identity
     any_to_any = bool(ident.get("any_to_any"))
-    slots = [canonical(m) for m in ident["sources"]]
+    slots = list(ident["sources"])  # the run's names are canonical (`inference.canonical_identity`)
     if not slots:
         raise ValueError(f"{trained.checkpoint}: this is a generation run (no source modalities); sample it with "
                          "phmdiff generate.")
-    run_target = canonical(ident["target"]) if ident.get("target") else None
+    run_target = ident.get("target")
     target = canonical(target) if target else None
     use_sources = [canonical(m) for m in use_sources] if use_sources else None
-    _check_direction_choice({**ident, "sources": slots, "target": run_target}, target, use_sources)
+    _check_direction_choice(ident, target, use_sources)
     check_finite_numbers({k: ident.get(k) for k in ("target_norm", "target_gain", "target_norms", "target_gains")},
                          "identity", trained.checkpoint / "meta.json")
     for name in [run_target or slots[0], *slots]:  # they become file names: none may lead outside --out
@@ -316,8 +316,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     plans, skipped, complete = {}, {}, set()
     for sub in subjects:
         try:
-            plans[sub.id] = plan_subject({**ident, "sources": slots, "target": run_target}, sub.paths, target,
-                                         use_sources)
+            plans[sub.id] = plan_subject(ident, sub.paths, target, use_sources)
         except SkipSubject as exc:
             skipped[sub.id] = _with_problem(sub, str(exc)) if exc.failed else str(exc)
             if not exc.failed:
@@ -487,9 +486,8 @@ def _target_scale(ident: dict, target: str, sources: list[str]):
 
     if not ident.get("any_to_any"):
         return NormParams(**ident["target_norm"]), ident.get("target_gain")
-    norms = {canonical(k): v for k, v in ident["target_norms"].items()}
-    gains = {canonical(k): v for k, v in (ident.get("target_gains") or {}).items()}.get(target)
-    return NormParams(**norms[target]), {s: gains[s] for s in sources} if gains else None
+    gains = (ident.get("target_gains") or {}).get(target)
+    return NormParams(**ident["target_norms"][target]), {s: gains[s] for s in sources} if gains else None
 
 
 def _earlier_entries(out: Path, target: str, sources: list[str], overwrite: bool) -> list[dict]:
