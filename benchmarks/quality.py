@@ -269,13 +269,15 @@ def main(argv=None) -> int:
     names = args.tasks or ([TASKS[0].name] if args.quick else [t.name for t in TASKS])
     if args.budget <= 0 or args.n_samples < 1 or args.ddim_steps < 1:
         raise ValueError("--budget, --n-samples and --ddim-steps must be positive.")
+    # the 2-minute headline is quality.json; another budget keeps its own file (quality_600.json for --budget 600)
+    name = "quality" if args.quick or args.budget == DEFAULT_BUDGET_S else f"quality_{args.budget:g}"
     tic = time.perf_counter()
     autoencoders: dict = {}
     tasks = []
     for t in [t for t in TASKS if t.name in names]:
         tasks.append(run_task(t, args, autoencoders))
-        write_result("quality", summary(args, threads, tasks, autoencoders, tic), "cpu", args.out_dir)  # so far
-    path = write_result("quality", summary(args, threads, tasks, autoencoders, tic), "cpu", args.out_dir)
+        write_result(name, summary(args, threads, tasks, autoencoders, tic), "cpu", args.out_dir)  # so far
+    path = write_result(name, summary(args, threads, tasks, autoencoders, tic), "cpu", args.out_dir)
     for t in tasks:
         print(f"\n{t['task']} ({'+'.join(t['sources'])} -> {t['target']}), held-out {', '.join(t['test_subjects'])}")
         print_table([{"method": k, **v} for k, v in t["methods"].items()],

@@ -1,4 +1,5 @@
-"""Run the benchmarks (speed, quality, ablation, sampling, memory, anytoany, realism, translate_speed) in order,
+"""Run the benchmarks (speed, quality, ablation, sampling, memory, anytoany, realism, translate_speed,
+local_ceiling) in order,
 each in its own process, and write their JSON to benchmarks/results/. `make bench` calls this; `--quick` runs the
 smoke-test sizes.
 
@@ -16,7 +17,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany", "realism", "translate_speed")
+SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany", "realism", "translate_speed",
+           "local_ceiling")
+# Result files rendered into docs/benchmarks.md: each script's, and quality.py's 10-minute run (--budget 600)
+RESULTS = (*SCRIPTS[:2], "quality_600", *SCRIPTS[2:])
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -91,10 +95,11 @@ def _gpu_check(results_dir: Path) -> list[str]:
 def markdown(results_dir: Path) -> str:
     """Tables for docs/benchmarks.md, read from the result JSON files only (nothing typed by hand)."""
     lines = []
-    for name in SCRIPTS:
+    for name in RESULTS:
         path = results_dir / f"{name}.json"
         if not path.exists():
-            lines += [f"### {name}", "", f"No result yet: run `python benchmarks/{name}.py`.", ""]
+            script = "quality.py --budget 600" if name == "quality_600" else f"{name}.py"
+            lines += [f"### {name}", "", f"No result yet: run `python benchmarks/{script}`.", ""]
             continue
         data = json.loads(path.read_text())
         r, m = data["results"], data["machine"]
@@ -129,7 +134,7 @@ def markdown(results_dir: Path) -> str:
             lines += [f"| {x['sampler']} | {x['steps']} | {x['nfe']:g} | {x['seconds']:.3f} | "
                       f"{x['slices_per_s']:.2f} |" for x in r["sampling"]]
             lines += ["", f"GPU: {r['gpu_section']}.", ""] + _gpu_check(results_dir)
-        elif name == "quality":
+        elif name.startswith("quality"):
             for task in r["tasks"]:
                 lines += [f"**{task['task']}** ({' + '.join(task['sources'])} -> {task['target']}; held out: "
                           f"{', '.join(task['test_subjects'])}; budget {r['budget_s_per_method_per_task']:g} s)", ""]
@@ -219,6 +224,24 @@ def markdown(results_dir: Path) -> str:
                 b = r["bf16_psnr"]
                 lines += ["", f"bf16 against fp32 on a trained run ({b.get('samples', 1)} sample(s)): "
                           f"{b['bf16']['psnr']:.3f} vs {b['fp32']['psnr']:.3f} dB ({b['delta_db']:+.3f} dB)."]
+        elif name == "local_ceiling":
+            lines += [f"A {r['threads']}-thread MLP ({r['steps']} steps) from the noise-free T1 and T2 to the FLAIR, "
+                      f"fit on the training subjects; scored there (seen data: an upper bound) and on held-out ones "
+                      f"(volume protocol). `{cmd}`", "",
+                      "| grid | features | train PSNR dB | train lesion PSNR dB | test PSNR dB | test lesion PSNR dB |",
+                      "|---|---|---|---|---|---|"]
+            for g in r["grids"]:
+                for k, v in g["features"].items():
+                    lines.append(f"| {'x'.join(map(str, g['shape']))} | {k} | {v['train']['psnr']:.2f} | "
+                                 f"{v['train']['lesion_psnr']:.2f} | {v['test']['psnr']:.2f} | "
+                                 f"{v['test']['lesion_psnr']:.2f} |")
+            lines += ["", "| grid | tumour voxels (train) | share with a healthy voxel of the same (T1, T2) bin | "
+                      "tumour FLAIR | those healthy voxels' FLAIR (subject units) |", "|---|---|---|---|---|"]
+            for g in r["grids"]:
+                c = g["confusers"]
+                lines.append(f"| {'x'.join(map(str, g['shape']))} | {c['tumour_voxels']} | "
+                             f"{100 * c['fraction_with_healthy_twins']:.0f} % | {c['tumour_flair']:.2f} | "
+                             f"{c['healthy_twin_flair']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
