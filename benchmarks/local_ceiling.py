@@ -14,6 +14,7 @@ voxels occupy, and the mean FLAIR of those healthy voxels against the tumour's (
 partial-volume voxel has an edema's T1 and T2 but half its FLAIR). Run at the demo's grid and at a finer one.
 
     python benchmarks/local_ceiling.py [--shapes 64x64x40 128x128x80] [--subjects 8] [--threads 1]
+    python benchmarks/local_ceiling.py --quick      # one 32x32x16 grid, 100 steps (smoke test)
 """
 
 from __future__ import annotations
@@ -144,15 +145,18 @@ def run_shape(shape, args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=["64x64x40", "128x128x80"], help="phantom grids (X x Y x Z)")
+    p.add_argument("--quick", action="store_true", help="one 32x32x16 grid, 100 steps (smoke test)")
+    p.add_argument("--shapes", nargs="+", default=None, help="phantom grids X x Y x Z (default 64x64x40 128x128x80)")
     p.add_argument("--subjects", type=int, default=8, help="phantom subjects (the demo's split)")
-    p.add_argument("--steps", type=int, default=8000, help="MLP steps of 4096 voxels")
+    p.add_argument("--steps", type=int, default=None, help="MLP steps of 4096 voxels (default 8000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=str(Path("bench_out") / "local_ceiling"))
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
+    args.shapes = args.shapes or (["32x32x16"] if args.quick else ["64x64x40", "128x128x80"])
+    args.steps = args.steps or (100 if args.quick else 8000)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     if any(len(s) != 3 or min(s) < 8 for s in shapes):
         raise SystemExit(f"--shapes takes grids like 64x64x40 (three sizes of at least 8), got {args.shapes}.")

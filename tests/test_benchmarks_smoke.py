@@ -175,3 +175,31 @@ def test_through_plane_scores_every_filter_setting(tiny_run, tmp_path, restore_t
     rows = _load(tmp_path / "through_plane.json")["rows"]
     assert len(rows) == len(through_plane.GRID)
     assert all(math.isfinite(r["grad_error_through"]) and math.isfinite(r["psnr_through"]) for r in rows)
+
+
+def test_local_ceiling_counts_tumour_voxels_that_healthy_ones_imitate(tmp_path, restore_threads):
+    """Constructed subject: a tumour with the (T1, T2) of a healthy tissue but twice its FLAIR is fully 'shared', and
+    its twins' FLAIR is the healthy value; a tumour with a (T1, T2) of its own shares nothing. Then the quick run."""
+    import local_ceiling
+    import run_all
+
+    t1, t2 = np.full((8, 8, 4), 1.0, np.float32), np.full((8, 8, 4), 1.0, np.float32)
+    flair, seg = np.full((8, 8, 4), 0.5, np.float32), np.zeros((8, 8, 4), np.float32)
+    t1[0] = t2[0] = flair[0] = 0.0  # a background row: the rest is the foreground
+    seg[2:4, 2:4] = 2
+    flair[2:4, 2:4] = 1.0
+    a = {"t1": t1, "t2": t2, "flair": flair, "seg": seg, "unit": 1.0}
+    c = local_ceiling.confusers([a])
+    assert c["tumour_voxels"] == 16 and c["fraction_with_healthy_twins"] == 1.0
+    assert c["tumour_flair"] == pytest.approx(1.0) and c["healthy_twin_flair"] == pytest.approx(0.5)
+    own = dict(a, t2=np.where(seg > 0, 2.5, t2).astype(np.float32))
+    assert local_ceiling.confusers([own])["fraction_with_healthy_twins"] == 0.0
+
+    out = tmp_path / "results"
+    assert local_ceiling.main(["--quick", "--out-dir", str(out), "--work", str(tmp_path / "w")]) == 0
+    r = _load(out / "local_ceiling.json")
+    (grid,) = r["grids"]
+    assert grid["test_subjects"] and set(grid["features"]) == set(local_ceiling.FEATURES)
+    for f in grid["features"].values():
+        assert all(math.isfinite(f[p][k]) for p in ("train", "test") for k in ("psnr", "lesion_psnr"))
+    assert "| 32x32x16 | voxel |" in run_all.markdown(out)
