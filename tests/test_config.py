@@ -61,7 +61,6 @@ def test_original_dit_name_maps_to_ours():
         ("train.amp=fp8", "expected one of bf16, fp16, no"),
         ("model.precond=flow", "'model.precond'"),
         ("model.mask_ratio=1.5", "in [0, 1)"),
-        ("model.level_sampling=every", "expected one of uniform, pairs"),
         ("train.lr=-1", "'train.lr'"),
         ("train.lr=nan", "'train.lr'"),
         ("train.max_num_steps=0", "positive"),

@@ -59,24 +59,3 @@ def test_objective_module_value_is_pinned(tiny_denoiser, seed):
     b = _batch()
     terms = objective(b["source"], b["target"], b["avail"], b["target_label"], 0.5, torch.Generator().manual_seed(seed))
     assert {k: float(v.detach()) for k, v in terms.items()} == pytest.approx(PINNED[seed], abs=1e-4)
-
-
-@pytest.mark.parametrize("weight", [0.05, 0.0])
-def test_level_pairs_train_the_finest_level_and_the_next_at_every_step(tiny_denoiser, weight):
-    """level_sampling="pairs": with two levels, every step (whatever the seed) denoises level 0 and the same examples
-    at level 1, with or without the cross-granularity term; "uniform" draws the coarsest alone for seed 1."""
-    kw = dict(levels=2, mask_ratio=0.5, cross_granularity_weight=weight)
-    for seed in range(6):
-        terms = pyramid_loss(tiny_denoiser, **_batch(), **kw, level_sampling="pairs",
-                             generator=torch.Generator().manual_seed(seed))
-        assert int(terms["level"]) == 0 and "coarse_loss" in terms, seed
-        expected = terms["denoise"] + 0.1 * terms["mae"] + terms["coarse_loss"] + weight * terms["cross_granularity"]
-        assert float(terms["loss"].detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    uniform = pyramid_loss(tiny_denoiser, **_batch(), **kw, generator=torch.Generator().manual_seed(1))
-    assert int(uniform["level"]) == 1 and "coarse_loss" not in uniform
-    # one level: nothing coarser to pair with, the level is the only one
-    single = pyramid_loss(tiny_denoiser, **_batch(), levels=1, mask_ratio=0.5, level_sampling="pairs",
-                          generator=torch.Generator().manual_seed(3))
-    assert int(single["level"]) == 0 and "coarse_loss" not in single
-    with pytest.raises(ValueError, match="level_sampling"):
-        pyramid_loss(tiny_denoiser, **_batch(), levels=2, mask_ratio=0.5, level_sampling="every")

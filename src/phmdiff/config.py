@@ -25,7 +25,6 @@ from phmdiff.diffusion.timestep_sampler import SCHEDULE_SAMPLERS
 from phmdiff.factory import PRECONDS
 from phmdiff.fsutil import atomic_write_text
 from phmdiff.masked_dit import PRESETS as MODEL_PRESETS
-from phmdiff.objective import LEVEL_SAMPLING
 from phmdiff.sample import SAMPLERS
 
 AMP_MODES = ("bf16", "fp16", "no")
@@ -106,10 +105,6 @@ class ModelConfig:
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     pyramid_levels: int = 3
     cross_granularity_weight: float = 0.05
-    # Which pyramid level a training step denoises: "uniform" (any level; the coarsest alone trains only itself)
-    # or "pairs" (a level and the next coarser one on the same examples, every step: the finest level trains at
-    # every step instead of every other one with two levels).
-    level_sampling: str = "uniform"
     coarse_aug_sigma: float = 0.5  # max sigma of the conditioning augmentation on the coarse condition
     # The autoencoder's latent scale (1 / std of the training latents) gives the latents unit variance, so
     # sigma_data is 1, not EDM's 0.5 for images in [-1, 1].
@@ -345,8 +340,6 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         origin,
         f"'model.mask_block_sizes' is {list(m.mask_block_sizes)}; expected one or more positive whole numbers.",
     )
-    _check(m.level_sampling in LEVEL_SAMPLING, origin, f"'model.level_sampling' is {m.level_sampling!r}; expected "
-           f"one of {', '.join(LEVEL_SAMPLING)}.")
     _check(m.conv_head_width >= 0, origin, f"'model.conv_head_width' is {m.conv_head_width}; expected 0 (no head) "
            "or a positive number of channels.")
     _check(

@@ -70,4 +70,4 @@ def build_objective(denoiser: nn.Module, model_cfg, null_label: int | None = Non
     return PyramidObjective(denoiser, levels=m.pyramid_levels, mae_loss_coef=m.mae_loss_coef,
                             class_dropout_prob=m.class_dropout_prob, coarse_aug_sigma=m.coarse_aug_sigma,
                             cross_granularity_weight=m.cross_granularity_weight, loss_fn=build_loss(m),
-                            null_label=null_label, level_sampling=m.level_sampling)
+                            null_label=null_label)

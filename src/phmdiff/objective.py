@@ -17,12 +17,6 @@ from phmdiff.masked_dit import keep_condition
 from phmdiff.pyramid import gaussian_pyramid
 from phmdiff.sample import level_kwargs
 
-# How a training step picks its pyramid level (`model.level_sampling`): "uniform" draws any level and adds the
-# next coarser one for the cross-granularity term when that term is on; "pairs" draws a level that has a coarser
-# one and always trains both (with L levels, every step trains two adjacent ones; the finest at every step of a
-# two-level pyramid, not every other one).
-LEVEL_SAMPLING = ("uniform", "pairs")
-
 
 def _augment(x: torch.Tensor, max_sigma: float, generator: torch.Generator | None) -> torch.Tensor:
     """Conditioning augmentation: per example, Gaussian noise with sigma ~ U(0, max_sigma)."""
@@ -38,8 +32,7 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
                  target_label: torch.Tensor | None, *, levels: int, mask_ratio: float, mae_loss_coef: float = 0.1,
                  class_dropout_prob: float = 0.1, coarse_aug_sigma: float = 0.5,
                  cross_granularity_weight: float = 0.05, loss_fn=None,
-                 generator: torch.Generator | None = None, null_label: int | None = None,
-                 level_sampling: str = "uniform") -> dict:
+                 generator: torch.Generator | None = None, null_label: int | None = None) -> dict:
     """PHMDiff training terms for one batch at a random pyramid level (and the same examples one level coarser).
 
     `source` (N, n_src*C, H, W) and `target` (N, C, H, W) are latents at level 0, `avail` (N, n_src). `loss_fn`
@@ -48,10 +41,7 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
     `target_label`, as MaskDiT drops its class label for classifier-free guidance. Returns
     {"loss", "denoise", "mae", "level"[, "coarse_loss", "cross_granularity"]} as scalars.
     """
-    if level_sampling not in LEVEL_SAMPLING:
-        raise ValueError(f"level_sampling is {level_sampling!r}; expected one of {', '.join(LEVEL_SAMPLING)}.")
-    pairs = level_sampling == "pairs" and levels > 1
-    level = int(torch.randint(levels - 1 if pairs else levels, (1,), generator=generator))
+    level = int(torch.randint(levels, (1,), generator=generator))
     src_pyr = gaussian_pyramid(source, levels)  # finest first
     tgt_pyr = gaussian_pyramid(target, levels)
     # One dropout draw for both levels: an example without its condition loses it at the coarse level too.
@@ -65,7 +55,7 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
         return keep_condition(level_kwargs(src_pyr, coarse, l, avail, target_label), keep)
 
     coarse_x = coarse_kw = None
-    if level + 1 < levels and (cross_granularity_weight > 0 or pairs):
+    if level + 1 < levels and cross_granularity_weight > 0:
         coarse_x, coarse_kw = tgt_pyr[level + 1], kwargs_at(level + 1)
     fine_kw = kwargs_at(level)
     terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, mask_ratio=mask_ratio, mae_loss_coef=mae_loss_coef,
@@ -86,14 +76,13 @@ class PyramidObjective(nn.Module):
 
     def __init__(self, denoiser: nn.Module, levels: int, mae_loss_coef: float = 0.1, class_dropout_prob: float = 0.1,
                  coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, loss_fn=None,
-                 null_label: int | None = None, level_sampling: str = "uniform"):
+                 null_label: int | None = None):
         super().__init__()
         self.denoiser = denoiser
         self.loss_fn = loss_fn
         self.options = dict(levels=int(levels), mae_loss_coef=float(mae_loss_coef),
                             class_dropout_prob=float(class_dropout_prob), coarse_aug_sigma=float(coarse_aug_sigma),
-                            cross_granularity_weight=float(cross_granularity_weight), null_label=null_label,
-                            level_sampling=level_sampling)
+                            cross_granularity_weight=float(cross_granularity_weight), null_label=null_label)
 
     def forward(self, source, target, avail, target_label, mask_ratio: float, generator=None) -> dict:
         return pyramid_loss(self.denoiser, source, target, avail, target_label, mask_ratio=mask_ratio,
