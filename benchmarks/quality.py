@@ -32,7 +32,7 @@ DEFAULT_BUDGET_S = 120.0
 # so the headline measures the full method (pyramid, masking, cross-granularity, source-aware mask tokens).
 PHMDIFF_OVERRIDES: list[str] = []
 DEFAULT_WORK = Path("bench_out") / "quality"
-# issue 12: PHMDiff (n-sample mean) >= U-Net + 0.3 dB; >= MONAI DDPM; within 4 dB of the noise-free ceiling (brain, 10 min)
+# issue 12: PHMDiff (n-sample mean) >= U-Net + 0.3 dB and >= MONAI DDPM; within 4 dB of the noise-free ceiling
 TARGETS = {"vs_regression_db": 0.3, "vs_monai_ddpm_db": 0.0, "vs_ceiling_db": -4.0}
 
 

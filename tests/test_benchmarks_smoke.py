@@ -203,3 +203,25 @@ def test_local_ceiling_counts_tumour_voxels_that_healthy_ones_imitate(tmp_path, 
     for f in grid["features"].values():
         assert all(math.isfinite(f[p][k]) for p in ("train", "test") for k in ("psnr", "lesion_psnr"))
     assert "| 32x32x16 | voxel |" in run_all.markdown(out)
+
+
+def test_level_diagnosis_runs_on_a_trained_run(tiny_run, tmp_path, restore_threads):
+    """Every level x sigma gets a row; `figures` of the truth itself is exact (zero error, equal means)."""
+    import level_diagnosis
+
+    truth = torch.randn(3, 1, 8, 8)
+    tumour = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    tumour[:, :, 2:5, 2:5] = True
+    f = level_diagnosis.figures(truth, truth, tumour)
+    assert f["tumour_rmse"] == 0 and f["elsewhere_rmse"] == 0 and f["tumour_mean"] == f["truth_tumour_mean"]
+    shifted = level_diagnosis.figures(truth + tumour.float() * 0.5, truth, tumour)
+    assert shifted["tumour_rmse"] == pytest.approx(0.5) and shifted["elsewhere_rmse"] == 0
+
+    assert level_diagnosis.main(["--run", str(tiny_run / "run"), "--input", str(tiny_run / "ph"), "--min-voxels", "1",
+                                 "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    r = _load(tmp_path / "level_diagnosis.json")
+    levels = {row["level"] for row in r["denoiser"]}
+    assert len(r["denoiser"]) == len(levels) * len(level_diagnosis.SIGMAS) and len(levels) >= 2
+    assert all(math.isfinite(row["elsewhere_rmse"]) for row in r["denoiser"])
+    assert all(math.isfinite(row["tumour_rmse"]) for row in r["denoiser"] if row["level"] == 0)
+    assert math.isfinite(r["sampled"]["tumour_rmse"])
