@@ -48,9 +48,9 @@ def _scale(v: np.ndarray) -> float:
 
 
 def subject_arrays(folder: Path, sid: str) -> dict:
-    clean = {m: _load(folder / sid / "noise_free" / f"{sid}_{m}.nii.gz") for m in ("t1", "t2")}
-    return {"t1": clean["t1"] / _scale(clean["t1"]), "t2": clean["t2"] / _scale(clean["t2"]),
-            "unit": _scale(clean["t1"]), "flair": _load(folder / sid / f"{sid}_flair.nii.gz"),
+    t1, t2 = (_load(folder / sid / "noise_free" / f"{sid}_{m}.nii.gz") for m in ("t1", "t2"))
+    unit = _scale(t1)
+    return {"t1": t1 / unit, "t2": t2 / _scale(t2), "unit": unit, "flair": _load(folder / sid / f"{sid}_flair.nii.gz"),
             "seg": _load(folder / sid / f"{sid}_seg.nii.gz")}
 
 
@@ -92,10 +92,10 @@ def score(net, a: dict, sigmas, dz: int) -> dict:
 
 def confusers(arrays: list[dict]) -> dict:
     """Tumour voxels whose (T1, T2) bin is shared with healthy voxels, and the FLAIR of those healthy twins."""
+    from phmdiff.data.intensity import foreground
+
     shared, tumour_flair, twin_flair, n = 0, [], [], 0
     for a in arrays:
-        from phmdiff.data.intensity import foreground
-
         fg = foreground(a["t1"], False)
         i = np.clip((a["t1"] * BINS[0] / 3).astype(int), 0, BINS[0] - 1)
         j = np.clip((a["t2"] * BINS[1] / 4).astype(int), 0, BINS[1] - 1)
@@ -116,12 +116,15 @@ def confusers(arrays: list[dict]) -> dict:
 def run_shape(shape, args) -> dict:
     from phmdiff.data.phantom import write_phantom
     from phmdiff.data.prepare import split_subjects
+    from phmdiff.demo import demo_config
+    from phmdiff.training import prepare_settings
 
     folder = Path(args.work) / "x".join(map(str, shape))
     if not folder.exists():
         write_phantom(folder, "brain", n_subjects=args.subjects, shape=shape, seed=0)
     ids = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    split = split_subjects(ids, (0.625, 0.125, 0.25), 0)  # the demo's split
+    demo = prepare_settings(demo_config(folder))  # the demo's split fractions and seed
+    split = split_subjects(ids, demo.split, demo.seed)
     train = [s for s in ids if split[s] == "train"]
     test = [s for s in ids if split[s] == "test"]
     arrays = {s: subject_arrays(folder, s) for s in train + test}
