@@ -96,8 +96,8 @@ def config(work: Path, quick: bool, target: str, mask_ratio: float, run: str):
             f"log.log_every={1 if quick else 10}"]  # the seconds per step of each window give the training pace
     if quick:
         over += ["data.resolution=32", "model.in_size=32", "train.batchsize=4", "eval.num_steps=3",
-                 "eval.fine_num_steps=2", "eval.sampler=ddim", "data.val_fraction=0.34", "data.test_fraction=0.34",
-                 "model.cross_granularity_weight=0"]
+                 "eval.fine_num_steps=2", "eval.sampler=ddim", "eval.churn=0", "data.val_fraction=0.34",
+                 "data.test_fraction=0.34", "model.cross_granularity_weight=0"]
     return load_config(GENERATE_CONFIG, over)
 
 

@@ -69,6 +69,8 @@ def test_original_dit_name_maps_to_ours():
         ("model.pyramid_levels=6", "divisible"),  # 64 / 2^5 = 2 pixels: less than one 4x4 patch
         ("data.target=t1", "missing modality"),
         ("train.grad_accum=3", "multiple"),
+        ("eval.churn=5", "churn needs heun or euler"),  # demo.yaml samples with ddim
+        ("eval.churn=nan", "'eval.churn'"),
         ("justtext", "section.key=value"),
     ],
 )

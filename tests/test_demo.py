@@ -57,7 +57,7 @@ def test_generate_demo_writes_one_grid_row_per_modality(tmp_path):
     from phmdiff.demo import run_generate_demo
 
     tiny = ["data.resolution=16", "model.in_size=16", "train.max_num_steps=2", "train.unmasked_finetune_steps=0",
-            "train.batchsize=4", "eval.sampler=ddim", "eval.num_steps=2", "eval.fine_num_steps=1"]
+            "train.batchsize=4", "eval.sampler=ddim", "eval.churn=0", "eval.num_steps=2", "eval.fine_num_steps=1"]
     lines = []
     result = run_generate_demo(tmp_path, tiny, subjects=3, shape=(16, 16, 16), progress=False, log=lines.append,
                                per_label=2)

@@ -37,3 +37,19 @@ def test_generate_on_the_tiny_run_is_seeded_per_sample(tiny_run, tmp_path):
     assert (tmp_path / "a" / "grid.png").is_file() and (tmp_path / "a" / "samples.nii.gz").is_file()
     with pytest.raises(ValueError):
         generate(tiny_run / "run", tmp_path / "a", [0], device="cpu")  # exists, no overwrite
+
+
+def test_generate_with_churn_is_seeded_per_sample_and_recorded(tiny_run, tmp_path):
+    kw = dict(device="cpu", sampler="heun", steps=3, churn=40.0, nearest=False)
+    a = generate(tiny_run / "run", tmp_path / "a", [0, 1, 2], batch_size=3, **kw)
+    b = generate(tiny_run / "run", tmp_path / "b", [2], batch_size=1, **kw)
+    assert a["churn"] == b["churn"] == 40.0
+    assert (tmp_path / "a" / "png" / "seed000002.png").read_bytes() == (tmp_path / "b" / "png" / "seed000002.png"
+                                                                         ).read_bytes()
+    c = generate(tiny_run / "run", tmp_path / "c", [2], batch_size=1, **{**kw, "churn": 0.0})
+    assert c["churn"] == 0.0
+    assert (tmp_path / "c" / "png" / "seed000002.png").read_bytes() != (tmp_path / "b" / "png" / "seed000002.png"
+                                                                         ).read_bytes()
+    with pytest.raises(ValueError, match="needs the heun or euler"):
+        generate(tiny_run / "run", tmp_path / "d", [0], device="cpu", sampler="ddim", churn=5.0)
+    assert not (tmp_path / "d").exists()  # refused before anything is written

@@ -20,6 +20,18 @@ def test_settings_come_from_eval_config_and_command_line():
     assert SamplingSettings.resolve(e, steps=12).fine_num_steps == 8
 
 
+def test_churn_comes_from_eval_config_unless_the_sampler_cannot_use_it():
+    e = EvalConfig(sampler="heun", churn=40.0)
+    assert SamplingSettings.resolve(e).churn == 40.0
+    assert SamplingSettings.resolve(e, sampler="euler").churn == 40.0
+    assert SamplingSettings.resolve(e, sampler="ddim").churn == 0.0  # a deterministic sampler chosen on the command line
+    assert SamplingSettings.resolve(e, churn=0.0).churn == 0.0
+    with pytest.raises(ValueError, match="needs the heun or euler"):
+        SamplingSettings.resolve(e, sampler="ddim", churn=5.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        SamplingSettings.resolve(e, churn=-1.0)
+
+
 def test_sample_latents_is_sample_pyramid_with_the_settings(tiny_denoiser):
     class Model:
         pyramid_levels, in_channels = 2, 2

@@ -273,12 +273,13 @@ def test_sample_pyramid_two_levels_restart_from_the_upsampled_coarse_result():
     assert float((out - wrong).abs().max() / wrong.abs().max()) > 2e-2
 
 
-@pytest.mark.parametrize("sampler,guidance", [("heun", 1.0), ("dpmpp_2m", 2.0)])
-def test_sample_pyramid_does_not_depend_on_the_batch(tiny_denoiser, sampler, guidance):
+@pytest.mark.parametrize("sampler,guidance,churn", [("heun", 1.0, 0.0), ("dpmpp_2m", 2.0, 0.0), ("heun", 1.0, 40.0)])
+def test_sample_pyramid_does_not_depend_on_the_batch(tiny_denoiser, sampler, guidance, churn):
     D = tiny_denoiser.eval()
     src = torch.randn(5, 2, 8, 8, generator=torch.Generator().manual_seed(1))
     avail, label, seeds = torch.ones(5, 1), torch.tensor([0, 1, 0, 1, 1]), [10, 11, 12, 13, 14]
-    kw = dict(levels=2, latent_channels=2, sampler=sampler, num_steps=3, fine_num_steps=2, guidance=guidance)
+    kw = dict(levels=2, latent_channels=2, sampler=sampler, num_steps=3, fine_num_steps=2, guidance=guidance,
+              churn=churn)
     whole = sample_pyramid(D, src, avail, label, seeds, **kw)
     parts = torch.cat([sample_pyramid(D, src[:2], avail[:2], label[:2], seeds[:2], **kw),
                        sample_pyramid(D, src[2:], avail[2:], label[2:], seeds[2:], **kw)])
@@ -320,3 +321,26 @@ def test_sample_pyramid_refuses_bad_settings(tiny_denoiser):
         sample_pyramid(tiny_denoiser, src, torch.ones(2, 1), None, [0, 1], num_steps=0, **kw)
     with pytest.raises(ValueError, match="expected one of heun"):
         sample_pyramid(tiny_denoiser, src, torch.ones(2, 1), None, [0, 1], sampler="lms", **kw)
+
+
+def test_sample_pyramid_churn_keeps_the_gaussian_marginal_and_changes_the_path():
+    """EDM's stochastic sampler with the ideal denoiser of N(0, s^2) still ends at variance s^2 (closed form),
+    but along another path than the deterministic ODE from the same seeds."""
+    seeds = list(range(256))
+    src = torch.zeros(256, 1, 4, 4)
+    kw = dict(levels=1, latent_channels=1, sampler="heun", num_steps=128)
+    churned = sample_pyramid(ideal(), src, torch.ones(256, 1), None, seeds, churn=40.0, **kw)
+    tol = 0.07  # 4.5 standard errors of a variance estimated from 4096 draws
+    assert float(churned.var()) / S**2 == pytest.approx(1.0, abs=tol)
+    ode = sample_pyramid(ideal(), src, torch.ones(256, 1), None, seeds, **kw)
+    assert float((churned - ode).abs().mean()) > 0.2 * S  # the noise added back moved each sample
+
+
+@pytest.mark.parametrize("sampler,churn,needle", [("ddim", 5.0, "needs the heun or euler"),
+                                                  ("dpmpp_2m", 1.0, "needs the heun or euler"),
+                                                  ("heun", -1.0, "expected a number >= 0"),
+                                                  ("euler", float("nan"), "expected a number >= 0")])
+def test_sample_pyramid_refuses_a_churn_its_sampler_cannot_use(tiny_denoiser, sampler, churn, needle):
+    with pytest.raises(ValueError, match=needle):
+        sample_pyramid(tiny_denoiser, torch.zeros(2, 2, 8, 8), torch.ones(2, 1), None, [0, 1], levels=2,
+                       latent_channels=2, sampler=sampler, churn=churn)

@@ -25,7 +25,7 @@ from phmdiff.diffusion.timestep_sampler import SCHEDULE_SAMPLERS
 from phmdiff.factory import PRECONDS
 from phmdiff.fsutil import atomic_write_text
 from phmdiff.masked_dit import PRESETS as MODEL_PRESETS
-from phmdiff.sample import SAMPLERS
+from phmdiff.sample import CHURN_SAMPLERS, SAMPLERS
 
 AMP_MODES = ("bf16", "fp16", "no")
 CATEGORIES = ("npy", "lmdb", "tar")
@@ -148,6 +148,7 @@ class EvalConfig:
     fine_num_steps: int = 8  # steps at levels finer than the coarsest
     sigma_start: float = 2.0  # noise added to the upsampled coarse result before refining it
     guidance: float = 1.0
+    churn: float = 0.0  # EDM's S_churn for heun / euler: stochastic sampling (noise added back each step); 0: none
     n_samples: int = 1
     every: int = 5000  # validate every this many steps; 0 turns validation off
     num_val_slices: int = 64
@@ -275,6 +276,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     _choice(origin, "train.amp", t.amp, AMP_MODES)
     _choice(origin, "train.device", t.device, DEVICES)
     _choice(origin, "eval.sampler", e.sampler, tuple(SAMPLERS))
+    _check(e.churn == 0 or e.sampler in CHURN_SAMPLERS, origin, f"'eval.churn' is {e.churn:g} but 'eval.sampler' is "
+           f"{e.sampler!r}, which samples deterministically; churn needs {' or '.join(CHURN_SAMPLERS)} (or churn 0).")
     if m.model_type.startswith("DiT-"):  # the original names map onto our sizes
         m.model_type = "PHMDiff-" + m.model_type[len("DiT-") :]
     _check(
@@ -323,6 +326,7 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         "eval.num_val_slices": e.num_val_slices,
         "eval.sigma_start": e.sigma_start,
         "eval.guidance": e.guidance,
+        "eval.churn": e.churn,
     }
     for key, value in non_negative.items():
         _check(math.isfinite(value) and value >= 0, origin, f"'{key}' is {value}; expected a number >= 0.")

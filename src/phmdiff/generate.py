@@ -123,7 +123,8 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 @torch.no_grad()
 def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str | None = None,
              guidance: float | None = None, condition: str = "none", batch_size: int = 16, device: str = "auto",
-             overwrite: bool = False, label: str | None = None, nearest: bool = True) -> dict:
+             overwrite: bool = False, label: str | None = None, nearest: bool = True,
+             churn: float | None = None) -> dict:
     """Sample one slice per seed of modality `label` (default: the run's target); writes OUT/png/seedNNNNNN.png,
     OUT/grid.png (each sample beside its nearest training slice), OUT/samples.nii.gz, OUT/generate.json and
     OUT/nearest.json. `run`: a run folder, a checkpoint folder or a checkpoint's weights file."""
@@ -141,7 +142,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
         raise ValueError(f"{out / 'grid.png'}: output exists; pass --overwrite to replace it.")
     path, ema = resolve_model_path(run)
     trained = load_trained(path, device, ema=ema)
-    settings = trained.settings(sampler, steps, guidance)
+    settings = trained.settings(sampler, steps, guidance, churn)
     cfg, ident, dev = trained.cfg, trained.identity, trained.device
     n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
     label = canonical(label) if label else ident["target"]
@@ -179,7 +180,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     images = np.concatenate(images)  # (N, H, W) in [0, 1]
     meta = {"run": str(trained.checkpoint), "weights": "ema" if ema else "model", "seeds": seeds,
             "condition": condition, "target": label, "sampler": settings.sampler, "steps": settings.num_steps,
-            "guidance": settings.guidance}
+            "guidance": settings.guidance, "churn": settings.churn}
     grid, near = images, {"skipped": "--no-nearest"}
     if nearest:
         data, reason = _training_slices(ident["data"]["prepared_dir"], label)
@@ -218,6 +219,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="modality to generate (a label-conditional run's data.targets); default the run's target")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale W (1: none); default the run's eval.guidance")
+    parser.add_argument("--churn", type=float, default=None,
+                        help="EDM's S_churn for heun / euler: noise added back before each step (0: deterministic); "
+                        "default the run's eval.churn")
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none",
                         help="unconditional (none) or conditioned on the source slices of a prepared split")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (results do not depend on it)")
@@ -228,6 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     meta = generate(args.run, args.out, parse_seeds(args.seeds), args.steps, args.sampler, args.guidance,
-                    args.condition, args.batch_size, args.device, args.overwrite, args.label, not args.no_nearest)
+                    args.condition, args.batch_size, args.device, args.overwrite, args.label, not args.no_nearest,
+                    args.churn)
     print(f"{args.out}: {len(meta['seeds'])} samples of {meta['target']} written.", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ from phmdiff.data.latent_cache import autoencoder_id
 from phmdiff.devices import choose_device
 from phmdiff.factory import build_denoiser
 from phmdiff.masked_dit import masked_dit_config
-from phmdiff.sample import sample_pyramid
+from phmdiff.sample import CHURN_SAMPLERS, check_churn, sample_pyramid
 from phmdiff.windows import WindowedDenoiser
 
 
@@ -92,12 +92,14 @@ class SamplingSettings:
     fine_num_steps: int = 8
     sigma_start: float = 2.0
     guidance: float = 1.0
+    churn: float = 0.0  # EDM's S_churn (Heun, Euler): noise added back before each step; 0 = deterministic
 
     # Below this many steps from sigma_max, Heun cannot integrate the ODE: one step from sigma 80 to ~0 keeps
     # about half the starting noise, and the "sample" collapses toward the blurry conditional mean.
     MIN_HEUN_STEPS = 8
 
     def __post_init__(self) -> None:
+        check_churn(self.sampler, self.churn)
         if self.sampler == "heun" and self.num_steps < self.MIN_HEUN_STEPS:
             warnings.warn(f"Heun with {self.num_steps} steps from sigma_max cannot integrate the sampling ODE (the "
                           f"samples collapse toward a blurry mean); use at least {self.MIN_HEUN_STEPS} steps, or "
@@ -105,11 +107,16 @@ class SamplingSettings:
 
     @classmethod
     def resolve(cls, eval_cfg, sampler: str | None = None, steps: int | None = None,
-                guidance: float | None = None) -> SamplingSettings:
-        """`cfg.eval` with the command line's choices on top; `--steps` also caps the finer levels' steps."""
-        return cls(sampler=sampler or eval_cfg.sampler, num_steps=steps or eval_cfg.num_steps,
+                guidance: float | None = None, churn: float | None = None) -> SamplingSettings:
+        """`cfg.eval` with the command line's choices on top; `--steps` also caps the finer levels' steps.
+        A sampler chosen on the command line that cannot churn samples deterministically unless churn is given."""
+        sampler = sampler or eval_cfg.sampler
+        if churn is None:
+            churn = eval_cfg.churn if sampler in CHURN_SAMPLERS else 0.0
+        return cls(sampler=sampler, num_steps=steps or eval_cfg.num_steps,
                    fine_num_steps=min(eval_cfg.fine_num_steps, steps or eval_cfg.fine_num_steps),
-                   sigma_start=eval_cfg.sigma_start, guidance=eval_cfg.guidance if guidance is None else guidance)
+                   sigma_start=eval_cfg.sigma_start, guidance=eval_cfg.guidance if guidance is None else guidance,
+                   churn=churn)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +135,7 @@ def sample_latents(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
         denoiser = WindowedDenoiser(denoiser, window)
     return sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
                           model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance,
-                          null_label=null_label)
+                          null_label=null_label, churn=s.churn)
 
 
 def modality_label(modalities: list[str], name: str) -> int:
@@ -175,10 +182,10 @@ class TrainedRun:
         """A generation run's null label (its condition is the label, dropped for guidance); None when translating."""
         return None if self.identity["sources"] else len(self.identity["data"]["modalities"])
 
-    def settings(self, sampler: str | None = None, steps: int | None = None,
-                 guidance: float | None = None) -> SamplingSettings:
+    def settings(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                 churn: float | None = None) -> SamplingSettings:
         """The run's `cfg.eval` sampling settings with the command line's choices on top."""
-        return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance)
+        return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance, churn)
 
     def sample(self, source: torch.Tensor, avail: torch.Tensor, seeds: list[int],
                settings: SamplingSettings, target: str | None = None, label: int | None = None) -> torch.Tensor:

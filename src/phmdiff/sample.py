@@ -12,6 +12,7 @@ the Karras sigmas clipped to its schedule's range.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -206,6 +207,10 @@ def guided_denoiser(D, scale: float, uncond_kwargs: dict) -> GuidedDenoiser:
 
 # The samplers by name: adding one here offers it to the config, translate, generate and the benchmarks.
 SAMPLERS = {"heun": sample_heun, "euler": sample_euler, "dpmpp_2m": sample_dpmpp_2m, "ddim": sample_ddim}
+# EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) adds noise back before each step in this sigma range;
+# S_tmin, S_tmax and S_noise as EDM set them for ImageNet 64x64 (Table 5). The amount, S_churn, is `churn`.
+CHURN_SAMPLERS = ("heun", "euler")
+CHURN_TMIN, CHURN_TMAX, CHURN_NOISE = 0.05, 50.0, 1.003
 
 
 def sample(denoiser, noise, sampler="heun", num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0,
@@ -236,6 +241,15 @@ def sample(denoiser, noise, sampler="heun", num_steps=18, sigma_min=0.002, sigma
     return x.to(noise.dtype)
 
 
+def check_churn(sampler: str, churn: float) -> None:
+    """Refuse a churn the sampler cannot use: only Heun and Euler add noise back (EDM Algorithm 2)."""
+    if not (math.isfinite(churn) and churn >= 0):
+        raise ValueError(f"churn is {churn}; expected a number >= 0 (0: deterministic sampling).")
+    if churn > 0 and sampler not in CHURN_SAMPLERS:
+        raise ValueError(f"churn {churn:g} needs the {' or '.join(CHURN_SAMPLERS)} sampler, not {sampler}; "
+                         "use churn 0 with it.")
+
+
 def level_kwargs(src_pyr: list[torch.Tensor], coarse_target: torch.Tensor | None, level: int, avail: torch.Tensor,
                  target_label: torch.Tensor | None) -> dict:
     """Model kwargs at one level: the source at that level and the (upsampled) coarser target, if any."""
@@ -248,16 +262,19 @@ def level_kwargs(src_pyr: list[torch.Tensor], coarse_target: torch.Tensor | None
 def sample_pyramid(denoiser, source: torch.Tensor, avail: torch.Tensor, target_label: torch.Tensor | None,
                    seeds: list[int], levels: int, latent_channels: int, sampler: str = "heun", num_steps: int = 18,
                    fine_num_steps: int = 8, sigma_start: float = 2.0, guidance: float = 1.0,
-                   sigma_min: float = 0.002, sigma_max: float = 80.0, null_label: int | None = None) -> torch.Tensor:
+                   sigma_min: float = 0.002, sigma_max: float = 80.0, null_label: int | None = None,
+                   churn: float = 0.0) -> torch.Tensor:
     """Coarse-to-fine sampling of the target latents (N, C, H, W) given the source latents (N, n_src*C, H, W).
 
     Every random draw comes from the sample's own seed (`StackedRandomGenerator`), so a sample does not
     depend on the batch it is in. Guidance's unconditional branch drops the sources; with `null_label` (a
     generation run, whose condition is the modality label) it also puts the null label in place of the label.
+    `churn` > 0 (Heun and Euler): EDM's stochastic sampler with S_churn = churn, the same at every level.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not available for pyramid sampling; expected one of "
                          f"{', '.join(SAMPLERS)}.")
+    check_churn(sampler, churn)
     if len(seeds) != source.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for {source.shape[0]} samples; expected one seed per sample.")
     if num_steps < 1 or fine_num_steps < 1:
@@ -269,6 +286,9 @@ def sample_pyramid(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
     src_pyr = gaussian_pyramid(source, levels)  # finest first
     shapes = level_shapes(source.shape[2:], levels)
     step = SAMPLERS[sampler]
+    if churn > 0:
+        step = functools.partial(step, s_churn=churn, s_tmin=CHURN_TMIN, s_tmax=CHURN_TMAX, s_noise=CHURN_NOISE,
+                                 randn_like=rng.randn_like)
     n = source.shape[0]
     x = None
     for level in reversed(range(levels)):
