@@ -24,7 +24,7 @@ def test_churn_comes_from_eval_config_unless_the_sampler_cannot_use_it():
     e = EvalConfig(sampler="heun", churn=40.0)
     assert SamplingSettings.resolve(e).churn == 40.0
     assert SamplingSettings.resolve(e, sampler="euler").churn == 40.0
-    assert SamplingSettings.resolve(e, sampler="ddim").churn == 0.0  # a deterministic sampler chosen on the command line
+    assert SamplingSettings.resolve(e, sampler="ddim").churn == 0.0  # ddim chosen on the command line: no churn
     assert SamplingSettings.resolve(e, churn=0.0).churn == 0.0
     with pytest.raises(ValueError, match="needs the heun or euler"):
         SamplingSettings.resolve(e, sampler="ddim", churn=5.0)
