@@ -1,7 +1,7 @@
 """`phmdiff demo`: the whole chain on the built-in brain phantom, on a CPU, in minutes.
 
-phantom -> prepare -> train-ae -> encode -> train PHMDiff-T/4 (pixel space) on T1 + T2 -> FLAIR -> translate the held-out
-(test) subjects -> PSNR/SSIM against the truth, beside two references: the noise-free ceiling (the clean
+phantom -> prepare -> train-ae -> encode -> train PHMDiff-T/4 (pixel space) on T1 + T2 -> FLAIR -> translate the
+held-out (test) subjects -> PSNR/SSIM against the truth, beside two references: the noise-free ceiling (the clean
 FLAIR scored against the noisy one: no method can do better) and the copy-the-source baseline (T2,
 intensity-matched to the truth, as the prediction). Writes a PNG panel and the NIfTI outputs.
 """
