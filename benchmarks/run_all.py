@@ -92,6 +92,12 @@ def _gpu_check(results_dir: Path) -> list[str]:
     return lines
 
 
+def _command(recorded: str) -> str:
+    """A recorded command as run from the repository root, whatever folder the recorded run was in."""
+    cmd = recorded.replace("python3 ", "python ").split(" --out-dir")[0]
+    return re.sub(r"\S*/(benchmarks/\w+\.py)", r"\1", cmd)
+
+
 def markdown(results_dir: Path) -> str:
     """Tables for docs/benchmarks.md, read from the result JSON files only (nothing typed by hand)."""
     lines = []
@@ -103,9 +109,7 @@ def markdown(results_dir: Path) -> str:
             continue
         data = json.loads(path.read_text())
         r, m = data["results"], data["machine"]
-        # From the repository root, whatever folder the recorded run was in.
-        cmd = data["command"].replace("python3 ", "python ").split(" --out-dir")[0]
-        cmd = re.sub(r"\S*/(benchmarks/\w+\.py)", r"\1", cmd)
+        cmd = _command(data["command"])
         lines += [f"### {name}", "", f"{data['date']}, commit `{data['git_commit'][:12]}`, {m['cpu_model']}, "
                   f"{m['cores']} cores ({r.get('threads', m['torch_threads'])} threads), torch {m['torch_version']}, "
                   f"load average {', '.join(f'{x:.1f}' for x in m.get('load_average', []))} (shared machine).", ""]
@@ -136,9 +140,13 @@ def markdown(results_dir: Path) -> str:
             lines += ["", f"GPU: {r['gpu_section']}.", ""] + _gpu_check(results_dir)
         elif name.startswith("quality"):
             for task in r["tasks"]:
+                # A task merged in from another run of the script carries that run's date, commit and command
+                run = task.get("run")
+                where = f"; run of {run['date']}, commit `{run['git_commit'][:12]}`" if run else ""
                 lines += [f"**{task['task']}** ({' + '.join(task['sources'])} -> {task['target']}; held out: "
-                          f"{', '.join(task['test_subjects'])}; budget {r['budget_s_per_method_per_task']:g} s)", ""]
-                lines += _targets(task["targets"], cmd) + [""]
+                          f"{', '.join(task['test_subjects'])}; budget {r['budget_s_per_method_per_task']:g} s{where})",
+                          ""]
+                lines += _targets(task["targets"], _command(run["command"]) if run else cmd) + [""]
                 lines += ["| method | PSNR dB | SSIM | lesion PSNR dB | MAE | NFE | s/volume | train s |",
                           "|---|---|---|---|---|---|---|---|"]
                 for k, v in task["methods"].items():
