@@ -53,3 +53,19 @@ def test_generate_with_churn_is_seeded_per_sample_and_recorded(tiny_run, tmp_pat
     with pytest.raises(ValueError, match="needs the heun or euler"):
         generate(tiny_run / "run", tmp_path / "d", [0], device="cpu", sampler="ddim", churn=5.0)
     assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_generate_says_when_a_deterministic_sampler_drops_the_runs_churn(tiny_run, tmp_path, monkeypatch, capsys):
+    import phmdiff.generate as gen
+
+    load = gen.load_trained
+
+    def churning(*args, **kwargs):  # the tiny run as if trained with eval.churn 40
+        trained = load(*args, **kwargs)
+        trained.cfg.eval.churn = 40.0
+        return trained
+
+    monkeypatch.setattr(gen, "load_trained", churning)
+    meta = generate(tiny_run / "run", tmp_path / "a", [0], device="cpu", sampler="ddim", steps=2, nearest=False)
+    assert meta["churn"] == 0.0
+    assert "eval.churn 40 is not used" in capsys.readouterr().err

@@ -143,6 +143,9 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     path, ema = resolve_model_path(run)
     trained = load_trained(path, device, ema=ema)
     settings = trained.settings(sampler, steps, guidance, churn)
+    if churn is None and trained.cfg.eval.churn > 0 and settings.churn == 0:
+        print(f"generate: --sampler {settings.sampler} samples deterministically; the run's eval.churn "
+              f"{trained.cfg.eval.churn:g} is not used.", file=sys.stderr)
     cfg, ident, dev = trained.cfg, trained.identity, trained.device
     n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
     label = canonical(label) if label else ident["target"]
