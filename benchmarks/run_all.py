@@ -113,6 +113,8 @@ def markdown(results_dir: Path) -> str:
         lines += [f"### {name}", "", f"{data['date']}, commit `{data['git_commit'][:12]}`, {m['cpu_model']}, "
                   f"{m['cores']} cores ({r.get('threads', m['torch_threads'])} threads), torch {m['torch_version']}, "
                   f"load average {', '.join(f'{x:.1f}' for x in m.get('load_average', []))} (shared machine).", ""]
+        if data.get("note"):  # how the recorded run was made, where it differs from the command shown
+            lines += [f"Note: {data['note'].rstrip('.')}.", ""]
         if name == "speed":
             lines += _speed_targets(r, cmd) + [""]
             lines += ["| model | mask ratio | dtype | step s (median, IQR) | CPU s | GFLOP/step | achieved GFLOP/s | "
