@@ -71,6 +71,8 @@ def test_original_dit_name_maps_to_ours():
         ("train.grad_accum=3", "multiple"),
         ("eval.churn=5", "churn needs heun or euler"),  # demo.yaml samples with ddim
         ("eval.churn=nan", "'eval.churn'"),
+        ("train.lr_cooldown=1.5", "'train.lr_cooldown'"),
+        ("train.lr_cooldown=nan", "in [0, 1]"),
         ("justtext", "section.key=value"),
     ],
 )

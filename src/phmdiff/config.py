@@ -130,6 +130,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0 turns clipping off
     lr_rampup_kimg: float = 0.0
+    lr_cooldown: float = 0.0  # share of the last steps over which the learning rate falls linearly to 0
     max_num_steps: int = 400000
     ema_halflife_kimg: float = 500.0
     ema_rampup_ratio: float = 0.05  # 0 turns the ramp-up off
@@ -339,6 +340,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         "model.class_dropout_prob": m.class_dropout_prob,
     }.items():
         _check(0 <= value < 1, origin, f"'{key}' is {value}; expected a number in [0, 1).")
+    _check(0 <= t.lr_cooldown <= 1, origin, f"'train.lr_cooldown' is {t.lr_cooldown}; expected a share of the steps "
+           "in [0, 1].")
     _check(
         len(m.mask_block_sizes) > 0 and all(b >= 1 for b in m.mask_block_sizes),
         origin,

@@ -80,6 +80,16 @@ def test_resume_after_sigkill_is_bit_identical(data):
     assert steps == sorted(set(steps), key=int)
 
 
+def test_the_optimizer_follows_the_lr_cooldown(data):
+    train(_cfg(data, "cool", "train.max_num_steps=4", "train.lr_cooldown=0.5", "train.lr=0.001", "log.log_every=1"),
+          progress=False)
+    rows = (data[0] / "cool" / "log.csv").read_text().splitlines()
+    column = rows[0].split(",").index("lr")
+    assert [float(r.split(",")[column]) for r in rows[1:]] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+    ckpt = load_checkpoint(find_latest(data[0] / "cool"))
+    assert [g["lr"] for g in ckpt.state["optimizer"]["param_groups"]] == pytest.approx([5e-4])
+
+
 def test_isolated_nonfinite_step_is_skipped_and_counted(data):
     def hook(step, terms):
         return {**terms, "loss": terms["loss"] * math.nan} if step == 1 else terms

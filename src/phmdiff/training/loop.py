@@ -230,7 +230,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         stop.install()  # SIGINT/SIGTERM: finish the step, save, exit 130/143
         while state["step"] < t.max_num_steps:
             step = state["step"]
-            lr = lr_at(step, t.batchsize, t.lr, t.lr_rampup_kimg)
+            lr = lr_at(step, t.batchsize, t.lr, t.lr_rampup_kimg, t.max_num_steps, t.lr_cooldown)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             mask_ratio = mask_ratio_at(step, t.max_num_steps, t.unmasked_finetune_steps, m.mask_ratio_fn,

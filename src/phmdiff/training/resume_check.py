@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 # Trajectory-changing keys outside `model`. Every model key counts except the autoencoder's, whose weights
 # the run already pins by sha256 (autoencoder_id) and whose own training settings do not matter here.
-TRAIN_KEYS = ("seed", "batchsize", "lr", "grad_accum")
+TRAIN_KEYS = ("seed", "batchsize", "lr", "lr_cooldown", "grad_accum")
 
 
 def _flat(prefix: str, value) -> dict:

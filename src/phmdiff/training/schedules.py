@@ -1,4 +1,4 @@
-"""Training schedules: the mask-ratio schedules of MaskDiT and the EDM learning-rate ramp-up."""
+"""Training schedules: the mask-ratio schedules of MaskDiT, the EDM learning-rate ramp-up and a final cool-down."""
 
 from __future__ import annotations
 
@@ -48,9 +48,15 @@ def mask_ratio_at(
     return float(min(max(get_mask_ratio_fn(name, ratio_scale, ratio_min)(progress), 0.0), 1.0))
 
 
-def lr_at(step: int, batchsize: int, lr: float, lr_rampup_kimg: float) -> float:
-    """Learning rate with EDM's linear ramp-up over the first `lr_rampup_kimg` thousand images."""
-    if lr_rampup_kimg <= 0:
-        return lr
-    cur_nimg = step * batchsize
-    return lr * min(cur_nimg / (lr_rampup_kimg * 1000), 1.0)
+def lr_at(step: int, batchsize: int, lr: float, lr_rampup_kimg: float, max_num_steps: int = 0,
+          lr_cooldown: float = 0.0) -> float:
+    """Learning rate at `step`: EDM's linear ramp-up over the first `lr_rampup_kimg` thousand images, and over
+    the last `lr_cooldown` share of `max_num_steps` a linear fall towards zero (the last step trains at lr / n
+    for an n-step cool-down), which the EMA alone does not replace at a constant high rate."""
+    factor = 1.0
+    if lr_rampup_kimg > 0:
+        factor = min(step * batchsize / (lr_rampup_kimg * 1000), 1.0)
+    cool = math.ceil(lr_cooldown * max_num_steps)
+    if cool > 0:
+        factor *= min((max_num_steps - step) / cool, 1.0)
+    return lr * factor
