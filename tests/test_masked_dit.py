@@ -284,3 +284,38 @@ def test_conv_head_starts_as_identity_and_never_sees_the_masked_noisy_target():
     cond = inp["cond"] + 5.0 * masked_px.float()  # the condition does reach the output there
     out3, _, _ = headed(**{**inp, "cond": cond}, generator=torch.Generator().manual_seed(7), **kw)
     assert (out3 - out).abs().max() > 1e-3
+
+
+def test_overlapping_output_windows_equal_an_explicit_overlap_add():
+    # Second implementation: every token's 2p x 2p window (its features times the kernel) added at
+    # (i p - p/2, j p - p/2), cropped to the image, against the transposed convolution.
+    model = _randomized(build_masked_dit("PHMDiff-T/2", **TINY, output_overlap=True), seed=4).eval()
+    layer, p, h, w = model.final_layer, 2, 8, 8
+    tokens = torch.randn(2, h * w, 32, generator=torch.Generator().manual_seed(5))
+    kernel, bias = layer.linear.weight, layer.linear.bias  # (D, C, 2p, 2p), (C,)
+    canvas = torch.zeros(2, 4, h * p + 2 * p, w * p + 2 * p)  # p of margin on every side
+    for i in range(h):
+        for j in range(w):
+            window = torch.einsum("nd,dcuv->ncuv", tokens[:, i * w + j], kernel)  # (N, C, 2p, 2p)
+            top, left = p + i * p - p // 2, p + j * p - p // 2
+            canvas[:, :, top: top + 2 * p, left: left + 2 * p] += window
+    expected = canvas[:, :, p: p + h * p, p: p + w * p] + bias[None, :, None, None]
+    torch.testing.assert_close(layer.to_image(tokens, h, w), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_overlapping_output_starts_at_zero_and_blends_neighbouring_tokens():
+    inp = _inputs()
+    model = build_masked_dit("PHMDiff-T/2", **TINY, output_overlap=True).eval()
+    assert model(**inp).abs().max() == 0  # zero-initialised like DiT's final linear: F = 0 at the start
+    model = _randomized(model, seed=6)
+    out, mask, _ = model(**inp, mask_ratio=0.5, generator=torch.Generator().manual_seed(1), return_aux=True)
+    assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+    # One token's features reach the pixels of its neighbours' patches (p/2 = 1 pixel over each side) only.
+    layer = model.final_layer
+    tokens = torch.zeros(1, 64, 32)
+    tokens[0, 3 * 8 + 3] = torch.randn(32, generator=torch.Generator().manual_seed(2))
+    reach = (layer.to_image(tokens, 8, 8) - layer.linear.bias[None, :, None, None]).abs().sum(dim=(0, 1)) > 0
+    rows, cols = reach.nonzero(as_tuple=True)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (5, 8, 5, 8)
+    with pytest.raises(ValueError, match="even patch_size"):
+        MaskedDiTConfig(patch_size=1, input_size=16, output_overlap=True)

@@ -101,6 +101,7 @@ class ModelConfig:
     mask_block_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])  # token block sizes of multi-scale masks
     source_aware_mask_tokens: bool = True  # the mask decoder sees the sources at every token (masked ones too)
     conv_head_width: int = 0  # a full-resolution 3x3 conv head after unpatchify (0: none); pixel-space runs
+    output_overlap: bool = False  # tokens paint overlapping 2p x 2p windows (stride p) instead of p x p patches
     mae_loss_coef: float = 0.1
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     pyramid_levels: int = 3

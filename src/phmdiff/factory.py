@@ -52,6 +52,7 @@ def build_denoiser(cfg, num_sources: int, num_targets: int) -> nn.Module:
         mask_block_sizes=tuple(m.mask_block_sizes),
         source_aware_mask_tokens=m.source_aware_mask_tokens,
         conv_head_width=m.conv_head_width,
+        output_overlap=m.output_overlap,
     )
     if m.precond not in PRECONDS:
         raise ValueError(f"model.precond is {m.precond!r}; expected one of {', '.join(PRECONDS)}.")

@@ -46,6 +46,9 @@ class MaskedDiTConfig:
     # sees the prediction and the condition at full resolution: a pixel-wise map from the sources that a linear
     # unpatchify of p x p patches cannot express cheaply. 0 turns it off.
     conv_head_width: int = 0
+    # Each token paints a 2p x 2p window that overlaps its neighbours' by p/2 on every side (a transposed
+    # convolution of stride p) instead of its own p x p patch, so adjacent tokens blend rather than meet at a seam.
+    output_overlap: bool = False
 
     def __post_init__(self):
         self.mask_block_sizes = tuple(int(b) for b in self.mask_block_sizes)
@@ -60,6 +63,8 @@ class MaskedDiTConfig:
                                                 f"divisible by 4 (2D sin-cos)"),
             (self.patch_size >= 1 and self.input_size % self.patch_size == 0,
              f"input_size {self.input_size} must be a multiple of patch_size {self.patch_size}"),
+            (not self.output_overlap or self.patch_size % 2 == 0,
+             f"output_overlap needs an even patch_size, got {self.patch_size}"),
             (self.latent_channels >= 1 and self.num_sources >= 0, "latent_channels must be >= 1 and "
                                                                   "num_sources >= 0"),
             (self.num_levels >= 1 and self.num_targets >= 1, "num_levels and num_targets must be >= 1"),
@@ -177,17 +182,32 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm and a linear map from tokens to patches (DiT)."""
+    """adaLN-modulated LayerNorm and a map from tokens to pixels: DiT's linear map of each token to its p x p
+    patch, or with `overlap` a transposed convolution (kernel 2p, stride p) whose windows overlap by p/2 on each
+    side. `forward` gives per-token values (N, T, .); `to_image` lays them out as (N, C, h*p, w*p)."""
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, overlap: bool = False):
         super().__init__()
+        self.patch_size, self.out_channels, self.overlap = patch_size, out_channels, overlap
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        if overlap:
+            self.linear = nn.ConvTranspose2d(hidden_size, out_channels, 2 * patch_size, stride=patch_size,
+                                             padding=patch_size // 2)
+        else:
+            self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        x = modulate(self.norm_final(x), shift, scale)  # (N, T, D)
+        return x if self.overlap else self.linear(x)  # (N, T, D) or (N, T, p*p*C)
+
+    def to_image(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        n, p, c = tokens.shape[0], self.patch_size, self.out_channels
+        if self.overlap:
+            return self.linear(tokens.transpose(1, 2).reshape(n, -1, h, w))  # (N, C, h*p, w*p)
+        x = tokens.reshape(n, h, w, p, p, c)  # (N, h, w, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(n, c, h * p, w * p)  # (N, C, H, W)
 
 
 class ConvHead(nn.Module):
@@ -262,7 +282,7 @@ class MaskedDiT(nn.Module):
             self.decoder_blocks = nn.ModuleList(
                 [DiTBlock(dd, cfg.decoder_num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)])
             out_width = dd
-        self.final_layer = FinalLayer(out_width, p, cfg.latent_channels)
+        self.final_layer = FinalLayer(out_width, p, cfg.latent_channels, cfg.output_overlap)
         # Optional parts are built last and initialised last, so switching one on leaves every other weight's
         # initial value (the random stream) as it was.
         if cfg.use_decoder and cfg.source_aware_mask_tokens:
@@ -320,11 +340,6 @@ class MaskedDiT(nn.Module):
         if key not in self._pos_cache:
             self._pos_cache[key] = sincos_2d(dim, h, w).to(device=device, dtype=dtype)[None]  # (1, T, dim)
         return self._pos_cache[key]
-
-    def unpatchify(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        p, c = self.cfg.patch_size, self.cfg.latent_channels
-        x = tokens.reshape(tokens.shape[0], h, w, p, p, c)  # (N, h, w, p, p, C)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(tokens.shape[0], c, h * p, w * p)  # (N, C, H, W)
 
     def _labels(self, value, n: int, default: int, limit: int, name: str, device) -> torch.Tensor:
         if value is None:
@@ -411,14 +426,15 @@ class MaskedDiT(nn.Module):
             c_dec = self.decoder_cond(c)
             for block in self.decoder_blocks:
                 y = block(y, c_dec)
-            out = self.final_layer(y, c_dec)  # (N, T, p*p*C)
+            out = self.final_layer(y, c_dec)  # (N, T, p*p*C), or (N, T, Dd) with output_overlap
         else:
-            out = self.final_layer(tokens, c)  # (N, T_vis, p*p*C)
+            out = self.final_layer(tokens, c)  # (N, T_vis, p*p*C), or (N, T_vis, D)
             if ids_keep is not None:
-                # Without a decoder nothing predicts masked tokens: they are left at zero.
+                # Without a decoder nothing predicts masked tokens: they are left at zero (with output_overlap their
+                # features are: only the overlap of visible neighbours reaches their pixels).
                 full = out.new_zeros(n, T, out.shape[-1])
                 out = full.scatter(1, ids_keep[:, :, None].expand(-1, -1, out.shape[-1]), out)  # (N, T, p*p*C)
-        F_x = self.unpatchify(out, h, w)  # (N, C, H, W)
+        F_x = self.final_layer.to_image(out, h, w)  # (N, C, H, W)
         if cfg.conv_head_width > 0:
             F_x = self.conv_head(F_x, x_in[:, cfg.latent_channels :])
         return (F_x, mask, features) if return_aux else F_x
