@@ -183,6 +183,44 @@ def peak_rss_child(argv: list[str], env: dict | None = None, cwd: str | Path | N
     return out
 
 
+def budget_pacer(t, budget_s: float, clock: Callable[[], float] = time.perf_counter, origin: float | None = None,
+                 finetune_share: float = 0.1, probe: int = 5):
+    """A training loop `after_step` hook that fits the run into `budget_s` seconds of `clock`, counted from
+    `origin` (default: the end of the first step, which carries one-off costs), and the dict it fills with
+    "used" (clock seconds since the first step) and "steps" (steps since it).
+
+    The loop re-reads `t.max_num_steps` (the train config `t`): after `probe` steps it is set from the pace so
+    far, then re-set every step at the pace of the latest half of the steps until the run's tail begins (its
+    unmasked `finetune_share` of the steps, MaskDiT's, and its learning-rate cool-down), so a machine that slows
+    down mid-run still gets the tail it planned; past the budget the run stops at the next step, which saves the
+    checkpoint."""
+    import math
+
+    t.max_num_steps, t.unmasked_finetune_steps = 10**9, 0
+    mark: dict = {}
+    times: list[float] = []  # the clock after each step
+
+    def after_step(step, model, accelerator):
+        now = clock()
+        times.append(now)
+        if step == 1:
+            mark["first"] = now
+            mark.setdefault("origin", now if origin is None else origin)
+            return
+        mark["used"], mark["steps"] = now - mark["first"], step - 1
+        left = budget_s - (now - mark["origin"])
+        tail = max(t.unmasked_finetune_steps, math.ceil(t.lr_cooldown * t.max_num_steps))
+        if step > probe and step + 1 < t.max_num_steps - tail:
+            half = (step - 1) // 2  # steps in the latest half
+            pace = (now - times[-1 - half]) / half
+            t.max_num_steps = max(step + 1, step + int(left / pace))
+            t.unmasked_finetune_steps = int(finetune_share * t.max_num_steps)
+        elif left < 0 and t.max_num_steps > step + 1:
+            t.max_num_steps = step + 1
+
+    return after_step, mark
+
+
 def set_threads(n: int | None) -> int:
     """Use `n` intra-op threads (default: all cores); benchmarks only, never the library."""
     n = n or os.cpu_count() or 1

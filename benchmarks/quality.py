@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from baselines.monai_ddpm import predict_ddpm, train_ddpm
 from baselines.unet_regression import predict_unet, train_unet
-from common import RESULTS, apply_slicewise, print_table, set_threads, test_subjects, write_result
+from common import RESULTS, apply_slicewise, budget_pacer, print_table, set_threads, test_subjects, write_result
 
 DEFAULT_BUDGET_S = 120.0
 # PHMDiff runs as shipped: the demo config (configs/demo.yaml) with only the budget-driven step count changed,
@@ -100,8 +100,8 @@ def train_autoencoder(cfg, steps: int) -> dict:
 def train_phmdiff(cfg, budget_s: float, finetune_share: float = 0.1) -> dict:
     """Latent cache and PHMDiff training inside `budget_s` seconds of wall clock (the autoencoder exists).
 
-    The step count is set from the pace of the first steps (the loop re-reads train.max_num_steps), ending
-    with `finetune_share` of the steps unmasked, as MaskDiT does.
+    The step count follows the pace (`common.budget_pacer`), ending with `finetune_share` of the steps unmasked,
+    as MaskDiT does.
     """
     from phmdiff.training import run_pipeline
     from phmdiff.training.loop import train
@@ -109,21 +109,7 @@ def train_phmdiff(cfg, budget_s: float, finetune_share: float = 0.1) -> dict:
     tic = time.perf_counter()
     run_pipeline(cfg, stages=("encode",), progress=False, log=lambda *_: None)
     t = cfg.train
-    t.max_num_steps, t.unmasked_finetune_steps = 10**9, 0
-    deadline = tic + budget_s
-    probe = 5
-    start = {}
-
-    def after_step(step, model, accelerator):
-        now = time.perf_counter()
-        if step == 1:
-            start["t"] = now  # the first step carries one-off costs; the pace is measured after it
-        elif step == 1 + probe:
-            pace = (now - start["t"]) / probe
-            t.max_num_steps = max(step + 1, step + int((deadline - now) / pace))
-            t.unmasked_finetune_steps = int(finetune_share * t.max_num_steps)
-        elif now > deadline and t.max_num_steps > step + 1:
-            t.max_num_steps = step + 1  # running late: stop at the next step, which saves the checkpoint
+    after_step, _ = budget_pacer(t, budget_s, origin=tic, finetune_share=finetune_share)
 
     result = train(cfg, resume="auto", progress=False, after_step=after_step)
     return {"train_seconds": time.perf_counter() - tic, "diffusion_steps": result["step"],

@@ -31,7 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from baselines.monai_ddpm import predict_ddpm, train_ddpm
-from common import RESULTS, print_table, set_threads, write_result
+from common import RESULTS, budget_pacer, print_table, set_threads, write_result
 
 DEFAULT_BUDGET_S = 600.0
 DEFAULT_WORK = Path("bench_out") / "realism"
@@ -114,30 +114,15 @@ def steady_samples_per_s(log_csv: Path, batch: int, mask_ratio: float) -> float:
 
 def train_phmdiff_cpu(cfg, budget_s: float, finetune_share: float = 0.1) -> dict:
     """PHMDiff training inside `budget_s` seconds of this process's CPU time (a shared machine's load changes
-    wall time, not CPU time), paced as quality.py paces its wall-clock budget: the step count is set from the
-    first steps, with the last `finetune_share` of them unmasked (MaskDiT)."""
+    wall time, not CPU time), paced by `common.budget_pacer` as quality.py paces its wall-clock budget, with the
+    last `finetune_share` of the steps unmasked (MaskDiT)."""
     from phmdiff.training import run_pipeline
     from phmdiff.training.loop import train
 
     run_pipeline(cfg, stages=("encode",), progress=False, log=lambda *_: None)
     t = cfg.train
-    t.max_num_steps, t.unmasked_finetune_steps = 10**9, 0
-    tic, start, probe, mark = time.perf_counter(), time.process_time(), 5, {}
-
-    def after_step(step, model, accelerator):
-        now = time.process_time()
-        if step == 1:  # the first step carries one-off costs (imports, allocations): the budget starts after it
-            mark["cpu"] = now
-            return
-        used = now - mark["cpu"]
-        mark["used"], mark["steps"] = used, step - 1
-        if step == 1 + probe:
-            pace = used / probe
-            t.max_num_steps = max(step + 1, step + int((budget_s - used) / pace))
-            t.unmasked_finetune_steps = int(finetune_share * t.max_num_steps)
-        elif used > budget_s and t.max_num_steps > step + 1:
-            t.max_num_steps = step + 1  # over budget: stop at the next step, which saves the checkpoint
-
+    tic, start = time.perf_counter(), time.process_time()
+    after_step, mark = budget_pacer(t, budget_s, clock=time.process_time, finetune_share=finetune_share)
     result = train(cfg, resume="auto", progress=False, after_step=after_step)
     return {"train_seconds": time.perf_counter() - tic, "train_cpu_seconds": time.process_time() - start,
             "diffusion_steps": result["step"], "unmasked_finetune_steps": t.unmasked_finetune_steps,

@@ -225,3 +225,30 @@ def test_level_diagnosis_runs_on_a_trained_run(tiny_run, tmp_path, restore_threa
     assert all(math.isfinite(row["elsewhere_rmse"]) for row in r["denoiser"])
     assert all(math.isfinite(row["tumour_rmse"]) for row in r["denoiser"] if row["level"] == 0)
     assert math.isfinite(r["sampled"]["tumour_rmse"])
+
+
+def test_budget_pacer_keeps_the_planned_tail_when_the_machine_slows_down():
+    from types import SimpleNamespace
+
+    from common import budget_pacer
+
+    from phmdiff.training.schedules import lr_at, mask_ratio_at
+
+    t = SimpleNamespace(max_num_steps=0, unmasked_finetune_steps=0, lr_cooldown=0.3)
+    clock = {"now": 0.0}
+    after_step, mark = budget_pacer(t, 100.0, clock=lambda: clock["now"], finetune_share=0.1)
+    step, masks, lrs = 0, [], []
+    while step < t.max_num_steps:  # the loop as training runs it: the hook after each step, the limit re-read
+        masks.append(mask_ratio_at(step, t.max_num_steps, t.unmasked_finetune_steps, ratio_scale=0.5))
+        lrs.append(lr_at(step, 16, 1.0, 0, t.max_num_steps, t.lr_cooldown))
+        clock["now"] += 5.0 if step == 0 else (0.1 if step < 200 else 0.2)  # first step slow; half pace from 200
+        step += 1
+        after_step(step, None, None)
+    used = clock["now"] - 5.0
+    assert 100.0 - 0.2 <= used <= 100.0 + 0.2  # the budget counts from the end of the first step
+    assert mark["steps"] == step - 1 and mark["used"] == pytest.approx(used)
+    # The unmasked tail and the cool-down ran as planned for the final count: 10 % and 30 % of it.
+    assert masks.count(0.0) == int(0.1 * step) and masks[-1] == 0.0
+    assert lrs[-1] == pytest.approx(1 / math.ceil(0.3 * step)) and min(lrs[: step - math.ceil(0.3 * step)]) == 1.0
+    # A pace planned once from the first steps (0.1 s) would have asked for 1000 steps and been cut at 700.
+    assert 550 < step < 650
