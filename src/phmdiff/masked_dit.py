@@ -190,12 +190,13 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.patch_size, self.out_channels, self.overlap = patch_size, out_channels, overlap
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
         if overlap:
             self.linear = nn.ConvTranspose2d(hidden_size, out_channels, 2 * patch_size, stride=patch_size,
                                              padding=patch_size // 2)
         else:
             self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        # built after `linear`, as before the overlap existed: the random stream of every initial weight is kept
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
