@@ -194,7 +194,7 @@ def budget_pacer(t, budget_s: float, clock: Callable[[], float] = time.perf_coun
     unmasked `finetune_share` of the steps, MaskDiT's, and its learning-rate cool-down), so a machine that slows
     down mid-run still gets the tail it planned; past the budget the run stops at the next step, which saves the
     checkpoint."""
-    import math
+    from phmdiff.training.schedules import cooldown_steps
 
     t.max_num_steps, t.unmasked_finetune_steps = 10**9, 0
     mark: dict = {}
@@ -209,7 +209,7 @@ def budget_pacer(t, budget_s: float, clock: Callable[[], float] = time.perf_coun
             return
         mark["used"], mark["steps"] = now - mark["first"], step - 1
         left = budget_s - (now - mark["origin"])
-        tail = max(t.unmasked_finetune_steps, math.ceil(t.lr_cooldown * t.max_num_steps))
+        tail = max(t.unmasked_finetune_steps, cooldown_steps(t.max_num_steps, t.lr_cooldown))
         if step > probe and step + 1 < t.max_num_steps - tail:
             half = (step - 1) // 2  # steps in the latest half
             pace = (now - times[-1 - half]) / half

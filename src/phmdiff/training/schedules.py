@@ -48,6 +48,11 @@ def mask_ratio_at(
     return float(min(max(get_mask_ratio_fn(name, ratio_scale, ratio_min)(progress), 0.0), 1.0))
 
 
+def cooldown_steps(max_num_steps: int, lr_cooldown: float) -> int:
+    """How many of the last steps the learning-rate cool-down spans (0: none)."""
+    return math.ceil(lr_cooldown * max_num_steps)
+
+
 def lr_at(step: int, batchsize: int, lr: float, lr_rampup_kimg: float, max_num_steps: int = 0,
           lr_cooldown: float = 0.0) -> float:
     """Learning rate at `step`: EDM's linear ramp-up over the first `lr_rampup_kimg` thousand images, and over
@@ -56,7 +61,7 @@ def lr_at(step: int, batchsize: int, lr: float, lr_rampup_kimg: float, max_num_s
     factor = 1.0
     if lr_rampup_kimg > 0:
         factor = min(step * batchsize / (lr_rampup_kimg * 1000), 1.0)
-    cool = math.ceil(lr_cooldown * max_num_steps)
+    cool = cooldown_steps(max_num_steps, lr_cooldown)
     if cool > 0:
         factor *= min((max_num_steps - step) / cool, 1.0)
     return lr * factor
