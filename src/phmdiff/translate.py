@@ -343,7 +343,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(len(p) for p in plans.values()) * n_samples, desc="translate", unit="volume",
+        bar = tqdm(total=sum(len(p) for p in plans.values()), desc="translate", unit="subject",
                    file=sys.stderr)
     for sub, (target, sources) in ((s, p) for s in subjects for p in plans[s.id]):
         files = planned[sub.id, target]
@@ -366,6 +366,9 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
             if log is not None:
                 log(f"translate: {sub.id} skipped: {reason}")
             continue
+        finally:  # the bar counts subjects (translated or skipped), not sample volumes
+            if bar is not None:
+                bar.update(1)
         entries.append(entry)
         if log is not None:  # --no-progress still says what was done, a line per subject
             log(f"translate: {sub.id} ({len(entries)}/{len(planned)}) -> {files['prediction']}")
@@ -436,8 +439,6 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
         samples.append(back(slices_to_volume(crop_plane(preds[j], pads), spec, target, norm=norm)))
         if n_samples > 1:
             write_like(to_output(samples[-1], dtype, settings.ct_window), reference, files["samples"][j], dtype)
-        if bar is not None:
-            bar.update(1)
     stack = np.stack(samples)  # (n_samples, X, Y, Z)
     write_like(to_output(stack.mean(0), dtype, settings.ct_window), reference, files["prediction"], dtype)
     if n_samples > 1:
