@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,33 +103,93 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_dead_temps(path: str | os.PathLike, min_age_s: float = 3600.0) -> list[Path]:
-    """Remove the hidden temporary folders of `path` left by runs that died (a kill, a power cut).
+def pid_start(pid: int) -> str | None:
+    """The start time of process `pid` as the kernel counts it (Linux), None where it cannot be read.
 
-    A temp folder is named `.NAME.PID-XXXX.tmp` by the process that writes it: it is removed when that
-    process is gone. Older names without a pid are removed once `min_age_s` old. An interrupted swap
-    (`.NAME.old` with NAME missing) is put back, so OUT is never left missing.
+    A pid alone does not name a process: it is reused. pid + start time does.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]  # field 22: starttime, after the "(comm)" field
+
+
+OWNER = ".phmdiff-owner.json"  # inside a stage folder: who made it (pid, start time) and the token of its name
+_STAGE = re.compile(r"\.phmdiff-([0-9a-f]{16})\.tmp\Z")
+
+
+def _stage_pattern(path: Path) -> str:
+    return f".{glob.escape(path.name)}.phmdiff-*.tmp"
+
+
+def _new_stage(path: Path) -> Path:
+    """A new hidden folder `.NAME.phmdiff-TOKEN.tmp` beside `path` holding its owner record; work goes in `out/`."""
+    token = secrets.token_hex(8)
+    stage = path.with_name(f".{path.name}.phmdiff-{token}.tmp")
+    stage.mkdir(mode=0o700)
+    record = {"token": token, "pid": os.getpid(), "start": pid_start(os.getpid())}
+    (stage / OWNER).write_text(json.dumps(record))
+    (stage / "out").mkdir()
+    os.chmod(stage / "out", _umask_mode(0o777))
+    return stage
+
+
+def _dead_stage(stage: Path) -> bool:
+    """True only when `stage` is provably a stage folder of a process that is gone.
+
+    A real folder (not a link), whose name carries a token, holding a plain owner record with that same
+    token, whose process no longer exists (or the pid now names another process, by its start time).
+    Anything else, a user's folder that only looks like ours among them, is left alone.
+    """
+    match = _STAGE.search(stage.name)
+    if match is None or stage.is_symlink() or not stage.is_dir():
+        return False
+    record_path = stage / OWNER
+    try:
+        if record_path.is_symlink() or not record_path.is_file():
+            return False
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("token") != match.group(1):
+        return False
+    pid, start = record.get("pid"), record.get("start")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if not pid_alive(pid):
+        return True
+    return start is not None and pid_start(pid) not in (None, start)  # the pid was reused by another process
+
+
+def clean_dead_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the stage folders of `path` left by runs that died (a kill, a power cut); return them.
+
+    Only folders `_dead_stage` proves ours are touched. A swap torn by a kill (OUT missing, the previous
+    OUT inside the dead run's stage as `previous`) is completed by putting the previous OUT back.
     """
     path = Path(path)
     removed = []
-    old = path.with_name(f".{path.name}.old")
-    if old.exists() and not path.exists():
-        os.replace(old, path)  # killed between the two renames of a swap: the previous output comes back
-    elif old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        removed.append(old)
     if not path.parent.is_dir():
         return removed
-    now = time.time()
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        owner = tmp.name[len(path.name) + 2 : -len(".tmp")].split("-")[0]
-        try:
-            dead = not pid_alive(int(owner)) if owner.isdigit() else now - tmp.stat().st_mtime > min_age_s
-        except OSError:
+    for stage in path.parent.glob(_stage_pattern(path)):
+        if not _dead_stage(stage):
             continue
-        if dead and tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
+        previous = stage / "previous"
+        if previous.is_dir() and not previous.is_symlink() and not os.path.lexists(path):
+            os.replace(previous, path)  # killed between the two renames of a swap: the previous output comes back
+        shutil.rmtree(stage, ignore_errors=True)
+        removed.append(stage)
+    return removed
+
+
+def clean_dead_stages_in(folder: str | os.PathLike) -> list[Path]:
+    """`clean_dead_temps` for every output of `folder` that has a stage folder there."""
+    removed = []
+    for stage in Path(folder).glob(".*.phmdiff-*.tmp"):
+        name = stage.name[1 : stage.name.rindex(".phmdiff-")]
+        if name:
+            removed += clean_dead_temps(Path(folder) / name)
     return removed
 
 
@@ -135,19 +197,20 @@ def clean_dead_temps(path: str | os.PathLike, min_age_s: float = 3600.0) -> list
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` whole.
 
-    Temp folders of dead runs beside `path` are removed first; the swap is one atomic exchange where the
+    Stage folders of dead runs beside `path` are removed first; the swap is one atomic exchange where the
     OS offers it, else two renames that the next run completes if a kill falls between them.
     """
     path = Path(path)
-    tmp = _temp_dir_beside(path)
+    stage = _stage_beside(path)
+    tmp = stage / "out"
     try:
         yield tmp
         _swap_in(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        raise _named(exc, path, tmp) from None
+        raise _named(exc, path, stage) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _named(exc: OSError, path: Path, tmp: Path) -> OSError:
@@ -160,25 +223,22 @@ def _named(exc: OSError, path: Path, tmp: Path) -> OSError:
     return exc
 
 
-def _temp_dir_beside(path: Path) -> Path:
-    """A new hidden folder `.NAME.PID-XXXX.tmp` beside `path`, after removing those of dead runs."""
+def _stage_beside(path: Path) -> Path:
+    """A new stage folder beside `path`, after removing those of dead runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_dead_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, _umask_mode(0o777))
-    return tmp
+    return _new_stage(path)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
-    """Put folder `tmp` at `path`; what was at `path` ends at `tmp` (removed by the caller)."""
-    if not path.exists():
+    """Put folder `tmp` (a stage's `out`) at `path`; what was at `path` ends inside the stage (removed by
+    the caller). Without an atomic exchange the previous `path` waits as the stage's `previous`."""
+    if not os.path.lexists(path):
         os.replace(tmp, path)
-    elif not (path.is_dir() and _exchange(tmp, path)):
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
+    elif not (path.is_dir() and not path.is_symlink() and _exchange(tmp, path)):
+        previous = tmp.with_name("previous")
+        os.replace(path, previous)
         os.replace(tmp, path)
-        os.replace(old, tmp)
 
 
 def safe_name(name, what: str = "name", source: str | os.PathLike | None = None) -> str:
@@ -208,16 +268,63 @@ def _marker(out: Path, command: str) -> Path:
     return out / f".phmdiff-{command}.json"
 
 
-def _owned_files(out: Path, command: str) -> list[str] | None:
-    """The top-level names `command` wrote into `out` last time, or None if `out` is not its output."""
+def digest(path: Path) -> str | None:
+    """A content checksum of a file or a folder tree (links by their text, never followed); None if missing."""
+    h = hashlib.sha256()
+    if path.is_symlink():
+        h.update(b"link\0" + os.fsencode(os.readlink(path)))
+    elif path.is_file():
+        h.update(b"file\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    elif path.is_dir():
+        h.update(b"dir\0")
+        for child in sorted(path.iterdir()):
+            h.update(os.fsencode(child.name) + b"\0" + (digest(child) or "").encode() + b"\0")
+    else:
+        return None
+    return h.hexdigest()
+
+
+def _claims(out: Path, command: str) -> dict[str, str | None] | None:
+    """What the marker of `command` in `out` claims: {name: checksum or None}, or None without a marker.
+
+    A claim is not a fact: entries that are not plain names are dropped here, and `_proven` checks the rest.
+    """
+    marker = _marker(out, command)
     try:
-        meta = json.loads(_marker(out, command).read_text())
+        if marker.is_symlink():
+            return None
+        meta = json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict) or meta.get("command") != command:
         return None
     files = meta.get("files")
-    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    if isinstance(files, list):  # an older marker: names without checksums, which prove nothing
+        files = {f: None for f in files if isinstance(f, str)}
+    if not isinstance(files, dict):
+        return {}
+    claims = {}
+    for name, check in files.items():
+        try:
+            safe_name(name)
+        except ValueError:
+            continue
+        claims[name] = check if isinstance(check, str) else None
+    return claims
+
+
+def _proven(out: Path, command: str) -> set[str]:
+    """The entries of `out` provably written by `command`: claimed by its marker, a plain name directly inside
+    `out` (not a link), and with the checksum the marker recorded when it was written."""
+    proven = set()
+    for name, check in (_claims(out, command) or {}).items():
+        entry = out / name
+        if check is not None and not entry.is_symlink() and entry.parent == out and digest(entry) == check:
+            proven.add(name)
+    return proven
 
 
 def check_out_dir(out: str | os.PathLike, command: str, overwrite: bool = False) -> Path:
@@ -227,7 +334,7 @@ def check_out_dir(out: str | os.PathLike, command: str, overwrite: bool = False)
     clean_dead_temps(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: output path is a file; expected a folder for phmdiff {command}.")
-    if out.is_dir() and not overwrite and _owned_files(out, command) is None:
+    if out.is_dir() and not overwrite and _claims(out, command) is None:
         entries = sorted(p.name for p in out.iterdir())
         if entries:
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
@@ -238,40 +345,74 @@ def check_out_dir(out: str | os.PathLike, command: str, overwrite: bool = False)
 
 
 def claim_out_dir(out: str | os.PathLike, command: str, files: list[str] | None = None) -> None:
-    """Mark `out` as this command's output (what `check_out_dir` accepts without --overwrite)."""
+    """Mark `out` as this command's output (what `check_out_dir` accepts without --overwrite).
+
+    The names are claims without checksums: they let a later run into `out` go ahead, never delete anything.
+    """
     out = Path(out)
-    names = sorted(set(_owned_files(out, command) or []) | set(files or []))
-    atomic_write_text(_marker(out, command), json.dumps({"command": command, "files": names}) + "\n")
+    claims = _claims(out, command) or {}
+    claims.update({name: claims.get(name) for name in files or [] if name not in claims})
+    atomic_write_text(_marker(out, command), json.dumps({"command": command, "files": claims}) + "\n")
+
+
+def check_inside(out: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """`path` if it lies under `out` with no symbolic link on the way (a link would carry the write elsewhere).
+
+    Only the part below `out` is checked: `out` itself is the user's choice.
+    """
+    out, path = Path(out), Path(path)
+    try:
+        rel = path.relative_to(out)
+    except ValueError:
+        raise ValueError(f"{path}: not inside the output folder {out}.") from None
+    here = out
+    for part in rel.parts:
+        if part in ("", ".", ".."):
+            raise ValueError(f"{path}: not a plain path inside the output folder {out}.")
+        here = here / part
+        if here.is_symlink():
+            raise ValueError(f"{here}: is a symbolic link inside the output folder; phmdiff writes nothing "
+                             "through a link (remove it, or choose another --out).")
+    return path
 
 
 @contextlib.contextmanager
 def publish_dir(out: str | os.PathLike, command: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder; on success its files become `out`'s, published as one unit.
 
-    `out` must pass `check_out_dir`. When `out` holds nothing but this command's earlier output the
-    whole folder is swapped in one step (a reader sees all old files or all new ones); when it also holds
-    files of others (allowed by `overwrite`) only this command's names are replaced and the rest is kept.
+    `out` must pass `check_out_dir`. Only entries proven to be this command's earlier output (`_proven`:
+    named by its marker, inside `out`, not links, checksums unchanged) are ever replaced or removed; any
+    other entry of the same name as a new output is replaced only with `overwrite`, else nothing is
+    written and a sentence says why. When `out` holds nothing but proven output the whole folder is swapped
+    in one step (a reader sees all old files or all new ones); else only this command's names are replaced.
     """
     out = check_out_dir(out, command, overwrite)
-    ours = set(_owned_files(out, command) or []) | {_marker(out, command).name}
-    tmp = _temp_dir_beside(out)
+    marker = _marker(out, command).name
+    stage = _stage_beside(out)
+    tmp = stage / "out"
     try:
         yield tmp
-        names = sorted(p.name for p in tmp.iterdir())
-        atomic_write_text(_marker(tmp, command), json.dumps({"command": command, "files": names}) + "\n")
-        present = {p.name for p in out.iterdir()} if out.is_dir() else set()
+        files = {p.name: digest(p) for p in sorted(tmp.iterdir())}
+        atomic_write_text(_marker(tmp, command), json.dumps({"command": command, "files": files}) + "\n")
+        present = {p.name for p in out.iterdir()} if out.is_dir() and not out.is_symlink() else set()
+        proven = _proven(out, command) if present else set()
+        ours = proven | ({marker} if _claims(out, command) is not None else set())
+        clash = sorted((set(files) | {marker}) & present - ours)
+        if clash and not overwrite:
+            raise ValueError(f"{out / clash[0]}: exists and is not phmdiff {command}'s unchanged earlier output; "
+                             "nothing was replaced; move it away or pass --overwrite to replace it.")
         if not present - ours:  # nothing of others: one atomic swap of the whole folder
             _swap_in(tmp, out)
             _fsync_dir(out.parent)
             return
-        for name in [*names, _marker(out, command).name]:  # others' files are kept: replace our names only
+        for name in [*files, marker]:  # others' files are kept: replace our names only
             src, dst = tmp / name, out / name
-            if dst.is_dir() and src.is_dir() and _exchange(src, dst):
+            if dst.is_dir() and not dst.is_symlink() and src.is_dir() and _exchange(src, dst):
                 continue
             if dst.is_dir() and not dst.is_symlink():
                 shutil.rmtree(dst)
             os.replace(src, dst)
-        for name in ours - set(names) - {_marker(out, command).name}:  # ours from last time, not written now
+        for name in proven - set(files) - {marker}:  # ours from last time, unchanged, not written now
             stale = out / name
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale)
@@ -279,9 +420,9 @@ def publish_dir(out: str | os.PathLike, command: str, overwrite: bool = False) -
                 stale.unlink(missing_ok=True)
         _fsync_dir(out)
     except OSError as exc:
-        raise _named(exc, out, tmp) from None
+        raise _named(exc, out, stage) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

@@ -28,7 +28,7 @@ from phmdiff.consistency import joint_bilateral_z
 from phmdiff.data.names import ALIASES, canonical
 from phmdiff.devices import DEVICES, run_device
 from phmdiff.finite import check_finite_numbers
-from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, claim_out_dir, safe_name
+from phmdiff.fsutil import atomic_write_text, check_inside, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 from phmdiff.inference import (
     SamplingSettings,
     TrainedRun,
@@ -408,6 +408,8 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
     from phmdiff.data import spacing as sp
     from phmdiff.data.volume import load_subject_volumes, slices_to_volume, write_like
 
+    for f in _files_of(files):  # a subject folder that is a link would carry the writes out of --out
+        check_inside(out, f)
     volumes, affine, _ = load_subject_volumes(sub, sources)
     axis, _, in_plane = sp.slice_plane(affine, settings.axis)
     # Resampling the plane must not change which axis is sliced; every slice with any foreground is predicted

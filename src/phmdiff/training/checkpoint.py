@@ -37,7 +37,7 @@ from phmdiff.checkpoint_io import (  # noqa: F401  (re-exported for training cod
     step_name,
     verify_checkpoint,
 )
-from phmdiff.fsutil import atomic_dir, atomic_write_text
+from phmdiff.fsutil import atomic_dir, atomic_write_text, clean_dead_stages_in
 
 
 def _plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,10 +90,7 @@ def _write_manifest(folder: Path) -> None:
 
 
 def _cleanup_temporaries(ckpt_dir: Path) -> None:
-    for stale in ckpt_dir.glob(".step-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in ckpt_dir.glob(".step-*.old"):
-        shutil.rmtree(stale, ignore_errors=True)
+    clean_dead_stages_in(ckpt_dir)  # only stage folders of writers that are provably gone
 
 
 def save_checkpoint(
