@@ -53,7 +53,8 @@ def test_train_without_progress_bar_names_its_device_and_logs_every_n_steps(tiny
     train(cfg, progress=False, log=lines.append)
     assert "warning: the config asks for device 'cuda' but no CUDA GPU is available" in lines[0]
     assert lines[1].startswith("phmdiff train: running on cpu (") and "threads)" in lines[1]
-    assert [line.split("  ")[0] for line in lines[2:]] == ["train: step 5/6", "train: step 6/6"]
+    assert lines[2] == f"train: resuming {tmp_path / 'run'} from step-000004 at step 4 of 6."  # never silent
+    assert [line.split("  ")[0] for line in lines[3:]] == ["train: step 5/6", "train: step 6/6"]
 
 
 @NO_CUDA
@@ -77,5 +78,5 @@ def test_translate_names_its_device(tiny_run, tmp_path):
     subject = sorted(p for p in (tiny_run / "ph").iterdir() if p.is_dir())[0]
     lines = []
     translate(tiny_run / "run", subject, tmp_path / "out", steps=1, device="cuda", progress=False, log=lines.append)
-    assert "warning: the config asks for device 'cuda'" in lines[0]
+    assert "warning: --device asks for device 'cuda'" in lines[0]
     assert lines[1].startswith("phmdiff translate: running on cpu")

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from safetensors import SafetensorError  # a full disk or corrupt file inside safetensors raises this
+from phmdiff.options import add_threads, fill_shared_help, has_option, new_parser, one_line, run_entry
 
 # command -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,55 +43,42 @@ def _usage() -> str:
 
 
 def build_parser(command: str) -> tuple[argparse.ArgumentParser, object]:
-    """The argument parser of one subcommand and the module that runs it."""
+    """The argument parser of one subcommand (its own options, then the shared ones it lacks) and its module."""
     module_name, help_ = COMMANDS[command]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"phmdiff {command}", description=help_)
+    parser = new_parser(f"phmdiff {command}", help_)
     module.add_arguments(parser)
-    if not any("--threads" in action.option_strings for action in parser._actions):
-        parser.add_argument("--threads", type=int, default=0,
-                            help="torch CPU threads (default 0: every available core, or OMP_NUM_THREADS when set)")
+    if not has_option(parser, "--threads"):
+        add_threads(parser)
+    fill_shared_help(parser)
     return parser, module
 
 
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError) and exc.filename:
-        return f"{exc.filename}: file or folder not found."
-    if isinstance(exc, PermissionError) and exc.filename:
-        return f"{exc.filename}: permission denied."
-    if isinstance(exc, OSError) and exc.filename and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}."
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+_one_line = one_line  # the name other modules imported before phmdiff.options existed
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return 0 if argv else 2
+        return run_entry("phmdiff", lambda: print(_usage()) or (0 if argv else 2))
     if argv[0] in ("-V", "--version"):
         from phmdiff import __version__
 
-        print(f"phmdiff {__version__}")
-        return 0
+        return run_entry("phmdiff", lambda: print(f"phmdiff {__version__}"))
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"phmdiff: error: unknown command '{command}'; run 'phmdiff --help' for the list.", file=sys.stderr)
         return 2
     parser, module = build_parser(command)
-    args = parser.parse_args(rest)
-    try:
+
+    def body() -> int:
         from phmdiff.threads import set_threads
 
+        args = parser.parse_args(rest)
         set_threads(getattr(args, "threads", 0))  # every command uses the available cores unless told otherwise
         return int(module.run(args) or 0)
-    except KeyboardInterrupt as exc:  # a training run says where it saved; its exit code names the signal
-        print(f"phmdiff {command}: {exc or 'interrupted.'}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 130))
-    except (ValueError, OSError, RuntimeError, SafetensorError) as exc:  # user-facing failures: one sentence
-        print(f"phmdiff {command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+
+    return run_entry(f"phmdiff {command}", body)
 
 
 if __name__ == "__main__":

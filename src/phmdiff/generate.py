@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from phmdiff.data.names import canonical
-from phmdiff.devices import DEVICES
+from phmdiff.devices import run_device
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
 from phmdiff.inference import decode_target, encode_sources, load_trained, modality_label
+from phmdiff.options import add_device, add_overwrite
 from phmdiff.sample import SAMPLERS
 
 MAX_SEEDS = 100_000
@@ -141,7 +142,11 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     if (out / "grid.png").exists() and not overwrite:
         raise ValueError(f"{out / 'grid.png'}: output exists; pass --overwrite to replace it.")
     path, ema = resolve_model_path(run)
+    device_lines = []  # said once the run has loaded, so that a bad run folder stays one sentence
+    device = str(run_device(device, "generate", device_lines.append, origin="--device"))
     trained = load_trained(path, device, ema=ema)
+    for line in device_lines:
+        print(line, file=sys.stderr, flush=True)
     settings = trained.settings(sampler, steps, guidance, churn)
     if churn is None and trained.cfg.eval.churn > 0 and settings.churn == 0:
         print(f"generate: --sampler {settings.sampler} samples deterministically; the run's eval.churn "
@@ -212,15 +217,21 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run folder (its best checkpoint), checkpoint folder, or a "
-                        "checkpoint's model.safetensors / ema.safetensors")
-    parser.add_argument("--out", required=True, help="output folder")
+    """`phmdiff generate`'s options; the root generate.py takes the same, under the original code's names too
+    (--model-path, --output-dir, --num-steps, --cfg-scale)."""
+    parser.add_argument("--run", "--model-path", dest="run", required=True,
+                        help="run folder (its best checkpoint), checkpoint folder, or a checkpoint's weights: "
+                        "model.safetensors / ema.safetensors")
+    parser.add_argument("--out", "--output-dir", dest="out", required=True,
+                        help="output folder: png/, grid.png, samples.nii.gz, generate.json, nearest.json")
     parser.add_argument("--seeds", default="0-63", help="seeds such as 0-63 or 1,5,9 (one sample per seed)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None)
+    parser.add_argument("--steps", "--num-steps", dest="steps", type=int, default=None,
+                        help="sampling steps; default the run's eval.num_steps")
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="sampler; default the run's "
+                        "eval.sampler")
     parser.add_argument("--label", default=None, metavar="MODALITY",
                         help="modality to generate (a label-conditional run's data.targets); default the run's target")
-    parser.add_argument("--guidance", type=float, default=None,
+    parser.add_argument("--guidance", "--cfg-scale", dest="guidance", type=float, default=None,
                         help="classifier-free guidance scale W (1: none); default the run's eval.guidance")
     parser.add_argument("--churn", type=float, default=None,
                         help="EDM's S_churn for heun / euler: noise added back before each step (0: deterministic); "
@@ -228,9 +239,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none",
                         help="unconditional (none) or conditioned on the source slices of a prepared split")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (results do not depend on it)")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    add_device(parser)
     parser.add_argument("--no-nearest", action="store_true", help="grid without the nearest training slices")
-    parser.add_argument("--overwrite", action="store_true")
+    add_overwrite(parser, "replace an existing output folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import torch
 
 from phmdiff.consistency import joint_bilateral_z
 from phmdiff.data.names import ALIASES, canonical
-from phmdiff.devices import DEVICES, run_device
+from phmdiff.devices import run_device
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_inside, check_out_dir, check_writable_dir, claim_out_dir, safe_name
 from phmdiff.inference import (
@@ -40,6 +40,7 @@ from phmdiff.inference import (
     plane_multiple,
 )
 from phmdiff.limits import check_voxels
+from phmdiff.options import add_device, add_overwrite, add_progress
 from phmdiff.sample import SAMPLERS
 
 NII = ".nii.gz"
@@ -165,11 +166,10 @@ def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]
     A ValueError when no subject could be translated (no subject has every source, or for an any-to-any run
     any of its modalities: the wrong folder or run).
     """
-    from phmdiff.data.readers import LAYOUTS, _nifti_stem, detect_layout, find_subjects
+    from phmdiff.data.readers import LAYOUTS, _nifti_stem, check_input_folder, detect_layout, find_subjects
 
     path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path}: input folder not found; expected a subject folder or a folder of subjects.")
+    check_input_folder(path, "a subject folder or a folder of subjects")
     single = any(_nifti_stem(p) for p in path.iterdir())  # volumes (or DICOM series) right here: one subject
     root = path.parent if single else path
     try:
@@ -290,7 +290,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     # Which device, in one line once the run has loaded (bad input stays one sentence); a GPU asked for but
     # absent is a warning and the run goes on on the CPU.
     device_lines = []
-    device = str(run_device(device, "translate", device_lines.append))
+    device = str(run_device(device, "translate", device_lines.append, origin="--device"))
     trained = load_trained(run, device)
     for line in device_lines:
         (log or (lambda msg: print(msg, file=sys.stderr, flush=True)))(line)
@@ -518,22 +518,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="a subject folder or a folder of subjects")
     parser.add_argument("--out", required=True, help="output folder for NIfTI volumes and translate.json")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps at the coarsest level")
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None)
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="default the run's eval.sampler")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--n-samples", type=int, default=1, help="samples per subject: mean and std volumes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="base seed (each subject, sample and slice its own)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="slices per batch, each with all its samples (results do not depend on it)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the denoiser's arithmetic: fp32, or bf16 autocast")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_device(parser)
+    add_overwrite(parser, "replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
     parser.add_argument("--z-sigma", type=float, default=Z_SIGMA,
                         help="through-plane joint bilateral filter guided by the sources: slice distance (0 = off)")
     parser.add_argument("--z-h", type=float, default=Z_H, help="the filter's source range (normalized units)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per subject instead)")
+    add_progress(parser, "one line per subject instead")
     parser.add_argument("--no-resample", action="store_true",
                         help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
     parser.add_argument("--target", default=None,

@@ -115,7 +115,7 @@ def test_empty_folder_and_missing_folder(tmp_path, capsys):
     rc, err = _run(capsys, ["prepare", str(tmp_path / "empty"), str(tmp_path / "out")])
     assert rc == 2 and f"{tmp_path / 'empty'}: no subjects found" in err
     rc, err = _run(capsys, ["prepare", str(tmp_path / "nope"), str(tmp_path / "out")])
-    assert rc == 2 and "nope: input folder not found." in err
+    assert rc == 2 and "nope: input folder not found;" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from phmdiff.data.datasets import direction_generator, draw_direction
 from phmdiff.data.prepare import SPLITS, load_manifest, prepared_id
 from phmdiff.fsutil import atomic_write_text, publish_dir
+from phmdiff.options import add_device, add_overwrite
 from phmdiff.schema import check_cache_meta
 
 FORMAT = "phmdiff-latents/1"
@@ -346,19 +347,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prepared", help="folder written by phmdiff prepare")
     parser.add_argument("autoencoder", help="autoencoder file written by phmdiff train-ae")
     parser.add_argument("out", help="output folder of the latent cache")
-    parser.add_argument("--backend", default="npy", choices=BACKENDS)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--backend", default="npy", choices=BACKENDS,
+                        help="npy files (random access) or tar shards (one file per split, streamed)")
+    parser.add_argument("--batch-size", type=int, default=32, help="slices encoded per batch")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                        help="storage type of the latent means and log-variances")
+    add_device(parser, "cpu")
+    add_overwrite(parser, "re-encode even when the cache is up to date")
 
 
 def run(args: argparse.Namespace) -> int:
     from phmdiff.autoencoder import load_autoencoder
+    from phmdiff.devices import choose_device
 
+    device = str(choose_device(args.device, origin="--device"))
     ae_id = autoencoder_id(args.autoencoder)
     model = load_autoencoder(args.autoencoder)
     status = encode_prepared(args.prepared, model, args.out, ae_id, args.backend, args.batch_size, args.dtype,
-                             args.device, args.overwrite)
+                             device, args.overwrite)
     print(f"{args.out}: {'up to date, reused' if status == 'reused' else 'encoded'}.", file=sys.stderr)
     return 0

@@ -22,7 +22,7 @@ import numpy as np
 from phmdiff import __version__
 from phmdiff.data.intensity import CT_WINDOW
 from phmdiff.data.names import canonical_list
-from phmdiff.data.readers import LAYOUTS, Subject, detect_layout, find_subjects
+from phmdiff.data.readers import LAYOUTS, Subject, check_input_folder, detect_layout, find_subjects
 from phmdiff.data.spacing import slice_plane, training_spacing
 from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
@@ -243,8 +243,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     `skip_incomplete`, is left out: each one is reported through `log` and listed in the manifest's "skipped".
     """
     root, out = Path(root), Path(out)
-    if not root.is_dir():
-        raise ValueError(f"{root}: input folder not found.")
+    check_input_folder(root)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: output path is a file; expected a folder for the prepared data.")
     check_writable_dir(out.parent)
@@ -327,24 +326,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="input folder (BraTS, SynthRAD, generic subject/modality "
                         ".nii.gz/.mha/.nrrd/DICOM, PNG folders)")
     parser.add_argument("out", help="output folder for shards and manifest.json")
-    parser.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
+    parser.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS),
+                        help="naming of the input folder; auto detects it from the file names")
     parser.add_argument("--modalities", nargs="+", default=None,
                         help="default: all of the layout's modalities; BraTS 2021 or 2023 names "
                         "(t1n = t1, t2f = flair)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--split", nargs=3, type=float, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    group.add_argument("--split", nargs=3, type=float, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+                       help="fractions of the subjects (never of slices) in the train, val and test splits")
     group.add_argument("--split-file", default=None, help="JSON {split: [ids]} or lines '<id> <split>'")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
     parser.add_argument("--size", type=int, default=256, help="model plane size; 0 keeps the input plane")
-    parser.add_argument("--fit", default="pad", choices=("pad", "resize"))
-    parser.add_argument("--axis", default="auto", choices=("auto", "0", "1", "2"))
-    parser.add_argument("--min-foreground", type=float, default=0.05)
+    parser.add_argument("--fit", default="pad", choices=("pad", "resize"),
+                        help="bring the plane to --size by padding (cropping a larger one) or by resizing")
+    parser.add_argument("--axis", default="auto", choices=("auto", "0", "1", "2"),
+                        help="voxel axis to slice along; auto: the coarsest-spacing axis (ties: the last)")
+    parser.add_argument("--min-foreground", type=float, default=0.05,
+                        help="keep slices whose foreground covers at least this fraction of the plane")
     parser.add_argument("--context", type=int, default=0, help="2.5D: neighbouring slices on each side")
     parser.add_argument("--norm", default="median", choices=MR_NORMS, help="MR normalization (default median)")
     parser.add_argument("--relative", nargs="+", default=[], metavar="TARGET=SRC[,SRC]",
                         help="normalize a target by its sources' parameters (what a translation run needs)")
-    parser.add_argument("--ct-window", nargs=2, type=float, default=CT_WINDOW, metavar=("LOW", "HIGH"))
-    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    parser.add_argument("--ct-window", nargs=2, type=float, default=CT_WINDOW, metavar=("LOW", "HIGH"),
+                        help="CT normalization: the fixed Hounsfield window mapped to [0, 1]")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                        help="storage type of the normalized slices")
     parser.add_argument("--dry-run", action="store_true", help="list subjects, modalities and problems only")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")
     parser.add_argument("--skip-incomplete", action="store_true",

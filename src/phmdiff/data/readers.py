@@ -75,11 +75,18 @@ def _subject_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in SKIP_DIRS and not p.name.startswith("."))
 
 
+def check_input_folder(root: Path, expected: str = "a folder of subjects") -> None:
+    """A missing input folder, or a file given where a folder is expected, in one sentence."""
+    if root.is_file():
+        raise ValueError(f"{root}: is a file, not a folder; expected {expected}.")
+    if not root.is_dir():
+        raise ValueError(f"{root}: input folder not found; expected {expected}.")
+
+
 def detect_layout(root: str | Path) -> str:
     """The layout of `root`, judged from the file names of its subject folders."""
     root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root}: input folder not found.")
+    check_input_folder(root)
     dirs = _subject_dirs(root)
     pngs = [d for d in dirs if any(p.suffix.lower() == ".png" for p in d.iterdir())]
     if pngs and len(pngs) == len(dirs):
@@ -164,8 +171,7 @@ def find_subjects(root: str | Path, layout: str = "auto") -> list[Subject]:
     if layout not in ("auto", *LAYOUTS):
         raise ValueError(f"layout '{layout}' is unknown; expected one of auto, {', '.join(LAYOUTS)}.")
     layout = detect_layout(root) if layout == "auto" else layout
-    if not root.is_dir():
-        raise ValueError(f"{root}: input folder not found.")
+    check_input_folder(root)
     if layout == "png":
         subjects = _png_subjects(root)
     else:

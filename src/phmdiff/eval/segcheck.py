@@ -38,8 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", help="data folder of the real subjects (default: the folder holding the test "
                                        "subjects' references)")
     parser.add_argument("--steps", type=int, default=600, help="training steps of the segmentation network")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per training step")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the network's weights and of the batches")
     parser.add_argument("--out", help="output folder (default: TRANSLATE_DIR/segcheck)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out that holds other files (they are kept)")

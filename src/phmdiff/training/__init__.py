@@ -30,8 +30,9 @@ def prepare_settings(cfg):
     return PrepareSettings(split=split, seed=d.split_seed, volume=volume)
 
 
-def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
-    """Run the chosen stages of the training chain for `cfg`; returns what each stage did."""
+def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print, allow_config_change: bool = False) -> dict:
+    """Run the chosen stages of the training chain for `cfg`; returns what each stage did. `allow_config_change`
+    lets training resume a checkpoint whose seed, batch size, lr, mask ratio or model differ."""
     from phmdiff.inference import autoencoder_path
 
     unknown = [s for s in stages if s not in STAGES]
@@ -79,6 +80,6 @@ def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print) -> dict:
     if "train" in stages:
         from phmdiff.training.loop import train
 
-        done["train"] = train(cfg, resume="auto", progress=progress, log=log)
+        done["train"] = train(cfg, resume="auto", progress=progress, log=log, allow_config_change=allow_config_change)
         log(f"train: {done['train']['run_dir']} at step {done['train']['step']}")
     return done

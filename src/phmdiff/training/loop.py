@@ -25,6 +25,7 @@ from phmdiff.devices import run_device
 from phmdiff.factory import build_denoiser, build_objective
 from phmdiff.fsutil import atomic_write_text
 from phmdiff.inference import SamplingSettings, decode_target, encode_sources, load_run_autoencoder, sample_latents
+from phmdiff.options import add_allow_config_change, add_progress
 from phmdiff.training import checkpoint as ckpt_lib
 from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
 from phmdiff.training.ema import EMA
@@ -194,6 +195,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             for key in ("nonfinite_total", "best_psnr"):
                 state[key] = loaded.state.get(key, state[key])
             state["step"] = loaded.step
+            if is_main:  # continuing is never silent
+                log(f"train: resuming {run_dir} from {start.name} at step {loaded.step} of {t.max_num_steps}.")
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
@@ -439,10 +442,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--resume", default="auto",
                         help="auto (newest valid checkpoint of the run folder), none, or a checkpoint folder")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (a line every log.log_every steps instead)")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="resume even though seed, batch size, lr, mask ratio or model differ from the checkpoint")
+    add_progress(parser, "a line every log.log_every steps instead")
+    add_allow_config_change(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from phmdiff.config import Config, add_config_arguments, config_from_args, data_modalities
 from phmdiff.fsutil import atomic_write_text
+from phmdiff.options import add_overwrite, add_progress
 
 
 def slice_datasets(cfg: Config, split: str, flip: bool = False) -> ConcatDataset:
@@ -192,9 +193,8 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing autoencoder")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (a line every log.log_every steps instead)")
+    add_overwrite(parser, "replace an existing autoencoder")
+    add_progress(parser, "a line every log.log_every steps instead")
 
 
 def run(args: argparse.Namespace) -> int:
