@@ -54,6 +54,33 @@ def check_voxels(shape, source, what: str = "volume") -> int:
     return count
 
 
+def check_decode_bytes(count: int, dtype, source, what: str = "volume") -> None:
+    """Refuse a decode that would hold more than 4 bytes x `max_voxels()` of stored voxels.
+
+    Decoding holds the stored array and its float32 copy, so a decode's peak stays under 2 x 4 bytes x the
+    voxel limit (1 GiB at the default); a float64 volume at the voxel limit would need half as much again.
+    """
+    need, budget = count * np.dtype(dtype).itemsize, 4 * max_voxels()
+    if need > budget:
+        raise LimitError(f"{source}: {what} of {count:,} {np.dtype(dtype)} voxels needs {need:,} bytes to decode, "
+                         f"more than the limit of {budget:,} bytes ({max_voxels():,} float32 voxels); raise {ENV} "
+                         "if this is a real image.")
+
+
+def check_affine(affine, source) -> None:
+    """Refuse a voxel-to-world matrix with NaN/Inf entries or a singular (flat, zero-spacing) linear part."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise LimitError(f"{source}: the affine (voxel-to-world matrix) has NaN or Inf entries; expected a valid "
+                         "header.")
+    linear = affine[:3, :3]
+    scale = np.linalg.norm(linear, axis=0)
+    if (scale == 0).any() or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(scale)):
+        raise LimitError(f"{source}: the affine (voxel-to-world matrix) is singular (voxel sizes "
+                         f"{tuple(round(float(v), 6) for v in scale)} mm, axes not independent); expected a valid "
+                         "header with non-zero spacing.")
+
+
 def check_gzip_size(path, limit: int) -> None:
     """Refuse a gzip file that decompresses to more than `limit` bytes, reading at most 1 MiB at a time."""
     total = 0
@@ -77,9 +104,8 @@ def check_nifti(img, path) -> None:
     if dtype.fields is not None or dtype.kind not in "biuf":
         kind = "complex" if dtype.kind == "c" else ("RGB colour" if dtype.fields else str(dtype))
         raise LimitError(f"{path}: voxels are {kind} ({dtype}); expected real grayscale intensities.")
-    if not np.isfinite(img.affine).all():
-        raise LimitError(f"{path}: the affine (voxel-to-world matrix) has NaN or Inf entries; expected a valid "
-                         "NIfTI header.")
+    check_decode_bytes(count, dtype, path)
+    check_affine(img.affine, path)
     if str(path).endswith(".gz"):
         offset = int(header.get("vox_offset", 352)) if hasattr(header, "get") else 352
         check_gzip_size(path, max(offset, 352) + count * dtype.itemsize + _GZIP_SLACK)

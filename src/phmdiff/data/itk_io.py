@@ -7,7 +7,9 @@ Two conventions differ from nibabel's and are converted here, once:
   this module returns is diag(-1, -1, 1, 1) @ [direction * spacing | origin], the same mapping nibabel uses for
   NIfTI files converted from DICOM, so a volume has one affine whichever format it came in.
 The header (size, pixel type) is read before any voxel is decoded and checked against `limits.check_voxels`.
-A DICOM series is a folder of ``.dcm`` files holding one series.
+A header reads only what it was given: detached data (MetaIO ``ElementDataFile``, NRRD ``data file``) must be
+one plain file in the header's own folder, checked from the header text before SimpleITK opens anything.
+A DICOM series is a folder of ``.dcm`` files holding one series, with one orientation and evenly spaced slices.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phmdiff.limits import LimitError, check_voxels
+from phmdiff.limits import LimitError, check_affine, check_decode_bytes, check_voxels
 
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -72,6 +74,94 @@ def _dicom_files(path: Path) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
 
 
+_HEADER_BYTES = 1 << 20  # a header longer than this is not one we read
+
+
+def _header_lines(path: Path) -> tuple[bool, list[tuple[str, str]]]:
+    """Whether a header is NRRD (by its magic, as the readers decide), and its (key, value) pairs, read as
+    text up to where its data begins."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_BYTES)
+    nrrd = head.startswith(b"NRRD")
+    pairs = []
+    for raw in head.split(b"\n")[1 if nrrd else 0 :]:
+        line = raw.rstrip(b"\r").decode("latin-1")
+        if nrrd and not line.strip():
+            return nrrd, pairs  # a blank line ends a NRRD header; attached data follows
+        if nrrd and (line.startswith("#") or ":=" in line):  # comments and key/value pairs name no data
+            continue
+        key, _, value = line.partition(":" if nrrd else "=")
+        key = key.strip().lower().replace(" ", "")
+        pairs.append((key, value.strip()))
+        if not nrrd and key == "elementdatafile":
+            return nrrd, pairs  # the last MetaIO field: binary data may follow
+    raise ValueError(f"{path}: image header does not end within its first {_HEADER_BYTES:,} bytes "
+                     f"({'no blank line' if nrrd else 'no ElementDataFile field'}); expected a MetaImage or NRRD "
+                     "header.")
+
+
+def check_detached(path: str | Path) -> None:
+    """Refuse a MetaIO/NRRD header whose data is not in the file itself or one plain file beside it.
+
+    `ElementDataFile = /etc/passwd` or `data file: ../x.raw` would make the reader take any file on the disk
+    as voxels; a list or a pattern of files, a link, a folder or a name with a separator are refused too.
+    """
+    path = Path(path)
+    nrrd, pairs = _header_lines(path)
+    field, name = ("datafile", "data file") if nrrd else ("elementdatafile", "ElementDataFile")
+    values = [v for k, v in pairs if k == field]
+    if not values or (not nrrd and values[-1].upper() == "LOCAL"):
+        return  # the data is in the file itself
+    value, folder = values[-1], path.parent
+    target = folder / value
+    plain = (len(values) == 1 and value not in ("", ".", "..") and not any(c in value for c in "/\\\0 %")
+             and value.upper() not in ("LIST", "LOCAL"))
+    if not plain:
+        raise ValueError(f"{path}: {name} is {value!r}; expected the plain name of one data file in the header's "
+                         "own folder (no path, list or pattern).")
+    if target.is_symlink() or not target.is_file() or target.resolve().parent != folder.resolve():
+        raise ValueError(f"{path}: {name} {value!r} is not a plain file in the header's own folder ({folder}); "
+                         "expected the data file beside its header.")
+
+
+def _check_series(path: Path, files: list[str], reader_cls) -> None:
+    """Refuse a DICOM series whose slices are not one evenly spaced stack (a gap, mixed orientations, mixed
+    sizes, a tilted or repeated slice): one uniform spacing would misplace them without a word."""
+    positions, directions, shapes = [], [], []
+    for name in files:
+        r = reader_cls()
+        r.SetFileName(name)
+        try:
+            r.ReadImageInformation()
+        except RuntimeError as exc:
+            raise ValueError(f"{name}: unreadable DICOM header ({_one_line(exc)}).") from None
+        positions.append(r.GetOrigin()[:3])
+        directions.append(np.asarray(r.GetDirection(), dtype=float).reshape(r.GetDimension(), -1)[:3, :3])
+        shapes.append((tuple(r.GetSize()[:2]), tuple(round(v, 4) for v in r.GetSpacing()[:2])))
+    if len(set(shapes)) > 1:
+        raise ValueError(f"{path}: DICOM slices differ in size or pixel spacing ({sorted(set(shapes))[:2]}); "
+                         "expected one series of equal slices.")
+    if any(np.abs(d - directions[0]).max() > 1e-3 for d in directions):
+        raise ValueError(f"{path}: DICOM slices have different orientations; expected one series with one "
+                         "orientation.")
+    if len(files) < 2:
+        return
+    normal = directions[0][:, 2]
+    pos = np.asarray(positions, dtype=float)
+    dist = np.sort(pos @ normal)
+    steps = np.diff(dist)
+    off_axis = pos - pos[0] - np.outer((pos - pos[0]) @ normal, normal)
+    if not np.isfinite(pos).all() or np.abs(off_axis).max() > 1e-2 * max(float(np.median(steps)), 1e-3) + 1e-3:
+        raise ValueError(f"{path}: DICOM slice positions do not lie on one line along the slice normal (a tilted "
+                         "or mixed series); expected one stack of parallel slices.")
+    median = float(np.median(steps))
+    if median <= 0 or np.abs(steps - median).max() > 0.01 * median + 1e-3:
+        i = int(np.argmax(np.abs(steps - median)))
+        raise ValueError(f"{path}: DICOM slices are not evenly spaced (steps from {steps.min():.3g} to "
+                         f"{steps.max():.3g} mm, {steps[i]:.3g} mm between slices {i} and {i + 1}: a gap, a "
+                         "repeated or a missing slice); expected a uniformly spaced series.")
+
+
 def _one_line(exc: BaseException) -> str:
     lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
     text = next((s for s in lines if not s.startswith(("/", "sitk::", "Exception thrown"))), lines[-1] if lines else "")
@@ -83,6 +173,10 @@ def read_info(path: str | Path) -> ItkInfo:
     path = Path(path)
     sitk = sitk_module(path)
     files = _dicom_files(path) if path.is_dir() else [str(path)]
+    if path.is_dir():
+        _check_series(path, files, sitk.ImageFileReader)
+    else:
+        check_detached(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
     try:
@@ -110,7 +204,7 @@ def read_info(path: str | Path) -> ItkInfo:
     if len(size) == 4 and size[3] == 1:
         size, spacing, origin = size[:3], spacing[:3], origin[:3]
         direction = tuple(np.asarray(direction).reshape(4, 4)[:3, :3].ravel())
-    check_voxels(size, path)
+    count = check_voxels(size, path)
     if len(size) != 3:
         raise ValueError(f"{path}: image has {len(size)} dimensions {size}; expected a 3D volume.")
     components = int(reader.GetNumberOfComponents())
@@ -120,7 +214,12 @@ def read_info(path: str | Path) -> ItkInfo:
     dtype = np.dtype(sitk.GetArrayViewFromImage(pixel).dtype)
     if dtype.kind not in "biuf":
         raise LimitError(f"{path}: voxels are {reader.GetPixelIDTypeAsString()}; expected real grayscale intensities.")
-    return ItkInfo(size, tuple(map(float, spacing)), tuple(map(float, origin)), tuple(map(float, direction)), dtype)
+    check_decode_bytes(count, dtype, path)
+    info = ItkInfo(size, tuple(map(float, spacing)), tuple(map(float, origin)), tuple(map(float, direction)), dtype)
+    if not all(np.isfinite(v) and v > 0 for v in info.spacing):
+        raise LimitError(f"{path}: voxel spacing {info.spacing} is not positive and finite; expected a valid header.")
+    check_affine(info.affine, path)
+    return info
 
 
 def read_itk(path: str | Path) -> tuple[np.ndarray, np.ndarray, ItkInfo]:
