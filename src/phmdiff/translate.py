@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from phmdiff.consistency import joint_bilateral_z
-from phmdiff.data.names import ALIASES, canonical
+from phmdiff.data.names import ALIASES, canonical, output_stem
 from phmdiff.devices import run_device
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import atomic_write_text, check_inside, check_out_dir, check_writable_dir, claim_out_dir, safe_name
@@ -166,11 +166,13 @@ def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]
     A ValueError when no subject could be translated (no subject has every source, or for an any-to-any run
     any of its modalities: the wrong folder or run).
     """
+    from phmdiff.data import bids
     from phmdiff.data.readers import LAYOUTS, _nifti_stem, check_input_folder, detect_layout, find_subjects
 
     path = Path(path)
     check_input_folder(path, "a subject folder or a folder of subjects")
-    single = any(_nifti_stem(p) for p in path.iterdir())  # volumes (or DICOM series) right here: one subject
+    # volumes (or DICOM series) right here, or a BIDS subject's folder: one subject
+    single = any(_nifti_stem(p) for p in path.iterdir()) or path.name.startswith(bids.SUBJECT_PREFIX)
     root = path.parent if single else path
     try:
         layout = detect_layout(root)
@@ -179,8 +181,8 @@ def find_input_subjects(path: str | Path, layout: str | None, sources: list[str]
     if layout == "png":
         layout = "auto"
     subjects = find_subjects(root, layout)
-    if single:
-        subjects = [s for s in subjects if s.id == path.name]
+    if single:  # a BIDS subject's sessions are subjects of their own (sub-01_ses-02)
+        subjects = [s for s in subjects if s.id == path.name or s.id.startswith(f"{path.name}_{bids.SESSION_PREFIX}")]
     servable = any if any_to_any else all
     if not any(servable(m in s.paths for m in sources) for s in subjects):
         missing = sorted({m for s in subjects for m in sources if m not in s.paths})
@@ -239,14 +241,16 @@ def target_norm_for(settings, target: str, sources: list[str], source_norms: dic
     return relative_norm(source_norms, rel)
 
 
-def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = False, suffix: str = NII) -> dict:
-    folder = out / sid
-    files = {"prediction": folder / f"{sid}_{target}{suffix}"}
+def _outputs(out: Path, sid: str, target: str, n_samples: int, ceiling: bool = False, suffix: str = NII,
+             layout: str = "generic") -> dict:
+    """A subject's output files, named in its input's convention (`names.output_stem`: `<id>-t2f` for BraTS 2023)."""
+    folder, stem = out / sid, output_stem(sid, target, layout)
+    files = {"prediction": folder / f"{stem}{suffix}"}
     if ceiling:
-        files["ceiling"] = folder / f"{sid}_{target}_ceiling{suffix}"
+        files["ceiling"] = folder / f"{stem}_ceiling{suffix}"
     if n_samples > 1:
-        files["std"] = folder / f"{sid}_{target}_std{suffix}"
-        files["samples"] = [folder / "samples" / f"{sid}_{target}_sample{j}{suffix}" for j in range(n_samples)]
+        files["std"] = folder / f"{stem}_std{suffix}"
+        files["samples"] = [folder / "samples" / f"{stem}_sample{j}{suffix}" for j in range(n_samples)]
     return files
 
 
@@ -326,8 +330,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, steps: i
     listed_target, listed_sources = (target, slots) if any_to_any else (run_target, slots)
     earlier = _earlier_entries(out, listed_target, listed_sources, overwrite)
     claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])  # a killed run's out stays ours
-    planned = {(s.id, t): _outputs(out, s.id, t, n_samples, ceiling and t in s.paths, output_suffix(s.paths[used[0]]))
-               for s in subjects for t, used in plans[s.id]}
+    planned = {(s.id, t): _outputs(out, s.id, t, n_samples, ceiling and t in s.paths, output_suffix(s.paths[used[0]]),
+                                   s.layout) for s in subjects for t, used in plans[s.id]}
     if not overwrite:  # refuse before any work, so nothing is half replaced
         for files in planned.values():
             for f in _files_of(files):
@@ -473,6 +477,9 @@ def _translate_subject(trained, sub, sources, target, settings, target_norm, sam
 def _check_direction_choice(ident: dict, target: str | None, use_sources: list[str] | None) -> None:
     """--target and --sources name modalities of an any-to-any run; a single-direction run takes only its own."""
     slots = list(ident["sources"])
+    if target and use_sources and target in use_sources:
+        raise ValueError(f"--target {target} is also listed in --sources {' '.join(use_sources)}; the target is the "
+                         "modality to synthesize: list only the modalities it is made from.")
     if not ident.get("any_to_any"):
         if target not in (None, ident["target"]) or use_sources not in (None, slots):
             raise ValueError(f"this run translates {slots} -> {ident['target']} only; --target and --sources "

@@ -5,6 +5,10 @@ SynthRAD's ``mr ct mask`` are their own canonical names. Every place a modality 
 file name (``prepare --modalities``, a run's sources and target met in a folder of the other naming,
 ``evaluate --target``, generic ``subject/<modality>.nii.gz`` files) goes through `canonical`, so
 ``t1n``, ``T1w`` and ``t1`` are one modality and a model trained on 2021 names reads a 2023 folder.
+
+BIDS file names (``sub-01[_ses-01][_ce-gadolinium]..._T1w.nii.gz``) name the modality by their suffix and, for a
+contrast-enhanced T1, by a ``ce-`` entity (`bids_modality`). Outputs are named in the input's convention
+(`output_stem`): a BraTS 2023 subject gets ``<id>-t2f``, a BIDS subject ``<id>_FLAIR``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ BRATS2021 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
 BRATS2023 = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
 
 _LOOKUP = {alias: name for name, spellings in ALIASES.items() for alias in spellings}
+
+# BIDS: canonical name -> the file name's ending (entities and suffix) a BIDS-like output gets.
+BIDS_NAMES = {"t1": "T1w", "t1ce": "ce-gadolinium_T1w", "t2": "T2w", "flair": "FLAIR"}
+# BIDS suffixes of a segmentation or mask (discrete segmentation, mask, and common hand-made names).
+BIDS_MASKS = ("dseg", "mask", "seg", "label", "labels")
 
 
 def _key(name: str) -> str:
@@ -53,3 +62,38 @@ def spellings(name: str) -> tuple[str, ...]:
     """Every spelling of the modality `name` names (for finding files by name), canonical first."""
     name = canonical(name)
     return (name, *[a for a in ALIASES.get(name, ()) if a != name])
+
+
+def bids_parts(stem: str) -> tuple[dict[str, str], str]:
+    """A BIDS file stem's entities and suffix: ``sub-01_ce-Gd_T1w`` -> ({'sub': '01', 'ce': 'Gd'}, 'T1w')."""
+    parts = stem.split("_")
+    entities = dict(p.split("-", 1) for p in parts[:-1] if "-" in p)
+    return entities, parts[-1]
+
+
+def bids_modality(stem: str) -> str | None:
+    """The canonical modality of a BIDS file stem (``seg`` for a segmentation or mask), or None when its suffix
+    names no modality PHMDiff knows. A T1w with a contrast-agent entity (``ce-gadolinium``, ``ce-Gd``, any
+    ``ce-`` value) is ``t1ce``; suffixes such as ``T1Gd`` or ``T2FLAIR`` go through the alias table."""
+    entities, suffix = bids_parts(stem)
+    if suffix.lower() in BIDS_MASKS:
+        return "seg"
+    name = _LOOKUP.get(_key(suffix))
+    if name is None or name == "seg":
+        return None
+    if name == "t1" and entities.get("ce"):
+        return "t1ce"
+    return name
+
+
+def output_stem(subject: str, modality: str, layout: str = "generic") -> str:
+    """A subject's output file name without suffix, in its input's convention: ``<id>_flair`` (BraTS 2021,
+    generic), ``<id>-t2f`` (BraTS 2023), ``<id>_FLAIR`` or ``<id>_ce-gadolinium_T1w`` (BIDS)."""
+    name = canonical(modality)
+    if layout == "brats2023":
+        suffix = {v: k for k, v in BRATS2023.items()}.get(name)
+        if suffix:
+            return f"{subject}-{suffix}"
+    if layout == "bids" and name in BIDS_NAMES:
+        return f"{subject}_{BIDS_NAMES[name]}"
+    return f"{subject}_{modality}"

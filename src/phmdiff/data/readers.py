@@ -5,6 +5,7 @@ Layouts (`detect_layout` picks one, `find_subjects(root, layout=...)` forces one
 - ``brats2023``: ``ROOT/<id>/<id>-t1n -t1c -t2w -t2f -seg .nii.gz``, mapped to t1 t1ce t2 flair seg
 - ``synthrad``: ``ROOT/<id>/mr ct mask .nii.gz`` (SynthRAD pelvis / brain)
 - ``generic``: ``ROOT/<subject>/<modality>.nii(.gz)``; a file named seg/mask/label becomes the mask
+- ``bids``: ``ROOT/sub-<id>/[ses-<id>/]anat/sub-<id>[_ses-<id>]_T1w|_T2w|_FLAIR.nii.gz`` (`phmdiff.data.bids`)
 - ``png``: ``ROOT/<modality>/<name>.png`` (8 or 16 bit grayscale). Each PNG is one slice. A name
   ``<subject>_<number>.png`` (e.g. ``pat07_042.png``) groups the file with the other slices of
   ``<subject>``, stacked in number order along the last axis; any other name is a one-slice subject.
@@ -28,11 +29,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from phmdiff.data import bids
 from phmdiff.data.itk_io import is_dicom_dir, is_itk_file, read_itk
 from phmdiff.data.names import BRATS2021, BRATS2023, canonical
 from phmdiff.limits import LimitError, check_image_size, check_nifti
 
-LAYOUTS = ("brats2021", "brats2023", "synthrad", "generic", "png")
+LAYOUTS = ("brats2021", "brats2023", "synthrad", "generic", "bids", "png")
 MASK_NAMES = ("seg", "mask", "label", "labels")
 SKIP_DIRS = ("noise_free",)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -91,6 +93,8 @@ def detect_layout(root: str | Path) -> str:
     pngs = [d for d in dirs if any(p.suffix.lower() == ".png" for p in d.iterdir())]
     if pngs and len(pngs) == len(dirs):
         return "png"
+    if bids.is_bids(root):
+        return "bids"
     stems = [(d.name, s) for d in dirs for s in map(_nifti_stem, d.iterdir()) if s]
     if not stems:
         raise ValueError(f"{root}: no subjects found (expected subject folders of .nii/.nii.gz/.mha/.nrrd files, "
@@ -141,6 +145,12 @@ def _nifti_subject(folder: Path, layout: str) -> Subject:
     return sub
 
 
+def _bids_subject(sid: str, folder: Path) -> Subject:
+    stems = [(p, s) for p in sorted(folder.iterdir()) for s in [_nifti_stem(p)] if s]
+    paths, mask, problems = bids.sort_files(folder, stems)
+    return Subject(id=sid, paths=paths, mask=mask, problems=problems, layout="bids")
+
+
 def _png_subjects(root: Path) -> list[Subject]:
     subjects: dict[str, Subject] = {}
     numbered: dict[tuple[str, str], list[tuple[int, Path]]] = {}
@@ -174,6 +184,8 @@ def find_subjects(root: str | Path, layout: str = "auto") -> list[Subject]:
     check_input_folder(root)
     if layout == "png":
         subjects = _png_subjects(root)
+    elif layout == "bids":
+        subjects = [_bids_subject(sid, folder) for sid, folder in bids.subject_folders(root)]
     else:
         subjects = [_nifti_subject(d, layout) for d in _subject_dirs(root)]
         subjects = [s for s in subjects if s.paths or any(_nifti_stem(p) for p in (s.mask,) if p)]

@@ -30,7 +30,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from phmdiff.data.names import spellings
+from phmdiff.data import bids
+from phmdiff.data.names import bids_modality, canonical, spellings
+from phmdiff.data.readers import find_subjects
 from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.metrics import format_value, through_plane_scores
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, matched_copy, normalize_pair
@@ -80,12 +82,22 @@ def _stem(path: Path) -> str:
 
 
 def _subject_files(root: Path, target: str | None) -> dict[str, Path]:
-    """Subject id -> NIfTI file, from ROOT/<id>.nii.gz or ROOT/<id>/<file>.nii.gz."""
+    """Subject id -> NIfTI file, from ROOT/<id>.nii.gz, ROOT/<id>/<file>.nii.gz or a BIDS tree
+    (ROOT/sub-<id>/[ses-<id>/][anat/]sub-<id>_<suffix>.nii.gz, the modality named by --target)."""
     found: dict[str, Path] = {}
+    if bids.is_bids(root):
+        if target is None:
+            raise ValueError(f"{root}: a BIDS folder holds several modalities per subject; pass --target NAME.")
+        found = {s.id: s.paths[canonical(target)] for s in find_subjects(root, "bids") if canonical(target) in s.paths}
+        if not found:
+            raise ValueError(f"{root}: no BIDS subject has a {canonical(target)} image.")
+        return found
 
     def wanted(p: Path) -> bool:
         if p.name.startswith(".") or not p.name.endswith(_NII):
             return False
+        if target is not None and p.name.startswith(bids.SUBJECT_PREFIX):  # sub-01_ce-Gd_T1w: suffix and entities
+            return bids_modality(_stem(p)) == canonical(target)
         return target is None or any(f"{c}{t}." in p.name.lower() for c in "_-" for t in spellings(target))
 
     for entry in sorted(root.iterdir()):
