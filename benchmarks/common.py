@@ -264,7 +264,7 @@ def apply_slicewise(predict, prepared_dir: str | Path, subjects, sources: list[s
     """
     from phmdiff.data.prepare import gain_ratios, load_manifest, reference_norm, settings_from_manifest
     from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume, volume_to_slices, write_like
-    from phmdiff.translate import subject_seed, target_norm_for
+    from phmdiff.pipeline import subject_seed, target_norm_for
 
     manifest = load_manifest(prepared_dir)
     settings = VolumeSettings.from_dict({**settings_from_manifest(manifest).__dict__, "modalities": sources})

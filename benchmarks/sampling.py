@@ -158,7 +158,7 @@ def main(argv=None) -> int:
 
     from phmdiff.data.datasets import PairedSlices
     from phmdiff.inference import load_trained
-    from phmdiff.translate import subject_seed
+    from phmdiff.pipeline import subject_seed
 
     trained = load_trained(work / "run", device="cpu")
     ident = trained.identity

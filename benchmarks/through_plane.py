@@ -36,8 +36,10 @@ def main(argv=None) -> int:
     from phmdiff.data.volume import NormParams, VolumeSettings, load_subject_volumes, slices_to_volume
     from phmdiff.eval.metrics import through_plane_scores
     from phmdiff.eval.protocols import evaluate_subject, foreground_mask
-    from phmdiff.inference import crop_plane, load_trained, plane_multiple
-    from phmdiff.translate import find_input_subjects, plane_slices, subject_seed, target_norm_for, translate_samples
+    from phmdiff.inference import load_trained, plane_multiple
+    from phmdiff.pipeline import subject_seed, target_norm_for, translate_samples
+    from phmdiff.plane import crop_plane, plane_slices
+    from phmdiff.translate import find_input_subjects
 
     trained = load_trained(args.run, "cpu")
     ident = trained.identity

@@ -67,7 +67,11 @@ def child(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import phmdiff.translate as tr
+    try:  # the per-volume steps; a snapshot from before pipeline.py holds them in translate.py
+        import phmdiff.pipeline as tr
+    except ImportError:
+        import phmdiff.translate as tr
+    from phmdiff.inference import plane_multiple
 
     trained = _trained(spec["config"], spec["overrides"])
     settings = trained.settings()
@@ -80,7 +84,9 @@ def child(spec: dict) -> dict:
         pad = max(train_plane - src.shape[-1], 0)
         src = np.pad(src, [(0, 0), (0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2)])
     else:
-        src, _ = tr.pad_plane(src, [0.0] * src.shape[1], train_plane, tr.plane_multiple(trained.cfg))
+        from phmdiff.plane import pad_plane
+
+        src, _ = pad_plane(src, [0.0] * src.shape[1], train_plane, plane_multiple(trained.cfg))
     seeds = [[1000 * j + i for i in range(n)] for j in range(samples)]
     t0, c0 = time.perf_counter(), time.process_time()
     if spec["variant"] in ("main", "per_sample"):

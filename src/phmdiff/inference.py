@@ -11,7 +11,6 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from phmdiff.autoencoder import load_autoencoder
@@ -21,6 +20,7 @@ from phmdiff.data.latent_cache import autoencoder_id
 from phmdiff.devices import choose_device
 from phmdiff.factory import build_denoiser
 from phmdiff.masked_dit import masked_dit_config
+from phmdiff.plane import crop_plane, pad_plane  # noqa: F401 - their home before plane.py
 from phmdiff.sample import CHURN_SAMPLERS, check_churn, sample_pyramid
 from phmdiff.windows import WindowedDenoiser
 
@@ -59,27 +59,6 @@ def plane_multiple(cfg) -> int:
     ae_factor = max(1, int(cfg.data.resolution) // int(cfg.model.in_size))
     patch = masked_dit_config(cfg.model.model_type).patch_size
     return ae_factor * patch * 2 ** (cfg.model.pyramid_levels - 1)
-
-
-def pad_plane(x: np.ndarray, fills: list[float], side: int, multiple: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Pad slices (n, C, A, B) centred to at least `side` x `side` and to multiples of `multiple`, channel c with
-    `fills[c]` (as training padded planes smaller than its size); returns the padded slices and [before, after]
-    per plane axis, which `crop_plane` undoes. Nothing is ever cropped."""
-    shape = x.shape[2:]
-    target = [max(side, -(-s // multiple) * multiple) for s in shape]
-    pads = [[(t - s) // 2, (t - s) - (t - s) // 2] for s, t in zip(shape, target)]
-    if not any(b or a for b, a in pads):
-        return x, pads
-    out = np.empty((*x.shape[:2], *target), dtype=np.float32)
-    out[:] = np.asarray(fills, dtype=np.float32)[None, :, None, None]
-    out[:, :, pads[0][0] : pads[0][0] + shape[0], pads[1][0] : pads[1][0] + shape[1]] = x
-    return out, pads
-
-
-def crop_plane(x: np.ndarray, pads: list[list[int]]) -> np.ndarray:
-    """Undo `pad_plane` on predicted slices (n, H, W)."""
-    (b0, a0), (b1, a1) = pads
-    return x[:, b0 : x.shape[1] - a0, b1 : x.shape[2] - a1]
 
 
 @dataclass(frozen=True)

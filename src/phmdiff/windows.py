@@ -11,20 +11,11 @@ called unchanged.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from phmdiff.plane import window_starts
+
 SIGMA_SCALE = 0.125  # the Gaussian's sigma as a fraction of the window side (MONAI's default)
-
-
-def window_starts(size: int, window: int, overlap: float) -> list[int]:
-    """First index of each window along an axis of `size`: evenly spaced, at least `overlap` shared, covering all."""
-    if window >= size:
-        return [0]
-    stride = max(1, int(window * (1.0 - overlap)))
-    n = math.ceil((size - window) / stride) + 1
-    return sorted({round(i * (size - window) / (n - 1)) for i in range(n)})
 
 
 def gaussian_weights(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
