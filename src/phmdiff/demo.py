@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phmdiff.argtypes import whole
 from phmdiff.fsutil import atomic_path, atomic_write_text
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -239,12 +240,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default demo_out, or demo_gen for --task generate)")
     parser.add_argument("--config", default=None,
                         help="config file (default configs/demo.yaml, or configs/generate_demo.yaml)")
-    parser.add_argument("--subjects", type=int, default=8, help="phantom subjects (default 8)")
+    parser.add_argument("--subjects", type=whole(1, 100_000), default=8, help="phantom subjects (default 8)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.max_num_steps=500")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=whole(0, 4096), default=0,
                         help="torch intra-op threads (default 0: every available core, or OMP_NUM_THREADS when set)")
-    parser.add_argument("--n-samples", type=int, default=4,
+    parser.add_argument("--n-samples", type=whole(1, 1000), default=4,
                         help="samples per test subject; the prediction is their mean (default 4)")
     parser.add_argument("--no-progress", action="store_true")
 

@@ -13,13 +13,16 @@ MAX_ABS_WEIGHT = 1e12
 
 
 def check_weights(tensors: dict, source) -> None:
-    """Every tensor of a state dict is real-valued (not bool or complex), finite and below MAX_ABS_WEIGHT."""
+    """Every tensor of a state dict is floating point (not integer, bool or complex), finite and below
+    MAX_ABS_WEIGHT: an integer weight would be cast silently into the float model."""
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             continue
-        if t.dtype == torch.bool or t.is_complex():
-            raise ValueError(f"{source}: weight {name} has dtype {t.dtype}; expected real numbers.")
-        if not t.is_floating_point() or t.numel() == 0:
+        if not t.is_floating_point():
+            if name.endswith("num_batches_tracked") and t.dtype == torch.int64 and t.numel() == 1:
+                continue  # torch's own integer counter of a batch norm, the one integer a state dict may hold
+            raise ValueError(f"{source}: weight {name} has dtype {t.dtype}; expected floating-point numbers.")
+        if t.numel() == 0:
             continue
         values = t.detach().float()
         if not torch.isfinite(values).all():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phmdiff.argtypes import COUNT, finite_float
 from phmdiff.data.names import canonical
 from phmdiff.devices import run_device
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
@@ -225,20 +226,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "--output-dir", dest="out", required=True,
                         help="output folder: png/, grid.png, samples.nii.gz, generate.json, nearest.json")
     parser.add_argument("--seeds", default="0-63", help="seeds such as 0-63 or 1,5,9 (one sample per seed)")
-    parser.add_argument("--steps", "--num-steps", dest="steps", type=int, default=None,
+    parser.add_argument("--steps", "--num-steps", dest="steps", type=COUNT, default=None,
                         help="sampling steps; default the run's eval.num_steps")
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="sampler; default the run's "
                         "eval.sampler")
     parser.add_argument("--label", default=None, metavar="MODALITY",
                         help="modality to generate (a label-conditional run's data.targets); default the run's target")
-    parser.add_argument("--guidance", "--cfg-scale", dest="guidance", type=float, default=None,
+    parser.add_argument("--guidance", "--cfg-scale", dest="guidance", type=finite_float(0, 100), default=None,
                         help="classifier-free guidance scale W (1: none); default the run's eval.guidance")
-    parser.add_argument("--churn", type=float, default=None,
+    parser.add_argument("--churn", type=finite_float(0, 1000), default=None,
                         help="EDM's S_churn for heun / euler: noise added back before each step (0: deterministic); "
                         "default the run's eval.churn")
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none",
                         help="unconditional (none) or conditioned on the source slices of a prepared split")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per batch (results do not depend on it)")
+    parser.add_argument("--batch-size", type=COUNT, default=16, help="samples per batch (results do not depend on it)")
     add_device(parser)
     parser.add_argument("--no-nearest", action="store_true", help="grid without the nearest training slices")
     add_overwrite(parser, "replace an existing output folder")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import zlib
 
 import numpy as np
 
+from phmdiff.argtypes import env_whole
+
 DEFAULT_MAX_VOXELS = 512**3
+MAX_MAX_VOXELS = 2**40  # a raised limit still has to fit a machine: 4 TiB of float32
 ENV = "PHMDIFF_MAX_VOXELS"
 _CHUNK = 1 << 20
 _GZIP_SLACK = 1 << 20  # NIfTI extensions and padding beyond vox_offset + data
@@ -27,16 +29,7 @@ class LimitError(ValueError):
 
 def max_voxels() -> int:
     """The largest voxel (or pixel) count any input may have: env PHMDIFF_MAX_VOXELS, default 512**3."""
-    text = os.environ.get(ENV, "")
-    if not text:
-        return DEFAULT_MAX_VOXELS
-    try:
-        value = int(float(text))
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{ENV} is {text!r}; expected a positive whole number of voxels.")
-    return value
+    return env_whole(ENV, DEFAULT_MAX_VOXELS, 1, MAX_MAX_VOXELS)
 
 
 def check_voxels(shape, source, what: str = "volume") -> int:

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from phmdiff.argtypes import check_environment, whole
+
 # The device choices every command offers (phmdiff.devices checks them); "auto": CUDA, then Apple MPS, then CPU.
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
@@ -48,7 +50,7 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def add_threads(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=0, help=SHARED_HELP["--threads"])
+    parser.add_argument("--threads", type=whole(0, 4096), default=0, help=SHARED_HELP["--threads"])
 
 
 def add_device(parser: argparse.ArgumentParser, default: str | None = "auto", note: str = "") -> None:
@@ -120,6 +122,7 @@ def run_entry(name: str, body) -> int:
     """Run `body()` (returning an exit code) as the command `name`: a user error is one line on stderr and exit
     2, Ctrl-C exits 130 (or the code a stop signal carries), a closed pipe (`phmdiff ... | head`) ends quietly."""
     try:
+        check_environment()  # PHMDIFF_MAX_VOXELS and the like: a sentence and exit 2 before any work
         code = int(body() or 0)
         sys.stdout.flush()
         return code

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from phmdiff.argtypes import COUNT, SEED, finite_float, whole
 from phmdiff.ceiling import oracle_volume
 from phmdiff.data import bids
 from phmdiff.data.names import ALIASES, canonical, output_stem
@@ -362,12 +363,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run folder (its best checkpoint) or a checkpoint folder")
     parser.add_argument("--input", required=True, help="a subject folder or a folder of subjects")
     parser.add_argument("--out", required=True, help="output folder for NIfTI volumes and translate.json")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps at the coarsest level")
+    parser.add_argument("--steps", type=COUNT, default=None, help="sampling steps at the coarsest level")
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="default the run's eval.sampler")
-    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
-    parser.add_argument("--n-samples", type=int, default=1, help="samples per subject: mean and std volumes")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (each subject, sample and slice its own)")
-    parser.add_argument("--batch-size", type=int, default=16,
+    parser.add_argument("--guidance", type=finite_float(0, 100), default=None,
+                        help="classifier-free guidance scale (1 = none)")
+    parser.add_argument("--n-samples", type=whole(1, 1000), default=1, help="samples per subject: mean and std volumes")
+    parser.add_argument("--seed", type=SEED, default=0, help="base seed (each subject, sample and slice its own)")
+    parser.add_argument("--batch-size", type=COUNT, default=16,
                         help="slices per batch, each with all its samples (results do not depend on it)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the denoiser's arithmetic: fp32, or bf16 autocast")
@@ -375,9 +377,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite(parser, "replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
-    parser.add_argument("--z-sigma", type=float, default=Z_SIGMA,
+    parser.add_argument("--z-sigma", type=finite_float(0, 32), default=Z_SIGMA,
                         help="through-plane joint bilateral filter guided by the sources: slice distance (0 = off)")
-    parser.add_argument("--z-h", type=float, default=Z_H, help="the filter's source range (normalized units)")
+    parser.add_argument("--z-h", type=finite_float(0, 100, lo_open=True), default=Z_H,
+                        help="the filter's source range (normalized units)")
     add_progress(parser, "one line per subject instead")
     parser.add_argument("--no-resample", action="store_true",
                         help="keep each input's in-plane spacing (default: resample to the training spacing and back)")

@@ -33,6 +33,7 @@ def _set_nan_norm(meta):
     ("nan", lambda t: torch.full_like(t, float("nan")), None, "NaN or Inf"),
     ("huge", lambda t: torch.full_like(t, 1e38), None, "beyond"),
     ("bool", lambda t: t > 0, None, "torch.bool"),
+    ("int", lambda t: (t * 1e6).to(torch.int64), None, "floating-point"),  # issue 28 item 5
     ("nan target_norm", None, _set_nan_norm, "expected a finite number"),
 ])
 def test_crafted_weights_or_norm_end_in_one_sentence_and_no_output(tmp_path_factory, tmp_path, label, edit_weights,

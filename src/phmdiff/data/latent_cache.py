@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from phmdiff.argtypes import COUNT
 from phmdiff.data.datasets import direction_generator, draw_direction
 from phmdiff.data.prepare import SPLITS, load_manifest, prepared_id
 from phmdiff.fsutil import atomic_write_text, publish_dir
@@ -349,7 +350,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder of the latent cache")
     parser.add_argument("--backend", default="npy", choices=BACKENDS,
                         help="npy files (random access) or tar shards (one file per split, streamed)")
-    parser.add_argument("--batch-size", type=int, default=32, help="slices encoded per batch")
+    parser.add_argument("--batch-size", type=COUNT, default=32, help="slices encoded per batch")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"),
                         help="storage type of the latent means and log-variances")
     add_device(parser, "cpu")

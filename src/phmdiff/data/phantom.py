@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from phmdiff import __version__
+from phmdiff.argtypes import SEED, finite_float, whole
 from phmdiff.data.phantom_brain import BRAIN_MODALITIES, brain_linear, make_brain_subject
 from phmdiff.data.phantom_pelvis import make_pelvis_subject, pelvis_linear
 from phmdiff.fsutil import atomic_dir, atomic_path, atomic_write_text
@@ -182,11 +183,11 @@ def _write_preview(path: Path, kind: str, ids: list[str], slices: list[dict[str,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder (created; must be empty unless --overwrite)")
     parser.add_argument("--kind", choices=KINDS, default="brain", help="brain (BraTS names) or pelvis (SynthRAD)")
-    parser.add_argument("--subjects", type=int, default=6, help="number of subjects (default 6)")
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
+    parser.add_argument("--subjects", type=whole(1, 100_000), default=6, help="number of subjects (default 6)")
+    parser.add_argument("--shape", type=whole(8, 1024), nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="volume size in voxels (default brain 96 96 64, pelvis 128 96 40)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("--noise", type=float, default=0.03,
+    parser.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
+    parser.add_argument("--noise", type=finite_float(0, 10), default=0.03,
                         help="Rician noise sigma as a fraction of the white-matter (pelvis: muscle) signal")
     parser.add_argument("--no-tumour", action="store_true", help="brain without tumours")
     parser.add_argument("--preview", action="store_true", help="also write OUT/preview.png")

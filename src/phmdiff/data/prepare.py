@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from phmdiff import __version__
+from phmdiff.argtypes import SEED, finite_float, whole
 from phmdiff.data.intensity import CT_WINDOW
 from phmdiff.data.names import canonical_list
 from phmdiff.data.readers import LAYOUTS, Subject, check_input_folder, detect_layout, find_subjects
@@ -332,22 +333,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: all of the layout's modalities; BraTS 2021 or 2023 names "
                         "(t1n = t1, t2f = flair)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--split", nargs=3, type=float, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+    group.add_argument("--split", nargs=3, type=finite_float(0, 1), default=(0.8, 0.1, 0.1),
+                       metavar=("TRAIN", "VAL", "TEST"),
                        help="fractions of the subjects (never of slices) in the train, val and test splits")
     group.add_argument("--split-file", default=None, help="JSON {split: [ids]} or lines '<id> <split>'")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
-    parser.add_argument("--size", type=int, default=256, help="model plane size; 0 keeps the input plane")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random split")
+    parser.add_argument("--size", type=whole(0, 8192), default=256, help="model plane size; 0 keeps the input plane")
     parser.add_argument("--fit", default="pad", choices=("pad", "resize"),
                         help="bring the plane to --size by padding (cropping a larger one) or by resizing")
     parser.add_argument("--axis", default="auto", choices=("auto", "0", "1", "2"),
                         help="voxel axis to slice along; auto: the coarsest-spacing axis (ties: the last)")
-    parser.add_argument("--min-foreground", type=float, default=0.05,
+    parser.add_argument("--min-foreground", type=finite_float(0, 1), default=0.05,
                         help="keep slices whose foreground covers at least this fraction of the plane")
-    parser.add_argument("--context", type=int, default=0, help="2.5D: neighbouring slices on each side")
+    parser.add_argument("--context", type=whole(0, 32), default=0, help="2.5D: neighbouring slices on each side")
     parser.add_argument("--norm", default="median", choices=MR_NORMS, help="MR normalization (default median)")
     parser.add_argument("--relative", nargs="+", default=[], metavar="TARGET=SRC[,SRC]",
                         help="normalize a target by its sources' parameters (what a translation run needs)")
-    parser.add_argument("--ct-window", nargs=2, type=float, default=CT_WINDOW, metavar=("LOW", "HIGH"),
+    parser.add_argument("--ct-window", nargs=2, type=finite_float(-100_000, 100_000), default=CT_WINDOW,
+                        metavar=("LOW", "HIGH"),
                         help="CT normalization: the fixed Hounsfield window mapped to [0, 1]")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"),
                         help="storage type of the normalized slices")

@@ -30,6 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from phmdiff.argtypes import whole
 from phmdiff.data import bids
 from phmdiff.data.names import bids_modality, canonical, spellings
 from phmdiff.data.readers import find_subjects
@@ -70,7 +71,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--modality", choices=("mr", "ct"), default=None,
                         help="mr or ct (HU); default: the modality translate.json records, else mr")
     parser.add_argument("--target", help="modality name to pick in subject folders, e.g. flair")
-    parser.add_argument("--slice-axis", type=int, default=-1, help="axis of the slices (default: last)")
+    parser.add_argument("--slice-axis", type=whole(-3, 2), default=-1, help="axis of the slices (default: last)")
     parser.add_argument("--inception", help="TorchScript Inception feature extractor file for FID/KID")
     parser.add_argument("--out", default=None, help="output folder (default: PRED/evaluation or ./evaluation)")
     parser.add_argument("--overwrite", action="store_true",

@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from phmdiff.argtypes import whole
 from phmdiff.eval.html import e, fmt, num, q, save_figure  # noqa: E402
 from phmdiff.eval.report_images import calibration, panel  # noqa: E402
 from phmdiff.eval.report_run import autoencoder_quality, resolved_config, training_curves  # noqa: E402
@@ -65,7 +66,7 @@ TITLES = {"psnr": "PSNR", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "mae": "MAE", "m
 def add_arguments(parser) -> None:
     parser.add_argument("path", help="evaluation folder (from phmdiff evaluate) or run folder (with log.csv)")
     parser.add_argument("--out", required=True, help="output folder for index.html and img/")
-    parser.add_argument("--panels", type=int, default=3, help="number of subjects shown as image panels")
+    parser.add_argument("--panels", type=whole(0, 1000), default=3, help="number of subjects shown as image panels")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out that holds other files (they are kept)")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phmdiff.argtypes import COUNT, SEED
 from phmdiff.eval.evaluate import load_volume
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
 
@@ -37,9 +38,9 @@ def add_arguments(parser) -> None:
                                               "target of the test subjects")
     parser.add_argument("--data", help="data folder of the real subjects (default: the folder holding the test "
                                        "subjects' references)")
-    parser.add_argument("--steps", type=int, default=600, help="training steps of the segmentation network")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per training step")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the network's weights and of the batches")
+    parser.add_argument("--steps", type=COUNT, default=600, help="training steps of the segmentation network")
+    parser.add_argument("--batch-size", type=COUNT, default=16, help="slices per training step")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the network's weights and of the batches")
     parser.add_argument("--out", help="output folder (default: TRANSLATE_DIR/segcheck)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out that holds other files (they are kept)")
