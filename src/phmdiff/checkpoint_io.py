@@ -9,6 +9,11 @@ A checkpoint is a folder `RUN/checkpoints/step-000100/` holding
 
 A folder without a valid manifest is never loaded. Inference reads checkpoints through this module and
 training writes them through `phmdiff.training.checkpoint`, so inference never imports training.
+
+Weights may also be named as a file, as the original code's usage does (`--model-path .../model.pth`): a
+checkpoint's `model.safetensors` or `ema.safetensors`, or a plain state dict in a `.pth` / `.pt` file read with
+`torch.load(weights_only=True)` (never a pickle that can run code). The run's config and identity come from the
+checkpoint folder holding the file, or the best checkpoint of the run folder it sits in (`resolve_weights`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ FORMAT = "phmdiff-checkpoint/1"
 MANIFEST = "manifest.json"
 REQUIRED = ("model.safetensors", "state.pt", "config.yaml", "meta.json")
 STEP_DIR_RE = re.compile(r"^step-(\d{6,})$")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "ema.safetensors")
+STATE_DICT_SUFFIXES = (".pth", ".pt")
+# Keys under which training scripts commonly nest a state dict, in order of preference (the EMA first).
+NESTED_KEYS = ("ema", "model_ema", "model", "state_dict", "model_state_dict", "net")
 
 @dataclass
 class Checkpoint:
@@ -182,3 +191,76 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
     if found is None:
         raise ValueError(f"{path}: no complete checkpoint found under {checkpoints_dir(path)}.")
     return found
+
+
+@dataclass
+class WeightsChoice:
+    """Where a model's weights come from: a run or checkpoint folder, which of its weights, or a state dict file."""
+
+    folder: Path  # run or checkpoint folder: config, identity and autoencoder
+    ema: bool = True
+    state_dict: Path | None = None  # a .pth / .pt file whose weights replace the checkpoint's
+
+
+def resolve_weights(path: str | os.PathLike) -> WeightsChoice:
+    """A run folder, a checkpoint folder or a weights file -> where the config and the weights come from.
+
+    `model.safetensors` / `ema.safetensors` name a checkpoint's raw or EMA weights; a `.pth` / `.pt` state dict
+    takes its run's config from the checkpoint folder it sits in, or from the run folder it sits in (or in whose
+    `checkpoints/` it sits); a folder gives its EMA weights."""
+    path = Path(path)
+    if path.is_file():
+        if path.name in SAFETENSORS_WEIGHTS:
+            return WeightsChoice(path.parent, path.name == "ema.safetensors")
+        if path.suffix.lower() not in STATE_DICT_SUFFIXES:
+            raise ValueError(f"{path}: not a run folder, a checkpoint folder, a checkpoint's model.safetensors or "
+                             "ema.safetensors, or a state dict (.pth, .pt).")
+        for folder in (path.parent, path.parent.parent):
+            if (folder / MANIFEST).is_file() or checkpoints_dir(folder).is_dir():
+                return WeightsChoice(folder, True, path)
+        raise ValueError(f"{path}: a state dict holds no config; put it in its run folder or one of its checkpoint "
+                         "folders, where the run's config.yaml and meta.json are found.")
+    if not path.exists():
+        raise ValueError(f"{path}: run folder, checkpoint folder or weights file not found; expected e.g. RUN, "
+                         "RUN/checkpoints/step-000100 or RUN/checkpoints/step-000100/model.safetensors.")
+    return WeightsChoice(path)
+
+
+def _tensor_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def load_state_dict_file(path: str | os.PathLike, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A plain state dict from a .pth / .pt file, checked against the model's own (`like`): same names, same
+    shapes, finite. Read with `torch.load(weights_only=True)`: a pickle that would build arbitrary objects or run
+    code is refused with a sentence, never executed. A state dict nested under 'ema', 'model' or 'state_dict'
+    (the EMA first) and DDP's 'module.' prefix are accepted."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError,
+            ModuleNotFoundError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: refused to load; it is not a plain weights-only state dict ({first[:160]}).") \
+            from None
+    if not _tensor_dict(obj) and isinstance(obj, dict):
+        obj = next((obj[k] for k in NESTED_KEYS if _tensor_dict(obj.get(k))), obj)
+    if not _tensor_dict(obj):
+        raise ValueError(f"{path}: holds {type(obj).__name__}, not a state dict (parameter name -> tensor); save "
+                         "one with torch.save(model.state_dict(), path).")
+    if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    missing, unexpected = sorted(set(like) - set(obj)), sorted(set(obj) - set(like))
+    if missing or unexpected:
+        which = f"{len(missing)} missing (e.g. {missing[0]})" if missing else ""
+        which += (", " if missing and unexpected else "") + (
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
+        raise ValueError(f"{path}: its weights do not fit this run's model: {which}; expected the state dict of "
+                         "the run it sits in.")
+    for name, tensor in obj.items():
+        if tuple(tensor.shape) != tuple(like[name].shape):
+            raise ValueError(f"{path}: weight {name} has shape {tuple(tensor.shape)}, the run's model "
+                             f"{tuple(like[name].shape)}; expected the state dict of the run it sits in.")
+    check_weights(obj, path)
+    return {k: v.to(like[k].dtype) for k, v in obj.items()}

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from phmdiff.argtypes import COUNT, finite_float
+from phmdiff.checkpoint_io import resolve_weights
 from phmdiff.data.names import canonical
 from phmdiff.devices import run_device
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
@@ -61,22 +62,6 @@ def _grid(images: np.ndarray) -> np.ndarray:
         r, c = divmod(i, cols)
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
     return grid
-
-
-def resolve_model_path(path) -> tuple[Path, bool]:
-    """A run folder, a checkpoint folder or a checkpoint's weights file (RUN/checkpoints/step-N/model.safetensors,
-    the original usage) -> (run or checkpoint folder, whether to load the EMA weights). A weights file names its
-    weights: `model.safetensors` the raw ones, `ema.safetensors` the EMA; a folder gives the EMA weights."""
-    path = Path(path)
-    if path.is_file():
-        if path.name not in ("model.safetensors", "ema.safetensors"):
-            raise ValueError(f"{path}: not a run folder, a checkpoint folder or a checkpoint's model.safetensors "
-                             "or ema.safetensors.")
-        return path.parent, path.name == "ema.safetensors"
-    if not path.exists():
-        raise ValueError(f"{path}: run folder, checkpoint folder or weights file not found; expected e.g. RUN, "
-                         "RUN/checkpoints/step-000100 or RUN/checkpoints/step-000100/model.safetensors.")
-    return path, True
 
 
 def _training_slices(prepared_dir, modality: str):
@@ -142,10 +127,10 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     check_writable_dir(out.parent)
     if (out / "grid.png").exists() and not overwrite:
         raise ValueError(f"{out / 'grid.png'}: output exists; pass --overwrite to replace it.")
-    path, ema = resolve_model_path(run)
+    choice = resolve_weights(run)
     device_lines = []  # said once the run has loaded, so that a bad run folder stays one sentence
     device = str(run_device(device, "generate", device_lines.append, origin="--device"))
-    trained = load_trained(path, device, ema=ema)
+    trained = load_trained(choice.folder, device, ema=choice.ema, state_dict=choice.state_dict)
     for line in device_lines:
         print(line, file=sys.stderr, flush=True)
     settings = trained.settings(sampler, steps, guidance, churn)
@@ -187,7 +172,8 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
         z = trained.sample(cond, avail, chunk, settings, label=label_index)
         images.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
     images = np.concatenate(images)  # (N, H, W) in [0, 1]
-    meta = {"run": str(trained.checkpoint), "weights": "ema" if ema else "model", "seeds": seeds,
+    weights = str(choice.state_dict) if choice.state_dict else "ema" if choice.ema else "model"
+    meta = {"run": str(trained.checkpoint), "weights": weights, "seeds": seeds,
             "condition": condition, "target": label, "sampler": settings.sampler, "steps": settings.num_steps,
             "guidance": settings.guidance, "churn": settings.churn}
     grid, near = images, {"skipped": "--no-nearest"}
@@ -221,8 +207,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`phmdiff generate`'s options; the root generate.py takes the same, under the original code's names too
     (--model-path, --output-dir, --num-steps, --cfg-scale)."""
     parser.add_argument("--run", "--model-path", dest="run", required=True,
-                        help="run folder (its best checkpoint), checkpoint folder, or a checkpoint's weights: "
-                        "model.safetensors / ema.safetensors")
+                        help="run folder (its best checkpoint), checkpoint folder, or a weights file: a "
+                        "checkpoint's model.safetensors / ema.safetensors, or a state dict (.pth, .pt) in a run or "
+                        "checkpoint folder")
     parser.add_argument("--out", "--output-dir", dest="out", required=True,
                         help="output folder: png/, grid.png, samples.nii.gz, generate.json, nearest.json")
     parser.add_argument("--seeds", default="0-63", help="seeds such as 0-63 or 1,5,9 (one sample per seed)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from phmdiff.autoencoder import load_autoencoder
-from phmdiff.checkpoint_io import load_checkpoint, resolve_checkpoint
+from phmdiff.checkpoint_io import load_checkpoint, load_state_dict_file, resolve_checkpoint
 from phmdiff.config import config_from_yaml
 from phmdiff.data.latent_cache import autoencoder_id
 from phmdiff.devices import choose_device
@@ -206,9 +206,11 @@ def canonical_identity(identity: dict) -> dict:
     return out
 
 
-def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema: bool = True) -> TrainedRun:
+def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema: bool = True,
+                 state_dict: str | Path | None = None) -> TrainedRun:
     """Load the EMA weights (or with `ema=False` the raw ones) of a run's best (or last) checkpoint, or of a
-    checkpoint folder, and the autoencoder it was trained with."""
+    checkpoint folder, and the autoencoder it was trained with. `state_dict`: a .pth / .pt file whose weights
+    replace the checkpoint's (`checkpoint_io.load_state_dict_file`)."""
     path = resolve_checkpoint(run, which)
     ckpt = load_checkpoint(path)
     cfg = config_from_yaml(ckpt.config_yaml, origin=str(path / "config.yaml"))
@@ -223,6 +225,8 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema
         raise ValueError(f"{ae_path}: this autoencoder is not the one the checkpoint {path} was trained with "
                          "(its sha256 differs); point model.autoencoder.path at the right one.")
     state = (ckpt.ema_state if ema else None) or ckpt.model_state
+    if state_dict is not None:
+        state = load_state_dict_file(state_dict, like=state)
     if not any(".decoder_cond_embed." in k for k in state):  # written before source-aware mask tokens existed
         cfg.model.source_aware_mask_tokens = False
     dev = choose_device(device)
