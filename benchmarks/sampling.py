@@ -26,7 +26,7 @@ from pathlib import Path
 import common  # noqa: F401  (puts src/ and benchmarks/ on the path)
 import numpy as np
 import torch
-from common import print_table, set_threads, write_result
+from common import budget_pacer, print_table, set_threads, write_result
 from torch import nn
 
 from phmdiff.sample import SAMPLERS
@@ -58,6 +58,7 @@ def ensure_run(args) -> Path:
     from phmdiff.config import config_from_yaml
     from phmdiff.data.phantom import write_phantom
     from phmdiff.training import run_pipeline
+    from phmdiff.training.loop import train
 
     if args.run:
         return Path(args.run)
@@ -75,7 +76,9 @@ def ensure_run(args) -> Path:
         write_phantom(cfg.data.root, "brain", n_subjects=3 if args.quick else 10, shape=shape, seed=0)
         run_pipeline(cfg, stages=("prepare",), progress=False, log=lambda *_: None)
         quality.train_autoencoder(cfg, 5 if args.quick else 2000)
-        quality.train_phmdiff(cfg, args.budget)
+        run_pipeline(cfg, stages=("encode",), progress=False, log=lambda *_: None)
+        after_step, _ = budget_pacer(cfg.train, args.budget, clock=time.process_time)
+        train(cfg, resume="auto", progress=False, after_step=after_step)
     return work
 
 
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny run and two step counts (smoke test)")
     p.add_argument("--run", default=None, help="work folder of a trained run (has run/ and prepared/)")
     p.add_argument("--work", default=None, help="where to train one when none is found")
-    p.add_argument("--budget", type=float, default=None, help="training seconds when a run must be trained")
+    p.add_argument("--budget", type=float, default=None, help="training CPU seconds when a run must be trained")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 1 2 3 4 6 8 12 18)")
     p.add_argument("--max-slices", type=int, default=None, help="held-out slices scored (default all; --quick 8)")
     p.add_argument("--threads", type=int, default=None)
