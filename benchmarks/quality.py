@@ -454,7 +454,7 @@ def parse(argv):
     p.add_argument("--out-dir", default=None, help=f"results folder (default {RESULTS})")
     p.add_argument("--name", default=None, help="result file name (default quality, or quality_<budgets>)")
     args = p.parse_args(argv)
-    from phmdiff.translate import Z_H, Z_SIGMA
+    from phmdiff.pipeline import Z_H, Z_SIGMA
 
     args.threads = set_threads(args.threads or (1 if args.quick else None))
     args.budgets = args.budgets or ([3.0] if args.quick else DEFAULT_BUDGETS)
