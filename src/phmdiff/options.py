@@ -38,8 +38,9 @@ SHARED_HELP = {"--threads": "torch CPU threads (default 0: every available core,
                "--device": "where the network runs: auto picks CUDA, then Apple MPS, then the CPU",
                "--overwrite": "replace existing outputs",
                "--no-progress": "no progress bar (a line per step of work instead)",
-               "--allow-config-change": "resume even though seed, batch size, lr, mask ratio or model differ from the "
-                                        "checkpoint"}
+               "--allow-config-change": "resume even though settings that change what the run learns (direction, data, "
+                                        "model, optimizer, schedule, EMA) differ from the checkpoint; the change is "
+                                        "recorded in RUN/config_changes.jsonl"}
 
 
 SAME_EVERYWHERE = ("--threads", "--device", "--allow-config-change")

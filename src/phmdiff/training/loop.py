@@ -31,7 +31,7 @@ from phmdiff.training.distributed import cleanup, seed_everything, set_determini
 from phmdiff.training.ema import EMA
 from phmdiff.training.interrupt import StopSignals
 from phmdiff.training.lock import RunLock
-from phmdiff.training.resume_check import check_resume_config
+from phmdiff.training.resume_check import check_resume_config, record_config_change
 from phmdiff.training.schedules import lr_at, mask_ratio_at
 
 LOG_COLUMNS = ("step", "kimg", "loss", "denoise", "mae", "coarse_loss", "cross_granularity", "lr", "mask_ratio",
@@ -182,7 +182,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         start = _resume_from(resume, run_dir)
         if start is not None:
             loaded = ckpt_lib.load_checkpoint(start)
-            check_resume_config(loaded.config_yaml, cfg, start, allow_config_change)
+            changed = check_resume_config(loaded.config_yaml, cfg, start, allow_config_change)
             old = loaded.meta.get("identity", {}).get("data", {})
             for key in ("autoencoder_id", "prepared_id"):
                 if old.get(key) and old.get(key) != identity["data"][key]:
@@ -197,6 +197,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             state["step"] = loaded.step
             if is_main:  # continuing is never silent
                 log(f"train: resuming {run_dir} from {start.name} at step {loaded.step} of {t.max_num_steps}.")
+                record_config_change(run_dir, start, loaded.step, changed, log)
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
