@@ -102,6 +102,11 @@ class ModelConfig:
     source_aware_mask_tokens: bool = True  # the mask decoder sees the sources at every token (masked ones too)
     conv_head_width: int = 0  # a full-resolution 3x3 conv head after unpatchify (0: none); pixel-space runs
     output_overlap: bool = False  # tokens paint overlapping 2p x 2p windows (stride p) instead of p x p patches
+    # Mean and residual (mean_net.py): "unet" predicts E[target | sources] by a conv U-Net trained jointly with
+    # regression loss weight mean_loss_weight; the diffusion models target - mean. "" turns it off.
+    mean_net: str = ""
+    mean_net_features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])
+    mean_loss_weight: float = 1.0
     mae_loss_coef: float = 0.1
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     pyramid_levels: int = 3
@@ -348,6 +353,10 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         origin,
         f"'model.mask_block_sizes' is {list(m.mask_block_sizes)}; expected one or more positive whole numbers.",
     )
+    _check(m.mean_net in ("", "unet"), origin, f"'model.mean_net' is {m.mean_net!r}; expected 'unet' or '' (off).")
+    _check(not m.mean_net or bool(d.sources) or d.any_to_any, origin, "'model.mean_net' is set but the run has no "
+           "sources (a generation run): the mean network predicts the target from sources; set model.mean_net=''.")
+    _check(m.mean_loss_weight >= 0, origin, f"'model.mean_loss_weight' is {m.mean_loss_weight}; expected 0 or more.")
     _check(m.conv_head_width >= 0, origin, f"'model.conv_head_width' is {m.conv_head_width}; expected 0 (no head) "
            "or a positive number of channels.")
     _check(

@@ -12,6 +12,7 @@ from phmdiff.diffusion import create_diffusion, edm
 from phmdiff.diffusion.ddpm_loss import DDPMLoss
 from phmdiff.diffusion.timestep_sampler import create_named_schedule_sampler
 from phmdiff.masked_dit import build_masked_dit
+from phmdiff.mean_net import MeanNet, MeanResidual
 from phmdiff.objective import PyramidObjective
 
 
@@ -38,8 +39,18 @@ PRECONDS = {
 
 
 def build_denoiser(cfg, num_sources: int, num_targets: int) -> nn.Module:
-    """The masked DiT named by `cfg.model` inside its preconditioning wrapper D(x, sigma, **cond)."""
+    """The masked DiT named by `cfg.model` inside its preconditioning wrapper D(x, sigma, **cond); with
+    `model.mean_net`, that denoiser (for the residual, the mean as one more source) beside the mean network."""
     m = cfg.model
+    denoiser = _preconditioned_dit(m, num_sources + (1 if m.mean_net else 0), num_targets)
+    if not m.mean_net:
+        return denoiser
+    any_to_any = bool(getattr(cfg.data, "any_to_any", False))
+    mean_net = MeanNet(num_sources, m.in_channels, num_targets if any_to_any else 1, tuple(m.mean_net_features))
+    return MeanResidual(mean_net, denoiser)
+
+
+def _preconditioned_dit(m, num_sources: int, num_targets: int) -> nn.Module:
     net = build_masked_dit(
         m.model_type,
         input_size=m.in_size,
@@ -69,6 +80,7 @@ def build_objective(denoiser: nn.Module, model_cfg, null_label: int | None = Non
     (generation runs): the label index that condition dropout puts in place of the modality label."""
     m = model_cfg
     return PyramidObjective(denoiser, levels=m.pyramid_levels, mae_loss_coef=m.mae_loss_coef,
+                            mean_loss_weight=m.mean_loss_weight,
                             class_dropout_prob=m.class_dropout_prob, coarse_aug_sigma=m.coarse_aug_sigma,
                             cross_granularity_weight=m.cross_granularity_weight, loss_fn=build_loss(m),
                             null_label=null_label)

@@ -20,6 +20,7 @@ from phmdiff.data.latent_cache import autoencoder_id
 from phmdiff.devices import choose_device
 from phmdiff.factory import build_denoiser
 from phmdiff.masked_dit import masked_dit_config
+from phmdiff.mean_net import MeanResidual
 from phmdiff.plane import crop_plane, pad_plane  # noqa: F401 - their home before plane.py
 from phmdiff.sample import CHURN_SAMPLERS, check_churn, sample_pyramid
 from phmdiff.windows import WindowedDenoiser
@@ -109,12 +110,17 @@ def sample_latents(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
     `null_label`: a generation run's null modality label, for guidance. A grid larger than the training grid
     (`model_cfg.in_size`) is denoised in blended windows of that size."""
     s = settings
+    mean = None
+    if isinstance(denoiser, MeanResidual):  # mean + sampled residual (mean_net.py)
+        source, avail, mean = denoiser.condition(source, avail, target_label)
+        denoiser = denoiser.denoiser
     window = getattr(model_cfg, "in_size", None)
     if window and max(source.shape[2:]) > window:
         denoiser = WindowedDenoiser(denoiser, window)
-    return sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
-                          model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance,
-                          null_label=null_label, churn=s.churn)
+    z = sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
+                       model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance,
+                       null_label=null_label, churn=s.churn)
+    return z if mean is None else z + mean
 
 
 def modality_label(modalities: list[str], name: str) -> int:

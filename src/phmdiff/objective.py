@@ -14,6 +14,7 @@ from torch import nn
 
 from phmdiff.losses import phmdiff_loss
 from phmdiff.masked_dit import keep_condition
+from phmdiff.mean_net import MeanResidual
 from phmdiff.pyramid import gaussian_pyramid
 from phmdiff.sample import level_kwargs
 
@@ -76,14 +77,24 @@ class PyramidObjective(nn.Module):
 
     def __init__(self, denoiser: nn.Module, levels: int, mae_loss_coef: float = 0.1, class_dropout_prob: float = 0.1,
                  coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, loss_fn=None,
-                 null_label: int | None = None):
+                 null_label: int | None = None, mean_loss_weight: float = 1.0):
         super().__init__()
         self.denoiser = denoiser
         self.loss_fn = loss_fn
+        self.mean_loss_weight = float(mean_loss_weight)
         self.options = dict(levels=int(levels), mae_loss_coef=float(mae_loss_coef),
                             class_dropout_prob=float(class_dropout_prob), coarse_aug_sigma=float(coarse_aug_sigma),
                             cross_granularity_weight=float(cross_granularity_weight), null_label=null_label)
 
     def forward(self, source, target, avail, target_label, mask_ratio: float, generator=None) -> dict:
-        return pyramid_loss(self.denoiser, source, target, avail, target_label, mask_ratio=mask_ratio,
-                            loss_fn=self.loss_fn, generator=generator, **self.options)
+        if not isinstance(self.denoiser, MeanResidual):
+            return pyramid_loss(self.denoiser, source, target, avail, target_label, mask_ratio=mask_ratio,
+                                loss_fn=self.loss_fn, generator=generator, **self.options)
+        # Mean and residual (CorrDiff): the mean network learns E[target | sources] by regression; the diffusion
+        # learns target - mean given the sources and the mean, which it sees detached.
+        source, avail, mu = self.denoiser.condition(source, avail, target_label)
+        terms = pyramid_loss(self.denoiser.denoiser, source, target - mu.detach(), avail, target_label,
+                             mask_ratio=mask_ratio, loss_fn=self.loss_fn, generator=generator, **self.options)
+        terms["mean"] = torch.mean((mu - target) ** 2)
+        terms["loss"] = terms["loss"] + self.mean_loss_weight * terms["mean"]
+        return terms

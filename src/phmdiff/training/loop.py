@@ -34,7 +34,7 @@ from phmdiff.training.lock import RunLock
 from phmdiff.training.resume_check import check_resume_config, record_config_change
 from phmdiff.training.schedules import lr_at, mask_ratio_at
 
-LOG_COLUMNS = ("step", "kimg", "loss", "denoise", "mae", "coarse_loss", "cross_granularity", "lr", "mask_ratio",
+LOG_COLUMNS = ("step", "kimg", "loss", "denoise", "mae", "coarse_loss", "cross_granularity", "mean", "lr", "mask_ratio",
                "nonfinite_total", "sec_per_step", "val_psnr", "val_ssim")
 
 
@@ -394,7 +394,7 @@ def _terms(model, batch, device, mask_ratio, generator) -> dict:
 
 
 def _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val) -> dict:
-    keys = ("loss", "denoise", "mae", "coarse_loss", "cross_granularity")
+    keys = ("loss", "denoise", "mae", "coarse_loss", "cross_granularity", "mean")
     means = torch.tensor([np.mean([w.get(k, 0.0) for w in window]) if window else math.nan for k in keys],
                          device=accelerator.device, dtype=torch.float64)
     means = accelerator.reduce(means, "mean")
