@@ -23,6 +23,12 @@ def test_demo_runs_the_whole_chain_and_reports_the_four_scores(tmp_path):
         assert np.isfinite(mean[name]["psnr"]) and -1 <= mean[name]["ssim"] <= 1
         assert np.isfinite(mean[name]["lesion_psnr"])  # every phantom test subject has a tumour
     assert any("lesion PSNR" in line and "pipeline ceiling" in line for line in lines)
+    # The pathology and the uncertainty, beside the copy of T2: the edema's intensity ratio and the std's calibration.
+    for name in ("prediction", "copy_t2"):
+        assert 0 < mean[name]["edema_ratio"] < 5
+    p = mean["prediction"]
+    assert p["rms_std"] > 0 and p["rms_error"] > 0 and -1 <= p["std_error_correlation"] <= 1
+    assert any("edema ratio" in line for line in lines) and any("uncertainty: RMS std" in line for line in lines)
     assert (tmp_path / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "demo.json").is_file() and any("PSNR" in line for line in lines)
     for sid in result["test_subjects"]:
@@ -73,3 +79,13 @@ def test_generate_demo_refuses_a_translation_config(tmp_path, capsys):
     assert main(["demo", "--task", "generate", "--config", str(TINY), "--out", str(tmp_path / "out")]) == 2
     assert "needs a generation config" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_panel_shows_the_slice_with_the_most_tumour():
+    from phmdiff.demo import _tumour_slice
+
+    seg = np.zeros((8, 8, 10))
+    seg[2:4, 2:4, 3] = 2
+    seg[1:6, 1:6, 7] = 1
+    assert _tumour_slice(seg, 10) == 7
+    assert _tumour_slice(np.zeros((8, 8, 10)), 10) == 5 and _tumour_slice(None, 9) == 4

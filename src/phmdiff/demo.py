@@ -39,11 +39,15 @@ def _load(path) -> np.ndarray:
 
 
 def score(meta: dict, out: Path, copy_source: str) -> dict:
-    """Mean PSNR/SSIM (volume protocol) and lesion PSNR of the prediction, the copy-the-source baseline and two
-    ceilings: the pipeline's (a perfect prediction through normalization, autoencoder and inverse) and the
-    noise-free one (the clean target against the noisy reference: no method can do better)."""
+    """Mean PSNR/SSIM (volume protocol), lesion PSNR and the edema's intensity ratio (prediction / truth, in the
+    reference's normalized units) of the prediction, the copy-the-source baseline and two ceilings: the
+    pipeline's (a perfect prediction through normalization, autoencoder and inverse) and the noise-free one (the
+    clean target against the noisy reference: no method can do better). For the prediction also its
+    uncertainty: the RMS of the samples' std against the RMS error, and their correlation, in the foreground."""
+    from phmdiff.eval.ensemble import uncertainty_error_correlation
     from phmdiff.eval.evaluate import ceiling_volumes, load_volume
-    from phmdiff.eval.protocols import evaluate_subject, foreground_mask, matched_copy
+    from phmdiff.eval.pathology import label_intensity_ratios
+    from phmdiff.eval.protocols import evaluate_subject, foreground_mask, matched_copy, normalize_pair
 
     rows = []
     for s in meta["subjects"]:
@@ -60,38 +64,67 @@ def score(meta: dict, out: Path, copy_source: str) -> dict:
             "ceiling": tops.get("noise_free"),
         }
         for name, vol in candidates.items():
-            if vol is not None:
-                r = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol="volume")
-                row[name] = {k: r[k] for k in ("psnr", "ssim", "lesion_psnr") if k in r}
+            if vol is None:
+                continue
+            r = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol="volume")
+            row[name] = {k: r[k] for k in ("psnr", "ssim", "lesion_psnr") if k in r}
+            if seg is not None and (seg == 2).any():
+                pred_n, ref_n, _ = normalize_pair(vol, ref, mask)
+                row[name]["edema_ratio"] = label_intensity_ratios(pred_n, ref_n, seg, mask)["edema"]
+        if s.get("std"):
+            pred_n, ref_n, (lo, hi) = normalize_pair(candidates["prediction"], ref, mask)
+            std = _load(out / s["std"]) / (hi - lo)
+            corr = uncertainty_error_correlation(std, pred_n - ref_n, mask)["pearson"]
+            row["prediction"].update(rms_std=float(np.sqrt(np.mean(std[mask] ** 2))),
+                                     rms_error=float(np.sqrt(np.mean((pred_n - ref_n)[mask] ** 2))),
+                                     std_error_correlation=corr)
         rows.append(row)
     summary = {}
     for name in rows[0]:
         if name != "subject":
-            keys = [k for k in ("psnr", "ssim", "lesion_psnr") if all(k in r.get(name, {}) for r in rows)]
+            keys = [k for k in rows[0][name] if all(k in r.get(name, {}) for r in rows)]
             summary[name] = {k: float(np.mean([r[name][k] for r in rows])) for k in keys}
     return {"subjects": rows, "mean": summary}
 
 
+def _tumour_slice(seg: np.ndarray | None, depth: int) -> int:
+    """The axial slice with the most tumour (the middle one when there is no segmentation or no tumour)."""
+    if seg is None or not (seg > 0).any():
+        return depth // 2
+    return int(np.argmax((seg > 0).sum(axis=(0, 1))))
+
+
 def write_panel(meta: dict, out: Path, path: Path) -> None:
-    """Middle axial slice of each test subject: source | target | prediction | |error|."""
+    """Per test subject, the axial slice with the most tumour: each source | target | prediction | |error| |
+    uncertainty (the samples' std), the tumour outlined (the reference segmentation) on target and prediction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     subjects = meta["subjects"]
-    fig, axes = plt.subplots(len(subjects), 4, figsize=(8, 2.1 * len(subjects)), squeeze=False)
+    sources = list(subjects[0]["source_images"])
+    target = meta.get("target", "target")
+    cols = len(sources) + 3 + (1 if subjects[0].get("std") else 0)
+    fig, axes = plt.subplots(len(subjects), cols, figsize=(2 * cols, 2.6 * len(subjects)), squeeze=False)
     for row, s in zip(axes, subjects):
-        src = _load(next(iter(s["source_images"].values())))
         ref, pred = _load(s["reference"]), _load(out / s["prediction"])
-        z = ref.shape[2] // 2
+        seg = _load(s["seg"]) if s.get("seg") else None
+        z = _tumour_slice(seg, ref.shape[2])
         hi = np.percentile(ref, 99.5)
-        for ax, img, title, vmax in zip(row, (src, ref, pred, np.abs(pred - ref)),
-                                        ("source", "target", "prediction", "|error|"),
-                                        (np.percentile(src, 99.5), hi, hi, hi / 2)):
+        panels = [(_load(s["source_images"][m]), f"{m} (source)", None) for m in sources]
+        panels = [(img, t, np.percentile(img, 99.5)) for img, t, _ in panels]
+        panels += [(ref, f"{target} (real)", hi), (pred, f"{target} (PHMDiff)", hi),
+                   (np.abs(pred - ref), "|error|", hi / 2)]
+        if s.get("std"):
+            panels.append((_load(out / s["std"]), "uncertainty (std)", hi / 2))
+        for k, (ax, (img, title, vmax)) in enumerate(zip(row, panels)):
             ax.imshow(np.rot90(img[:, :, z]), cmap="gray", vmin=0, vmax=vmax)
-            ax.set_title(f"{s['subject']} {title}" if title == "source" else title, fontsize=7)
+            if seg is not None and (seg[:, :, z] > 0).any() and title.startswith(target):
+                ax.contour(np.rot90(seg[:, :, z] > 0), levels=[0.5], colors="red", linewidths=0.6)
+            ax.set_title(f"{s['subject']}, z={z}\n{title}" if k == 0 else f"\n{title}", fontsize=7)
             ax.axis("off")
+    fig.suptitle("red: tumour outline (reference segmentation)", fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -167,7 +200,15 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
     for name, label in names.items():
         if name in m:
             lesion = f"   lesion PSNR {m[name]['lesion_psnr']:6.2f} dB" if "lesion_psnr" in m[name] else ""
-            log(f"  {label:<20} PSNR {m[name]['psnr']:6.2f} dB   SSIM {m[name]['ssim']:.4f}{lesion}")
+            edema = f"   edema ratio {m[name]['edema_ratio']:.2f}" if "edema_ratio" in m[name] else ""
+            log(f"  {label:<20} PSNR {m[name]['psnr']:6.2f} dB   SSIM {m[name]['ssim']:.4f}{lesion}{edema}")
+    p = m["prediction"]
+    if "rms_std" in p:
+        log(f"  uncertainty: RMS std {p['rms_std']:.3f} against RMS error {p['rms_error']:.3f} "
+            f"({p['rms_error'] / max(p['rms_std'], 1e-12):.1f}x), std-error correlation "
+            f"{p['std_error_correlation']:.2f} (normalized units, foreground)")
+    if key in m and m["prediction"].get("lesion_psnr", np.inf) < m[key].get("lesion_psnr", -np.inf):
+        log(f"  note: in the lesion the prediction scores below the copy of {copy_source}.")
     log(f"  time {times['total'] / 60:.1f} min; panel {out / 'panel.png'}; NIfTI in {pred_dir}")
     return result
 
