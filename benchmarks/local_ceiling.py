@@ -1,25 +1,25 @@
-"""How much of the brain phantom's FLAIR can any local map from T1 + T2 recover? The ceiling of local information.
+"""How much of the brain phantom's FLAIR can any voxel-wise map from T1 + T2 recover? The local ceiling.
 
-A voxel-wise regressor (an MLP, squared error) is fit from the *noise-free* T1 and T2 around each voxel to the
-FLAIR, on the training subjects, and scored (volume protocol, PSNR in the whole foreground and in the tumour)
-on those same subjects and on held-out ones. Fit and scored on seen data with clean inputs, it is an upper
-bound for every method that decides a voxel from the features it is given:
+The voxel-wise best predictor (under squared error) is the conditional mean of the target given the voxel's
+sources. It is estimated as the mean FLAIR per fine (T1, T2) bin (`--bins` per axis over [0, 3) x [0, 4) of each
+subject's own foreground median, noise-free sources, noisy target), fitted on the training subjects; a bin no
+training voxel reached falls back to the mean of its 4x coarser bin, then to the global mean. It is scored
+(volume protocol: PSNR, lesion PSNR, and the edema's mean-intensity ratio prediction / truth) on the training
+subjects (seen data: an upper bound) and on held-out ones, each with a 95 % bootstrap interval over subjects.
+Run on every phantom named by `--phantoms`: the default brain phantom, the literature-physics one
+(`phmdiff phantom --physics literature`) and, with `literature_n4`, that one N4 bias-corrected. Numpy only.
 
-- `voxel`: the two intensities of the voxel;
-- `voxel + in-plane context`: plus Gaussian means of radius 1, 2 and 4 voxels in the slice;
-- `voxel + in-plane + through-plane`: plus the voxel's values two slices up and down.
+`--mlp` adds the former context ceiling: an MLP (squared error) from the voxel's sources, with in-plane Gaussian
+context (radius 1, 2, 4) and two slices up and down, to the FLAIR (torch, minutes).
 
-Also the tumour's confusers: the fraction of tumour voxels whose (T1, T2) pair lies in a bin that healthy
-voxels occupy, and the mean FLAIR of those healthy voxels against the tumour's (a grey/white matter and CSF
-partial-volume voxel has an edema's T1 and T2 but half its FLAIR). Run at the demo's grid and at a finer one.
-
-    python benchmarks/local_ceiling.py [--shapes 64x64x40 128x128x80] [--subjects 8] [--threads 1]
-    python benchmarks/local_ceiling.py --quick      # one 32x32x16 grid, 100 steps (smoke test)
+    python benchmarks/local_ceiling.py [--phantoms default literature] [--shapes 64x64x40] [--subjects 16]
+    python benchmarks/local_ceiling.py --quick      # one 32x32x16 grid, both phantoms (smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +31,6 @@ from scipy import ndimage
 
 FEATURES = {"voxel": ((), 0), "voxel + in-plane context": ((1.0, 2.0, 4.0), 0),
             "voxel + in-plane + through-plane": ((1.0, 2.0, 4.0), 2)}
-BINS = (40, 40)  # (T1, T2) bins over [0, 3) x [0, 4) of the foreground median for the confuser count
 
 
 def _load(path) -> np.ndarray:
@@ -90,67 +89,121 @@ def score(net, a: dict, sigmas, dz: int) -> dict:
     return {"psnr": r["psnr"], "lesion_psnr": r["lesion_psnr"]}
 
 
-def confusers(arrays: list[dict]) -> dict:
-    """Tumour voxels whose (T1, T2) bin is shared with healthy voxels, and the FLAIR of those healthy twins."""
+def bin_keys(a: dict, bins: int) -> np.ndarray:
+    """Fine (T1, T2) bin index of every voxel: `bins` per axis over [0, 3) x [0, 4) in subject units."""
+    i = np.clip((a["t1"] * bins / 3).astype(np.int64), 0, bins - 1)
+    j = np.clip((a["t2"] * bins / 4).astype(np.int64), 0, bins - 1)
+    return i * bins + j
+
+
+def fit_bins(arrays: list[dict], bins: int) -> dict:
+    """Mean target (subject units) per fine bin and per 4x coarser bin, and the global mean, over the foreground."""
     from phmdiff.data.intensity import foreground
 
-    shared, tumour_flair, twin_flair, n = 0, [], [], 0
-    for a in arrays:
-        fg = foreground(a["t1"], False)
-        i = np.clip((a["t1"] * BINS[0] / 3).astype(int), 0, BINS[0] - 1)
-        j = np.clip((a["t2"] * BINS[1] / 4).astype(int), 0, BINS[1] - 1)
-        key = i * BINS[1] + j
-        tumour, healthy = a["seg"] > 0, fg & (a["seg"] == 0)
-        sums = np.bincount(key[healthy], a["flair"][healthy], BINS[0] * BINS[1])
-        counts = np.bincount(key[healthy], None, BINS[0] * BINS[1])
-        k = key[tumour]
-        has = counts[k] > 0
-        shared, n = shared + int(has.sum()), n + int(tumour.sum())
-        tumour_flair.append(a["flair"][tumour][has] / a["unit"])
-        twin_flair.append(sums[k][has] / counts[k][has] / a["unit"])
-    return {"tumour_voxels": n, "fraction_with_healthy_twins": shared / max(n, 1),
-            "tumour_flair": float(np.mean(np.concatenate(tumour_flair))),
-            "healthy_twin_flair": float(np.mean(np.concatenate(twin_flair)))}
+    tables = {}
+    for b in (bins, max(bins // 4, 1)):
+        sums, counts = np.zeros(b * b), np.zeros(b * b)
+        for a in arrays:
+            fg = foreground(a["t1"], False)
+            key = bin_keys(a, b)[fg]
+            sums += np.bincount(key, (a["flair"] / a["unit"])[fg], b * b)
+            counts += np.bincount(key, None, b * b)
+        tables[b] = (sums, counts)
+    sums, counts = tables[bins]
+    return {"bins": bins, "tables": tables, "global": float(sums.sum() / max(counts.sum(), 1.0))}
 
 
-def run_shape(shape, args) -> dict:
+def predict_bins(model: dict, a: dict) -> np.ndarray:
+    """The fitted bin means at every voxel (input units): fine bin, else coarse bin, else the global mean."""
+    pred = np.full(a["t1"].shape, model["global"])
+    for b in sorted(model["tables"]):  # coarse first, the fine bins overwrite where they have data
+        sums, counts = model["tables"][b]
+        key = bin_keys(a, b)
+        has = counts[key] > 0
+        pred[has] = sums[key[has]] / counts[key[has]]
+    return pred * a["unit"]
+
+
+def score_pred(pred: np.ndarray, a: dict) -> dict:
+    from phmdiff.eval.pathology import label_intensity_ratios
+    from phmdiff.eval.protocols import evaluate_subject
+
+    r = evaluate_subject(pred, a["flair"], seg=a["seg"], protocol="volume")
+    lo, hi = r["norm_low"], r["norm_high"]
+    ratios = label_intensity_ratios((pred - lo) / (hi - lo), (a["flair"] - lo) / (hi - lo), a["seg"])
+    return {"psnr": r["psnr"], "lesion_psnr": r["lesion_psnr"], "ratio_edema": ratios.get("edema", float("nan"))}
+
+
+def summary(rows: list[dict]) -> dict:
+    """Mean over subjects of each score and its 95 % bootstrap interval over subjects."""
+    import stats
+
+    out = {}
+    for k in rows[0]:
+        v = np.array([r[k] for r in rows], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size:
+            out[k] = float(v.mean())
+            out[f"{k}_ci"] = list(stats.bootstrap_ci(v))
+    return out
+
+
+PHANTOMS = {"default": {}, "literature": {"physics": "literature"},
+            "literature_n4": {"physics": "literature", "n4": True}}
+SPLIT = (8, 2, 6)  # train / validation / test subjects, as quality.py's
+
+
+def run_shape(phantom: str, shape, args) -> dict:
+    """The bin-mean predictor (and with --mlp the context MLPs) on one phantom and grid."""
     from phmdiff.data.phantom import write_phantom
     from phmdiff.data.prepare import split_subjects
-    from phmdiff.demo import demo_config
-    from phmdiff.training import prepare_settings
 
-    folder = Path(args.work) / "x".join(map(str, shape))
-    if not folder.exists():
-        write_phantom(folder, "brain", n_subjects=args.subjects, shape=shape, seed=0)
+    folder = Path(args.work) / phantom / "x".join(map(str, shape))
+    if not (folder / "phantom.json").exists():
+        write_phantom(folder, "brain", n_subjects=args.subjects, shape=shape, seed=0, overwrite=True,
+                      **PHANTOMS[phantom])
     ids = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    demo = prepare_settings(demo_config(folder))  # the demo's split fractions and seed
-    split = split_subjects(ids, demo.split, demo.seed)
+    split = split_subjects(ids, tuple(n / sum(SPLIT) for n in SPLIT), 0)
     train = [s for s in ids if split[s] == "train"]
     test = [s for s in ids if split[s] == "test"]
     arrays = {s: subject_arrays(folder, s) for s in train + test}
-    out = {"shape": list(shape), "train_subjects": train, "test_subjects": test,
-           "confusers": confusers([arrays[s] for s in train]), "features": {}}
-    for name, (sigmas, dz) in FEATURES.items():
+    out = {"phantom": phantom, "shape": list(shape), "train_subjects": train, "test_subjects": test, "features": {}}
+    tic = time.process_time()
+    model = fit_bins([arrays[s] for s in train], args.bins)
+    out["bin_mean"] = {part: summary([score_pred(predict_bins(model, arrays[s]), arrays[s]) for s in subjects])
+                       for part, subjects in (("train", train), ("test", test))}
+    out["bin_mean"].update(bins=args.bins, cpu_seconds=time.process_time() - tic)
+    b = out["bin_mean"]
+    print(f"{phantom:<14} {out['shape']} bin mean ({args.bins}^2 bins)   train {b['train']['psnr']:6.2f} dB "
+          f"(lesion {b['train']['lesion_psnr']:5.2f})   test {b['test']['psnr']:6.2f} dB "
+          f"[{b['test']['psnr_ci'][0]:.2f}, {b['test']['psnr_ci'][1]:.2f}] (lesion {b['test']['lesion_psnr']:5.2f} "
+          f"[{b['test']['lesion_psnr_ci'][0]:.2f}, {b['test']['lesion_psnr_ci'][1]:.2f}], edema x"
+          f"{b['test']['ratio_edema']:.2f})", flush=True)
+    for name, (sigmas, dz) in (FEATURES.items() if args.mlp else ()):
         tic = time.process_time()
         x = np.concatenate([features(arrays[s], sigmas, dz) for s in train])
         y = np.concatenate([(arrays[s]["flair"] / arrays[s]["unit"]).reshape(-1) for s in train])
         net = fit(x, y, args.steps, args.seed)
         rows = {part: [score(net, arrays[s], sigmas, dz) for s in subjects]
                 for part, subjects in (("train", train), ("test", test))}
-        out["features"][name] = {part: {k: float(np.mean([r[k] for r in v])) for k in ("psnr", "lesion_psnr")}
-                                 for part, v in rows.items()}
+        out["features"][name] = {part: summary(v) for part, v in rows.items()}
         out["features"][name]["cpu_seconds"] = time.process_time() - tic
         f = out["features"][name]
-        print(f"{out['shape']} {name:<34} train {f['train']['psnr']:6.2f} dB (lesion {f['train']['lesion_psnr']:5.2f})"
-              f"   test {f['test']['psnr']:6.2f} dB (lesion {f['test']['lesion_psnr']:5.2f})", flush=True)
+        print(f"{phantom:<14} {out['shape']} {name:<34} train {f['train']['psnr']:6.2f} dB "
+              f"(lesion {f['train']['lesion_psnr']:5.2f})   test {f['test']['psnr']:6.2f} dB "
+              f"(lesion {f['test']['lesion_psnr']:5.2f})", flush=True)
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one 32x32x16 grid, 100 steps (smoke test)")
-    p.add_argument("--shapes", nargs="+", default=None, help="phantom grids X x Y x Z (default 64x64x40 128x128x80)")
-    p.add_argument("--subjects", type=int, default=8, help="phantom subjects (the demo's split)")
+    p.add_argument("--quick", action="store_true", help="one 32x32x16 grid, 6 subjects (smoke test)")
+    p.add_argument("--phantoms", nargs="+", default=["default", "literature"], choices=list(PHANTOMS))
+    p.add_argument("--shapes", nargs="+", default=None, help="phantom grids X x Y x Z (default 64x64x40)")
+    p.add_argument("--subjects", type=int, default=None, help=f"phantom subjects (default {sum(SPLIT)}, split "
+                                                               f"{'/'.join(map(str, SPLIT))}; --quick: 6)")
+    p.add_argument("--bins", type=int, default=200, help="fine bins per source axis (default 200)")
+    p.add_argument("--mlp", action="store_true", help="also the context MLPs (torch; minutes)")
     p.add_argument("--steps", type=int, default=None, help="MLP steps of 4096 voxels (default 8000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -158,12 +211,18 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
-    args.shapes = args.shapes or (["32x32x16"] if args.quick else ["64x64x40", "128x128x80"])
+    args.shapes = args.shapes or (["32x32x16"] if args.quick else ["64x64x40"])
+    args.subjects = args.subjects or (6 if args.quick else sum(SPLIT))
     args.steps = args.steps or (100 if args.quick else 8000)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     if any(len(s) != 3 or min(s) < 8 for s in shapes):
         raise SystemExit(f"--shapes takes grids like 64x64x40 (three sizes of at least 8), got {args.shapes}.")
-    results = {"threads": threads, "steps": args.steps, "grids": [run_shape(s, args) for s in shapes]}
+    if args.bins < 4 or args.subjects < 3:
+        raise SystemExit(f"--bins {args.bins} and --subjects {args.subjects}: expected at least 4 and 3.")
+    load_before = list(os.getloadavg())
+    grids = [run_shape(ph, s, args) for ph in args.phantoms for s in shapes]
+    results = {"threads": threads, "steps": args.steps if args.mlp else None, "bins": args.bins, "grids": grids,
+               "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
     print(f"wrote {write_result('local_ceiling', results, out_dir=args.out_dir)}")
     return 0
 

@@ -225,32 +225,40 @@ def test_through_plane_scores_every_filter_setting(tiny_run, tmp_path, restore_t
     assert all(math.isfinite(r["grad_error_through"]) and math.isfinite(r["psnr_through"]) for r in rows)
 
 
-def test_local_ceiling_counts_tumour_voxels_that_healthy_ones_imitate(tmp_path, restore_threads):
-    """Constructed subject: a tumour with the (T1, T2) of a healthy tissue but twice its FLAIR is fully 'shared', and
-    its twins' FLAIR is the healthy value; a tumour with a (T1, T2) of its own shares nothing. Then the quick run."""
+def test_local_ceiling_bin_mean_is_the_conditional_mean(tmp_path, restore_threads):
+    """Constructed subjects: where one (T1, T2) bin holds healthy voxels (FLAIR 0.5) and as many tumour voxels
+    (FLAIR 1.0), the best voxel-wise prediction is their mean 0.75 for both; a tumour with a (T1, T2) of its own
+    is predicted exactly; an unseen fine bin falls back to its coarse bin. Then the quick run on both phantoms."""
     import local_ceiling
     import run_all
 
     t1, t2 = np.full((8, 8, 4), 1.0, np.float32), np.full((8, 8, 4), 1.0, np.float32)
     flair, seg = np.full((8, 8, 4), 0.5, np.float32), np.zeros((8, 8, 4), np.float32)
     t1[0] = t2[0] = flair[0] = 0.0  # a background row: the rest is the foreground
-    seg[2:4, 2:4] = 2
-    flair[2:4, 2:4] = 1.0
+    seg[1:3] = 2  # 16 tumour voxels ...
+    flair[1:3] = 1.0
+    seg[3:5, :, :] = 0  # ... and 16 healthy ones in the same bin (rows 3-4); rows 5-7 too
     a = {"t1": t1, "t2": t2, "flair": flair, "seg": seg, "unit": 1.0}
-    c = local_ceiling.confusers([a])
-    assert c["tumour_voxels"] == 16 and c["fraction_with_healthy_twins"] == 1.0
-    assert c["tumour_flair"] == pytest.approx(1.0) and c["healthy_twin_flair"] == pytest.approx(0.5)
+    model = local_ceiling.fit_bins([a], 200)
+    pred = local_ceiling.predict_bins(model, a)
+    n_t, n_h = 2 * 8 * 4, 5 * 8 * 4
+    assert pred[1, 0, 0] == pytest.approx((n_t * 1.0 + n_h * 0.5) / (n_t + n_h))
     own = dict(a, t2=np.where(seg > 0, 2.5, t2).astype(np.float32))
-    assert local_ceiling.confusers([own])["fraction_with_healthy_twins"] == 0.0
+    pred = local_ceiling.predict_bins(local_ceiling.fit_bins([own], 200), own)
+    assert pred[1, 0, 0] == pytest.approx(1.0) and pred[6, 0, 0] == pytest.approx(0.5)
+    unseen = dict(own, t2=np.where(seg > 0, 2.51, t2).astype(np.float32))  # the next fine bin, same coarse bin
+    assert local_ceiling.predict_bins(local_ceiling.fit_bins([own], 200), unseen)[1, 0, 0] == pytest.approx(1.0)
 
     out = tmp_path / "results"
     assert local_ceiling.main(["--quick", "--out-dir", str(out), "--work", str(tmp_path / "w")]) == 0
     r = _load(out / "local_ceiling.json")
-    (grid,) = r["grids"]
-    assert grid["test_subjects"] and set(grid["features"]) == set(local_ceiling.FEATURES)
-    for f in grid["features"].values():
-        assert all(math.isfinite(f[p][k]) for p in ("train", "test") for k in ("psnr", "lesion_psnr"))
-    assert "| 32x32x16 | voxel |" in run_all.markdown(out)
+    assert [g["phantom"] for g in r["grids"]] == ["default", "literature"]
+    for g in r["grids"]:
+        b = g["bin_mean"]
+        assert len(g["test_subjects"]) == 2 and b["train"]["psnr"] > b["test"]["psnr"]  # seen data is easier
+        lo, hi = b["test"]["lesion_psnr_ci"]
+        assert lo <= b["test"]["lesion_psnr"] <= hi and 0 < b["test"]["ratio_edema"] < 2
+    assert "| literature | 32x32x16 | bin mean |" in run_all.markdown(out)
 
 
 def test_level_diagnosis_runs_on_a_trained_run(tiny_run, tmp_path, restore_threads):
