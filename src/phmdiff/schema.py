@@ -4,6 +4,8 @@ inside a dataset, and never silently means something else (a string where a list
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -66,6 +68,39 @@ def _splits(meta: dict, path, file_key: str) -> None:
                 raise _fail(path, f"slices.{split}[{i}]", "a [subject, index] pair", row)
 
 
+def layout_digest(meta: dict, file_key: str) -> str:
+    """sha256 of what decides which channel is which modality: the modality order, the channels per modality
+    (or the item shape) and every shard with its row count and content checksum."""
+    shards = [[split, shard.get(file_key), shard.get("n"), shard.get("sha256")]
+              for split in SPLITS for shard in meta["splits"][split]["shards"]]
+    blob = {"modalities": meta.get("modalities"), "channels": meta.get("channels_per_modality", meta.get("item_shape")),
+            "shards": shards}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _check_layout(meta: dict, path, file_key: str, writer: str) -> None:
+    """The record the writer made of the modality order and shards must still match: a swapped modality list
+    would otherwise train on swapped channels."""
+    recorded = meta.get("integrity")
+    if recorded is None:
+        raise ValueError(f"{path}: has no integrity record of its modality order and shards (written by an older "
+                         f"phmdiff, or edited); run phmdiff {writer} again.")
+    if recorded != layout_digest(meta, file_key):
+        raise ValueError(f"{path}: the modality order, channels or shard list no longer match the record phmdiff "
+                         f"{writer} wrote (the file was edited); run phmdiff {writer} again instead of editing it.")
+
+
+def check_shard_checksum(path, shard: dict, manifest_path) -> None:
+    """A shard file's content against the sha256 its manifest recorded."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != shard.get("sha256"):
+        raise ValueError(f"{path}: shard content does not match the checksum in {manifest_path}; the shard was "
+                         "replaced or damaged; run phmdiff prepare again.")
+
+
 def check_manifest(manifest, path) -> dict:
     """A prepared folder's manifest.json: the types every reader relies on."""
     manifest = _dict(manifest, path, "(top level)")
@@ -79,6 +114,7 @@ def check_manifest(manifest, path) -> dict:
     for sid, volume in _dict(manifest.get("volumes", {}), path, "volumes").items():
         _dict(volume, path, f"volumes.{sid}")
     _splits(manifest, path, "file")
+    _check_layout(manifest, path, "file", "prepare")
     return manifest
 
 
@@ -102,4 +138,5 @@ def check_cache_meta(meta, path) -> dict:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise _fail(path, "latent_scale", "a finite positive number", scale)
     _splits(meta, path, "name")
+    _check_layout(meta, path, "name", "encode")
     return meta

@@ -20,6 +20,7 @@ import rel_fixture as fx  # noqa: E402
 from phmdiff.autoencoder import AutoencoderConfig, build_autoencoder, load_autoencoder, save_autoencoder  # noqa: E402
 from phmdiff.data.readers import load_volume  # noqa: E402
 from phmdiff.eval.evaluate import load_volume as load_eval_volume  # noqa: E402
+from phmdiff.schema import layout_digest  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -134,6 +135,7 @@ def test_latent_counts_larger_than_the_files_are_named(tmp_path_factory, tmp_pat
         meta["splits"]["train"]["n"] += 5
         meta["splits"]["train"]["shards"][0]["n"] += 5
         meta["slices"]["train"] += meta["slices"]["train"][:5]
+        meta["integrity"] = layout_digest(meta, "name")  # re-signed: only the files can tell
     _edit_json(cache / "meta.json", grow)
     config = fx.write_config(data, tmp_path / "run", cache=cache)
     res = fx.cli("train", "--config", str(config), "--no-progress", check=False)

@@ -26,7 +26,7 @@ from phmdiff.data.datasets import direction_generator, draw_direction
 from phmdiff.data.prepare import SPLITS, load_manifest, prepared_id
 from phmdiff.fsutil import atomic_write_text, publish_dir
 from phmdiff.options import add_device, add_overwrite
-from phmdiff.schema import check_cache_meta
+from phmdiff.schema import check_cache_meta, check_shard_checksum, layout_digest
 
 FORMAT = "phmdiff-latents/1"
 BACKENDS = ("npy", "lmdb", "wds")
@@ -143,6 +143,7 @@ def encode_prepared(prepared_dir: str | Path, model, out_dir: str | Path, ae_id:
         for split in SPLITS:
             start = 0
             for shard in manifest["splits"][split]["shards"]:
+                check_shard_checksum(prepared_dir / shard["file"], shard, prepared_dir / "manifest.json")
                 rows = np.load(prepared_dir / shard["file"], mmap_mode="r")[:, centre]  # (n, n_mod, H, W)
                 mean, logvar = _encode_rows(model, rows, batch_size, device)
                 writer.add(split, start, mean, logvar)
@@ -166,6 +167,7 @@ def encode_prepared(prepared_dir: str | Path, model, out_dir: str | Path, ae_id:
             "splits": {s: {"n": manifest["splits"][s]["n"], "shards": writer.shards[s]} for s in SPLITS},
             "slices": manifest["slices"],
         }
+        meta["integrity"] = layout_digest(meta, "name")  # modality order and shards, checked on read
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1))
     return "built"
 

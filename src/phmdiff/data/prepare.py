@@ -27,7 +27,7 @@ from phmdiff.data.readers import LAYOUTS, Subject, check_input_folder, detect_la
 from phmdiff.data.spacing import slice_plane, training_spacing
 from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
-from phmdiff.schema import check_manifest
+from phmdiff.schema import check_manifest, layout_digest
 
 SPLITS = ("train", "val", "test")
 FORMAT = "phmdiff-prepared/1"
@@ -107,6 +107,14 @@ def read_split_file(path: str | Path, ids: list[str]) -> dict[str, str]:
     return {sid: mapping[sid] for sid in ids}
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class _ShardWriter:
     """Accumulates slices of one split and writes `shards/<split>-NNNNN.npy` whenever a shard is full."""
 
@@ -126,7 +134,7 @@ class _ShardWriter:
             return
         name = f"shards/{self.split}-{len(self.shards):05d}.npy"
         np.save(self.folder / name, np.concatenate(self.buffer))  # (n, C, H, W)
-        self.shards.append({"file": name, "n": self.buffered})
+        self.shards.append({"file": name, "n": self.buffered, "sha256": _sha256(self.folder / name)})
         self.buffer, self.buffered = [], 0
 
 
@@ -319,6 +327,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
             "volumes": volumes_meta,
             "skipped": skipped,
         }
+        manifest["integrity"] = layout_digest(manifest, "file")  # modality order + shard checksums, checked on read
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
     return "built"
 
