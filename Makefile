@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench stress clean
+.PHONY: setup test test-fast test-slow demo lint bench stress clean
 
 setup: $(STAMP)
 
@@ -15,12 +15,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Test tiers (tests/conftest.py assigns them): test-fast runs the unit tier (no training, under a minute);
+# test runs it, then the integration and reliability tiers.
 # pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
 # -n auto: one pytest-xdist worker per core (each test runs one torch thread, see tests/conftest.py).
-test: setup
-	$(PY) -m pytest -q -n auto tests; rc=$$?; \
+# The marker expression of each tier goes in TIER.
+PYTEST = $(PY) -m pytest -q -n auto -m "$(TIER)" tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose."; exit 1; fi; \
 	exit $$rc
+
+test-fast: TIER = not integration and not reliability
+test-fast: setup
+	$(PYTEST)
+
+test-slow: TIER = integration or reliability
+test-slow: setup
+	$(PYTEST)
+
+test: test-fast test-slow
 
 demo: setup
 	$(VENV)/bin/phmdiff demo

@@ -4,6 +4,7 @@
 own few steps with their own loss (`factory.PRECONDS`) on the same prepared data, then translate one subject.
 """
 
+import math
 import shutil
 
 import nibabel as nib
@@ -16,9 +17,39 @@ from phmdiff.diffusion.ddpm_loss import DDPMLoss
 from phmdiff.diffusion.edm import EDMLoss, VELoss, VPLoss
 from phmdiff.diffusion.timestep_sampler import LossSecondMomentResampler, UniformSampler
 from phmdiff.factory import PRECONDS, build_denoiser, build_loss
+from phmdiff.inference import load_trained
 from phmdiff.objective import pyramid_loss
 from phmdiff.training import run_pipeline
 from phmdiff.translate import translate
+
+SIGMA = 1.5
+BETAS = np.linspace(1e-4, 0.02, 1000)  # the ddpm formulation's linear schedule
+
+
+def _c_noise_and_c_in(precond):
+    """What the network of each formulation receives at SIGMA (EDM Table 1, sigma_data 1; DDPM: the timestep
+    whose sigma = sqrt((1 - abar) / abar) is SIGMA, interpolated in log sigma), worked out here by hand."""
+    c_in = 1 / math.sqrt(SIGMA**2 + 1)
+    if precond == "edm":
+        return math.log(SIGMA) / 4, c_in
+    if precond == "vp":
+        return 999 * (math.sqrt(0.1**2 + 2 * 19.9 * math.log(1 + SIGMA**2)) - 0.1) / 19.9, c_in
+    if precond == "ve":
+        return math.log(SIGMA / 2), 1.0
+    abar = np.cumprod(1 - BETAS)
+    return float(np.interp(math.log(SIGMA), np.log(np.sqrt((1 - abar) / abar)), np.arange(1000))), c_in
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for a run's network: records (x_in, c_noise) and predicts zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, c_noise, **cond):
+        self.calls.append((x, c_noise))
+        return torch.zeros_like(x)
 
 
 def _translate_one(root, run, out):
@@ -49,6 +80,15 @@ def test_formulation_trains_and_translates(tiny_run, tmp_path, precond, extra):
                             progress=False, log=lambda m: None)
         assert done["train"]["step"] == 4
     _translate_one(root, "run", tmp_path / "out")
+    # The run loaded back wraps its network in its own formulation: c_noise and c_in by hand, at one sigma.
+    denoiser = load_trained(root / "run", device="cpu").denoiser
+    denoiser.model = _Recorder()
+    x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    denoiser(x, torch.tensor([SIGMA]))
+    ((x_in, c_noise),) = denoiser.model.calls
+    want_noise, want_in = _c_noise_and_c_in(precond)
+    assert float(c_noise) == pytest.approx(want_noise, rel=1e-5, abs=1e-6), precond
+    torch.testing.assert_close(x_in, x * want_in, rtol=1e-5, atol=1e-6)
 
 
 def test_the_table_gives_each_formulation_its_own_loss(tmp_path):

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from phmdiff.autoencoder import IdentityAutoencoder, save_autoencoder
+from phmdiff.cli import main
 from phmdiff.data.latent_cache import LatentPairs, autoencoder_id, encode_prepared, load_cache_meta
 from phmdiff.data.prepare import PrepareSettings, load_manifest, prepare, prepared_id
 from phmdiff.data.volume import VolumeSettings
@@ -134,14 +136,9 @@ def test_cache_refuses_another_autoencoder_or_other_data_and_reuses_its_own(tmp_
 
 
 def test_encode_command_with_the_identity_autoencoder(tmp_path):
-    autoencoder = pytest.importorskip("phmdiff.autoencoder")
-    if not hasattr(autoencoder, "IdentityAutoencoder") or not hasattr(autoencoder, "save_autoencoder"):
-        pytest.skip("phmdiff.autoencoder has no IdentityAutoencoder/save_autoencoder yet")
-    from phmdiff.cli import main
-
     prep, _, _ = _setup(tmp_path)
     ae_file = tmp_path / "identity.safetensors"
-    autoencoder.save_autoencoder(autoencoder.IdentityAutoencoder(), ae_file)
+    save_autoencoder(IdentityAutoencoder(), ae_file)
     assert main(["encode", str(prep), str(ae_file), str(tmp_path / "cache"), "--backend", "lmdb"]) == 0
     ds = LatentPairs(tmp_path / "cache", "val", ("t1", "t2"), "flair", autoencoder_id=ae_file, prepared_id=prep)
     shard = np.load(prep / load_manifest(prep)["splits"]["val"]["shards"][0]["file"]).astype(np.float32)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from phmdiff.config import load_config
+from phmdiff.data.latent_cache import LatentPairs
 from phmdiff.training.checkpoint import find_latest, load_checkpoint
 from phmdiff.training.lock import RunLock
 from phmdiff.training.loop import train
@@ -132,11 +133,30 @@ def test_cache_that_does_not_match_the_model_is_refused(data):
         train(_cfg(data, "mismatch", "model.in_size=32", "data.resolution=32"), progress=False)
 
 
-def test_latents_larger_than_the_model_grid_train_on_random_crops(data):
-    seen = []
-    cfg = _cfg(data, "crops", "model.in_size=8", "data.resolution=8", "train.max_num_steps=1")
-    train(cfg, progress=False, step_hook=lambda step, terms: seen.append(step) or terms)
-    assert seen and find_latest(cfg.run_dir) is not None
+def test_latents_larger_than_the_model_grid_train_on_random_crops(data, monkeypatch):
+    seen = []  # (the cropped item the loop trained on, the same item uncropped)
+    getitem = LatentPairs.__getitem__
+
+    def spy(self, i):
+        item, crop = getitem(self, i), self.crop
+        self.crop = None
+        try:
+            seen.append((item, getitem(self, i)))  # the same seed, epoch and index: the same latent draw
+        finally:
+            self.crop = crop
+        return item
+
+    monkeypatch.setattr(LatentPairs, "__getitem__", spy)
+    cfg = _cfg(data, "crops", "model.in_size=8", "data.resolution=8", "train.max_num_steps=2")
+    train(cfg, progress=False)
+    assert find_latest(cfg.run_dir) is not None and len(seen) >= 8
+    windows = set()
+    for item, full in seen:  # 16x16 latents, 8x8 crops: each is one window of its latent, source and target alike
+        assert item["target"].shape[-2:] == (8, 8) and full["target"].shape[-2:] == (16, 16)
+        (where,) = [(t, u) for t in range(9) for u in range(9)
+                    if all(torch.equal(full[k][..., t : t + 8, u : u + 8], item[k]) for k in ("source", "target"))]
+        windows.add(where)
+    assert len(windows) >= 3, windows  # random windows, not one fixed crop
 
 
 def test_validation_logs_psnr_ssim_and_keeps_the_best_checkpoint(data):
