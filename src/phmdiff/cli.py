@@ -18,6 +18,7 @@ from phmdiff.options import add_threads, fill_shared_help, has_option, new_parse
 # command -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("phmdiff.data.phantom", "write a synthetic brain or pelvis dataset as NIfTI"),
+    "plan": ("phmdiff.plan_command", "show what prepare will do: geometry, slice axis, crops, intensities (JSON too)"),
     "prepare": ("phmdiff.data.prepare", "turn NIfTI/PNG volumes into normalized training slices"),
     "train-ae": ("phmdiff.training.train_ae", "train the autoencoder on prepared slices"),
     "encode": ("phmdiff.data.latent_cache", "fill the latent cache with a trained autoencoder"),

@@ -14,10 +14,12 @@ import argparse
 import hashlib
 import json
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from nibabel import aff2axcodes
 
 from phmdiff import __version__
 from phmdiff.argtypes import SEED, finite_float, whole
@@ -26,7 +28,9 @@ from phmdiff.data.names import canonical_list
 from phmdiff.data.readers import LAYOUTS, Subject, check_input_folder, detect_layout, find_subjects
 from phmdiff.data.spacing import slice_plane, training_spacing
 from phmdiff.data.volume import MR_NORMS, NormParams, VolumeSettings, load_subject_volumes, volume_to_slices
+from phmdiff.fingerprint import AXIS_NAMES, crop_sentence, dataset_plan, foreground_cut, format_plan
 from phmdiff.fsutil import atomic_dir, atomic_write_text, check_writable_dir
+from phmdiff.options import add_overwrite
 from phmdiff.schema import check_manifest, layout_digest
 
 SPLITS = ("train", "val", "test")
@@ -213,7 +217,8 @@ def prepared_id(prepared_dir: str | Path) -> str:
     return hashlib.sha256((Path(prepared_dir) / "manifest.json").read_bytes()).hexdigest()
 
 
-def _resolve(root: Path, settings: PrepareSettings, modalities: list[str] | None):
+def resolve_subjects(root: Path, settings: PrepareSettings, modalities: list[str] | None):
+    """(layout, subjects, canonical modality names) of a dataset for these settings."""
     layout = detect_layout(root) if settings.layout == "auto" else settings.layout
     subjects = find_subjects(root, layout)
     if not modalities:
@@ -234,7 +239,7 @@ def _missing_sentence(root: Path, sub: Subject, mod: str, subjects: list[Subject
 
 
 def dry_run_report(root: Path, settings: PrepareSettings, modalities: list[str] | None) -> str:
-    layout, subjects, modalities = _resolve(root, settings, modalities)
+    layout, subjects, modalities = resolve_subjects(root, settings, modalities)
     lines = [f"{root}: layout {layout}, {len(subjects)} subjects, modalities {' '.join(modalities)}"]
     for s in subjects:
         lines.append(f"  {s.id}: {' '.join(s.modalities)}" + (f"  mask {s.mask.name}" if s.mask else ""))
@@ -256,7 +261,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: output path is a file; expected a folder for the prepared data.")
     check_writable_dir(out.parent)
-    layout, subjects, modalities = _resolve(root, settings, modalities)
+    layout, subjects, modalities = resolve_subjects(root, settings, modalities)
     settings.volume.modalities = modalities
     settings.volume.spacing = None  # measured from the data below, never an input of the fingerprint
     skipped = {}
@@ -298,15 +303,20 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     with atomic_dir(out) as tmp:
         (tmp / "shards").mkdir()
         writers = {name: _ShardWriter(tmp, name, settings.dtype, settings.shard_mib) for name in SPLITS}
+        say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         for sub in tqdm(subjects, desc="prepare", unit="subject", disable=not progress or None):
             volumes, affine, _ = load_subject_volumes(sub, modalities)
             slices, spec = volume_to_slices(volumes, affine, settings.volume)
+            cut, lost, total = foreground_cut(volumes, spec, settings.volume)  # nothing cropped silently
+            if lost:
+                say(f"prepare: warning: {crop_sentence(sub.id, spec, lost, total)}")
             del volumes
             writers[split[sub.id]].add(slices)
             slice_map[split[sub.id]] += [[sub.id, i] for i in spec.indices]
             volumes_meta[sub.id] = {"split": split[sub.id], "reference": str(next(iter(
                 _subject_files(sub, modalities).values()))[0]), **spec.to_dict(),
-                "spacing": slice_plane(affine, spec.axis)[2]}  # in-plane mm, the RAS order of the slice plane
+                "spacing": slice_plane(affine, spec.axis)[2],  # in-plane mm, the RAS order of the slice plane
+                "orientation": "".join(aff2axcodes(affine)), "foreground_cut": cut, "foreground_lost": lost}
         for w in writers.values():
             w.flush()
         settings.volume.spacing = training_spacing(volumes_meta)  # the run carries it; translate resamples to it
@@ -325,6 +335,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
             "slices": slice_map,
             "inputs": inputs,
             "volumes": volumes_meta,
+            "slice_axis": slice_axis_record(volumes_meta),
             "skipped": skipped,
         }
         manifest["integrity"] = layout_digest(manifest, "file")  # modality order + shard checksums, checked on read
@@ -332,10 +343,29 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     return "built"
 
 
+def slice_axis_record(volumes_meta: dict) -> dict:
+    """How the run slices: every volume is read as RAS, then sliced along one RAS axis; `axis` is None when the
+    subjects were sliced along different axes (the plan warns; --axis fixes it)."""
+    counts = Counter(int(v["axis"]) for v in volumes_meta.values())
+    axis = next(iter(counts)) if len(counts) == 1 else None
+    return {"axis": axis, "name": AXIS_NAMES[axis] if axis is not None else None, "reoriented_to": "RAS",
+            "subjects_per_axis": {str(k): n for k, n in sorted(counts.items())}}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", help="input folder (BraTS, SynthRAD, generic subject/modality "
+    parser.add_argument("root", help="input folder (BraTS 2021/2023, BIDS, SynthRAD, generic subject/modality "
                         ".nii.gz/.mha/.nrrd/DICOM, PNG folders)")
     parser.add_argument("out", help="output folder for shards and manifest.json")
+    add_settings_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (subjects, problems, geometry, slice axis, crops, intensities) only")
+    add_overwrite(parser, "rebuild even when up to date")
+    parser.add_argument("--skip-incomplete", action="store_true",
+                        help="leave out subjects missing a requested modality (each one reported) instead of stopping")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings of prepare (and of `phmdiff plan`, which shows what they do)."""
     parser.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS),
                         help="naming of the input folder; auto detects it from the file names")
     parser.add_argument("--modalities", nargs="+", default=None,
@@ -351,7 +381,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit", default="pad", choices=("pad", "resize"),
                         help="bring the plane to --size by padding (cropping a larger one) or by resizing")
     parser.add_argument("--axis", default="auto", choices=("auto", "0", "1", "2"),
-                        help="voxel axis to slice along; auto: the coarsest-spacing axis (ties: the last)")
+                        help="slice axis once the volume is read as RAS: 0 sagittal, 1 coronal, 2 axial; auto: the "
+                        "coarsest spacing (ties: axial)")
     parser.add_argument("--min-foreground", type=finite_float(0, 1), default=0.05,
                         help="keep slices whose foreground covers at least this fraction of the plane")
     parser.add_argument("--context", type=whole(0, 32), default=0, help="2.5D: neighbouring slices on each side")
@@ -363,10 +394,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CT normalization: the fixed Hounsfield window mapped to [0, 1]")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"),
                         help="storage type of the normalized slices")
-    parser.add_argument("--dry-run", action="store_true", help="list subjects, modalities and problems only")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")
-    parser.add_argument("--skip-incomplete", action="store_true",
-                        help="leave out subjects missing a requested modality (each one reported) instead of stopping")
 
 
 def _relative(items: list[str]) -> dict[str, list[str]]:
@@ -392,7 +419,10 @@ def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.dry_run:
-        print(dry_run_report(Path(args.root), settings, args.modalities))
+        root = Path(args.root)
+        print(dry_run_report(root, settings, args.modalities))
+        layout, subjects, modalities = resolve_subjects(root, settings, args.modalities)
+        print(format_plan(dataset_plan(root, layout, subjects, modalities, settings.volume)))
         return 0
     status = prepare(args.root, args.out, settings, args.modalities, overwrite=args.overwrite,
                      skip_incomplete=args.skip_incomplete, log=lambda msg: print(msg, file=sys.stderr))

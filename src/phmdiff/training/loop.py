@@ -107,13 +107,13 @@ def _identity(meta: dict, cfg: Config) -> dict:
     if d.any_to_any:  # every slot may be the target: its training scale, and its gains over every other slot
         return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(d.cache), "any_to_any": True,
                 "sources": list(d.modalities), "target": None, "layout": manifest.get("layout"),
-                "volume_settings": manifest["config"]["volume"],
+                "volume_settings": manifest["config"]["volume"], "slice_axis": manifest.get("slice_axis"),
                 "target_norms": {m: asdict(reference_norm(manifest, m)) for m in d.modalities},
                 "target_gains": {m: gain_ratios(manifest, m, [o for o in d.modalities if o != m])
                                  for m in d.modalities}}
     return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(cfg.data.cache), "sources": cfg.data.sources,
             "target": cfg.data.target, "targets": cfg.data.generated, "layout": manifest.get("layout"),
-            "volume_settings": manifest["config"]["volume"],
+            "volume_settings": manifest["config"]["volume"], "slice_axis": manifest.get("slice_axis"),
             "target_norm": asdict(reference_norm(manifest, cfg.data.target)),
             "target_gain": gain_ratios(manifest, cfg.data.target, cfg.data.sources)}
 
