@@ -106,12 +106,14 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                     device: str = "cpu", min_seconds: float = 0.0) -> dict[str, dict]:
+                     device: str = "cpu", min_seconds: float = 0.0,
+                     progress: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Seconds per call of each variant: `warmup` untimed calls each, then `repeats` rounds of one call each.
 
     Within a round the variants run one after the other (the order rotates every round), so machine noise is
     spread over all of them. Returns {name: median_iqr(seconds) + "times"}; stops early after `min_seconds`
-    of total timing only once at least three rounds are in.
+    of total timing only once at least three rounds are in. `progress` gets a line after the warm-up and after
+    every round.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
@@ -120,6 +122,8 @@ def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 5
         for _ in range(warmup):
             variants[name]()
         synchronize(device)
+    if progress:
+        progress(f"warm-up of {len(names)} variants done")
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
@@ -132,6 +136,8 @@ def time_interleaved(variants: dict[str, Callable[[], object]], repeats: int = 5
             synchronize(device)
             times[name].append(time.perf_counter() - tic)
             cpu[name].append(time.process_time() - cpu_tic)
+        if progress:
+            progress(f"round {r + 1}/{repeats} done ({sum(t[-1] for t in times.values()):.0f} s per round)")
         if min_seconds and r >= 2 and time.perf_counter() - start > min_seconds:
             break
     # CPU time (all threads of this process) beside wall time: on a shared machine wall time also counts the

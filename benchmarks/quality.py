@@ -106,11 +106,12 @@ class Progress:
 
 
 def phmdiff_calls_per_slice(cfg) -> int:
-    """Network calls per slice of one sample of coarse-to-fine sampling (guidance != 1 doubles each call's batch)."""
+    """Network calls per slice of one sample of coarse-to-fine sampling (guidance != 1 doubles each call's batch),
+    plus the mean network's one call (`model.mean_net`: `inference.sample_latents` runs it per slice and sample)."""
     e, levels = cfg.eval, cfg.model.pyramid_levels
     calls = CALLS_PER_STEP.get(e.sampler, lambda n: n)
     total = calls(e.num_steps) + calls(e.fine_num_steps) * (levels - 1)
-    return total * (2 if e.guidance != 1.0 else 1)
+    return total * (2 if e.guidance != 1.0 else 1) + (1 if getattr(cfg.model, "mean_net", "") else 0)
 
 
 def config_for(task: Task, work: Path, quick: bool, overrides: list[str], split: dict | None = None):

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import render_quality
+
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany", "realism", "translate_speed",
            "local_ceiling")
@@ -98,13 +100,17 @@ def _command(recorded: str) -> str:
     return re.sub(r"\S*/(benchmarks/\w+\.py)", r"\1", cmd)
 
 
-def markdown(results_dir: Path) -> str:
-    """Tables for docs/benchmarks.md, read from the result JSON files only (nothing typed by hand)."""
+def markdown(results_dir: Path, figures_root: Path | None = None) -> str:
+    """Tables for docs/benchmarks.md, read from the result JSON files only (nothing typed by hand); with
+    `figures_root` (the repository) the learning-curve figures are drawn into its docs/images and linked."""
+    figures = render_quality.learning_curves(results_dir, figures_root) if figures_root else {}
     lines = []
-    for name in RESULTS:
+    extra = sorted(p.stem for p in Path(results_dir).glob("quality_*.json") if p.stem not in RESULTS)
+    names = [*RESULTS[:3], *extra, *RESULTS[3:]]
+    for name in names:
         path = results_dir / f"{name}.json"
         if not path.exists():
-            script = "quality.py --budget 600" if name == "quality_600" else f"{name}.py"
+            script = "quality.py --budgets 600" if name == "quality_600" else f"{name}.py"
             lines += [f"### {name}", "", f"No result yet: run `python benchmarks/{script}`.", ""]
             continue
         data = json.loads(path.read_text())
@@ -140,6 +146,10 @@ def markdown(results_dir: Path) -> str:
             lines += [f"| {x['sampler']} | {x['steps']} | {x['nfe']:g} | {x['seconds']:.3f} | "
                       f"{x['slices_per_s']:.2f} |" for x in r["sampling"]]
             lines += ["", f"GPU: {r['gpu_section']}.", ""] + _gpu_check(results_dir)
+        elif name.startswith("quality") and render_quality.is_protocol(r):
+            lines += render_quality.quality_lines(r, cmd, figures)
+        elif name == "ablation" and render_quality.is_protocol(r):
+            lines += render_quality.ablation_lines(r, cmd)
         elif name.startswith("quality"):
             for task in r["tasks"]:
                 # A task merged in from another run of the script carries that run's date, commit and command
@@ -273,7 +283,7 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", action="store_true", help="print the docs tables from the result JSON and exit")
     args, rest = p.parse_known_args(argv)
     if args.markdown:
-        print(markdown(Path(args.out_dir) if args.out_dir else HERE / "results"))
+        print(markdown(Path(args.out_dir) if args.out_dir else HERE / "results", HERE.parent))
         return 0
     failed = []
     for name in [s for s in SCRIPTS if s in args.only]:

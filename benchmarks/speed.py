@@ -2,7 +2,9 @@
 against diffusers' DiTTransformer2DModel (Peebles & Xie 2023) of the same width, depth, heads and patch size,
 plus sampling throughput per sampler at equal NFE.
 
-    python benchmarks/speed.py                 # PHMDiff-S/2, 32x32x4 latents, batch 8, CPU, fp32 and bf16
+    python benchmarks/speed.py                 # PHMDiff-S/2, 32x32x4 latents, batch 8, CPU, fp32 and bf16, one
+                                               # thread, 3 repeats, 2 memory probes: about 10 min on 2 cores
+    python benchmarks/speed.py --full          # all cores, 7 repeats, every memory probe (30-60 min)
     python benchmarks/speed.py --quick         # tiny model, seconds (smoke test)
     python benchmarks/speed.py --model PHMDiff-XL/2 --device cuda --compile --batch 64
     git show main:src/phmdiff/masked_dit.py > /tmp/before.py
@@ -206,7 +208,8 @@ def bench_training(args) -> tuple[list[dict], dict]:
     for dtype, reps in ((torch.float32, 2), (torch.bfloat16, 8)):
         key = str(dtype).replace("torch.", "")
         steps[f"matmul-{key}"], peak_flops[key] = matmul_variant(dtype, size, reps, args.device)
-    timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=args.device)
+    timings = time_interleaved(steps, repeats=args.repeats, warmup=args.warmup, device=args.device,
+                               progress=getattr(args, "say", None))
     peaks = {key: {"size": size, "flops_per_s_median": f / timings[f"matmul-{key}"]["median"],
                    "flops_per_s_best": f / min(timings[f"matmul-{key}"]["times"]),
                    "flops_per_s_worst": f / max(timings[f"matmul-{key}"]["times"]),
@@ -226,10 +229,14 @@ def bench_training(args) -> tuple[list[dict], dict]:
             # The peak's spread over its repeats gives the fraction's: against the best and the worst repeat.
             row[f"fraction_of_{peak_dtype}_peak_range"] = [row["achieved_flops_per_s"] / peak["flops_per_s_best"],
                                                            row["achieved_flops_per_s"] / peak["flops_per_s_worst"]]
-        # --quick probes one variant only: each probe is a fresh process (seconds of imports).
-        probe = not args.no_memory and (not args.quick or (v["kind"], v["mask_ratio"]) == ("phmdiff", 0.5)) \
-            and v["kind"] != "phmdiff-before"  # the child process knows only the current code
+        # Each probe is a fresh process (seconds of imports): --full probes every variant, the default PHMDiff's
+        # unmasked and mask-0.5 fp32 steps, --quick the mask-0.5 one.
+        wanted = (("phmdiff", 0.5, "fp32"),) if args.quick else (("phmdiff", 0.0, "fp32"), ("phmdiff", 0.5, "fp32"))
+        probe = not args.no_memory and (getattr(args, "full", False) or (v["kind"], v["mask_ratio"], v["dtype"])
+                                        in wanted) and v["kind"] != "phmdiff-before"  # the child knows only now
         if args.device == "cpu" and probe:
+            if hasattr(args, "say"):
+                args.say(f"memory probe {v['name']}")
             row["memory"] = cpu_memory({"kind": v["kind"], "model": args.model, "size": args.size,
                                         "batch": args.batch, "mask_ratio": v["mask_ratio"], "dtype": v["dtype"]})
         elif args.device.startswith("cuda"):
@@ -265,7 +272,8 @@ def bench_sampling(args) -> list[dict]:
             return SAMPLERS[name](counting(name), x * sigmas[0], sigmas, extra_args=kwargs, disable=True)
         variants[name] = run
     rounds = max(1, args.repeats // 3)
-    timings = time_interleaved(variants, repeats=rounds, warmup=0, device=args.device)
+    timings = time_interleaved(variants, repeats=rounds, warmup=0, device=args.device,
+                               progress=getattr(args, "say", None))
     return [{"sampler": name, "steps": plans[name], "nfe": calls[name] / timings[name]["n"],
              "seconds": timings[name]["median"], "iqr_s": timings[name]["iqr"],
              "slices_per_s": args.batch / timings[name]["median"]} for name in plans]
@@ -303,9 +311,18 @@ def summarize(rows: list[dict], model: str, device: str) -> dict:
     return out
 
 
+def progress_printer(tic: float):
+    """print(text) with the minutes since `tic`, flushed: a long run is never silent."""
+    def say(text: str) -> None:
+        print(f"[{(time.perf_counter() - tic) / 60:5.1f} min] {text}", flush=True)
+    return say
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny model and few repeats (smoke test)")
+    p.add_argument("--full", action="store_true", help="the long run: all cores, 7 repeats, a memory probe per "
+                                                      "variant (default: 1 thread, 3 repeats, 2 probes, ~10 min)")
     p.add_argument("--model", default=None, help="PHMDiff preset (default PHMDiff-S/2; --quick: PHMDiff-T/2)")
     p.add_argument("--size", type=int, default=None, help="latent grid (default 32; --quick: 8)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8; --quick: 2)")
@@ -323,7 +340,8 @@ def main(argv=None) -> int:
     p.add_argument("--probe-memory", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     # --quick uses one thread: on a loaded 2-core machine two OpenMP threads wait on each other for seconds.
-    threads = set_threads(args.threads or (1 if args.quick else None))
+    # The default run also uses one thread: it must finish within 15 minutes on a shared 2-core machine (issue 25).
+    threads = set_threads(args.threads or (None if args.full else 1))
     if args.probe_memory:
         print(json.dumps(probe_memory(json.loads(args.probe_memory))))
         return 0
@@ -332,13 +350,20 @@ def main(argv=None) -> int:
     args.model = args.model or ("PHMDiff-T/2" if args.quick else "PHMDiff-S/2")
     args.size = args.size or (8 if args.quick else 32)
     args.batch = args.batch or (2 if args.quick else 8)
-    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.repeats = args.repeats or (2 if args.quick else 7 if args.full else 3)
     args.warmup = 1 if args.quick else args.warmup
     args.nfe = args.nfe or (3 if args.quick else 11)
     tic = time.perf_counter()
+    expected = "seconds" if args.quick else ("30-60 min" if args.full else "about 10 min")
+    say = progress_printer(tic)
+    say(f"speed: {args.model}, batch {args.batch}, {threads} thread(s), {args.repeats} repeats, dtypes "
+        f"{' '.join(args.dtypes)}; expected {expected}")
+    args.say = say
     # The peak alone, first, and again interleaved with the steps (the fractions use the interleaved one).
     peaks_alone = matmul_peak(size=512 if args.quick else 2048, repeats=2 if args.quick else 5, device=args.device)
+    say("matmul peak alone done; training steps next")
     training, peaks = bench_training(args)
+    say("training steps done" + ("" if args.no_sampling else "; samplers next"))
     sampling = [] if args.no_sampling else bench_sampling(args)
     targets = summarize(training, args.model, args.device)
     gpu = ("run on " + args.device) if args.device.startswith("cuda") else \

@@ -95,6 +95,18 @@ def test_quick_quality_scores_every_method_per_subject_and_seed(tmp_path, restor
     assert run["calls_per_slice_per_sample"] == 4  # DDIM 2 + 2 steps over two levels
     assert b["runs"]["unet"][0]["train_clock_seconds"] >= 3.0
 
+    # rendered: tables from the JSON, and a learning curve once a second budget exists (here a relabelled copy)
+    import run_all
+
+    data = json.loads((out / "quality.json").read_text())
+    data["results"]["tasks"][0]["budgets"] = {"6": b}
+    (out / "quality_6.json").write_text(json.dumps(data))
+    text = run_all.markdown(out, tmp_path)
+    assert "| phmdiff_mean2 |" in text and "| unet | " in text and "through-plane filter on every method" in text
+    assert "![learning curve, brain_t1t2_to_flair](images/learning_brain_t1t2_to_flair.png)" in text
+    png = tmp_path / "docs" / "images" / "learning_brain_t1t2_to_flair.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def test_quality_targets_follow_the_budget_and_the_ddpm_gate():
     import quality
@@ -105,6 +117,20 @@ def test_quality_targets_follow_the_budget_and_the_ddpm_gate():
     assert quality._target("lesion_psnr", "unet", 120.0, None) is None
     assert quality._target("psnr", "monai_ddpm", 600.0, {"runs": True, "forced": False}) == 0.0
     assert quality._target("psnr", "monai_ddpm", 600.0, {"runs": True, "forced": True}) is None
+
+
+@pytest.mark.parametrize("overrides, calls", [
+    ([], 14),  # the demo's DDIM 8 + 6 over two levels
+    (["eval.sampler=heun", "eval.num_steps=4", "eval.fine_num_steps=3"], 7 + 5),  # Heun: 2n - 1 per level
+    (["eval.guidance=1.5"], 28),  # guidance: conditional and unconditional halves
+    (["model.pyramid_levels=3"], 8 + 6 + 6),
+    (["model.mean_net=unet"], 14 + 1),  # the mean network, once per slice and sample
+])
+def test_calls_per_slice_closed_form(tmp_path, overrides, calls):
+    import quality
+
+    cfg = quality.config_for(quality.TASKS[0], tmp_path, False, overrides)
+    assert quality.phmdiff_calls_per_slice(cfg) == calls
 
 
 @pytest.mark.slow

@@ -1,0 +1,165 @@
+"""docs/benchmarks.md's quality and ablation sections (issue 25's protocol) and the learning-curve figures,
+rendered from the result JSON only (run_all.py calls these)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FIGURES = Path("docs") / "images"
+CURVE_METHODS = {"unet": "U-Net (L1, tuned)"}  # besides PHMDiff's n-sample mean
+LABEL = {"z_off": "no through-plane filter", "z_on": "through-plane filter on every method"}
+
+
+def is_protocol(results: dict) -> bool:
+    """Whether a quality/ablation result is in issue 25's format (budgets per task)."""
+    return bool(results.get("tasks")) and "budgets" in results["tasks"][0]
+
+
+def _ci(c: dict | None, unit: str = "") -> str:
+    if not c or c.get("n_pairs", 0) == 0:
+        return ""
+    text = f"{c['mean']:+.2f}{unit} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] {c['verdict']}"
+    if "target" in c:
+        text += f"; target >= {c['target']:+.2f}: {'met' if c['target_met'] else '**missed**'}"
+    return text
+
+
+def _num(v: dict, key: str, digits: int = 2) -> str:
+    return f"{v[key]:.{digits}f}" if key in v else ""
+
+
+def quality_lines(r: dict, cmd: str, figures: dict[str, str] | None = None) -> list[str]:
+    """Per task and budget: the methods' means and the paired differences, for both filter settings."""
+    n = r["n_samples"]
+    ours = f"phmdiff_mean{n}"
+    lines = [f"Budgets {', '.join(f'{b:g}' for b in r['budgets_cpu_s'])} CPU seconds of the process per method and "
+             f"seed ({r['budget_clock']}); seeds {r['seeds']}; subjects train/val/test "
+             f"{r['split']['train']}/{r['split']['val']}/{r['split']['test']}; PHMDiff: mean of {n} samples; flips "
+             f"{'on' if r['flips'] else 'off'} for every method; through-plane filter sigma {r['z_filter']['sigma']:g}"
+             f", h {r['z_filter']['h']:g} on every method or none; load average "
+             f"{r['load_average_before'][0]:.2f} before, {r['load_average_after'][0]:.2f} after. `{cmd}`", ""]
+    for task in r["tasks"]:
+        phys = f", phantom physics {task['physics']}{' + N4' if task.get('n4') else ''}" if task.get("physics") else ""
+        lines += [f"**{task['task']}** ({' + '.join(task['sources'])} -> {task['target']}; test subjects "
+                  f"{', '.join(task['subjects']['test'])}{phys})", ""]
+        for budget, b in task["budgets"].items():
+            sel, gate = b.get("unet_selection"), b.get("monai_ddpm_gate")
+            if sel:
+                lines.append(f"{budget} CPU-s: U-Net chosen on the validation subjects: lr {sel['lr']:g}, "
+                             f"{sel['weights']} weights (of " + ", ".join(
+                                 f"{t['lr']:g}/{t['weights']} {t['val_psnr']:.2f} dB" for t in sel["trials"]) + ").")
+            if gate and not gate["runs"]:
+                lines.append(f"MONAI DDPM: {gate['reason']}.")
+            lines.append("")
+            for f, s in b["summary"].items():
+                runs = b["runs"]
+                lines += [f"{budget} CPU-s, {LABEL[f]}:", "",
+                          "| method | PSNR dB (per seed) | lesion PSNR dB | edema ratio | enhancing ratio | "
+                          "necrosis ratio | WM ratio | Dice WT | MS-SWD (1 sample) | calls / volume | s / volume |",
+                          "|---|---|---|---|---|---|---|---|---|---|---|"]
+                for m, v in s["methods"].items():
+                    run = (runs.get(m) or [{}])[0]
+                    seeds = ", ".join(f"{x:.2f}" for x in v["psnr_per_seed"])
+                    calls = run.get("network_calls_per_volume")
+                    secs = run.get("seconds_per_volume")
+                    lines.append(f"| {m} | {v['psnr']:.2f} ({seeds}) | {_num(v, 'lesion_psnr')} | "
+                                 f"{_num(v, 'ratio_edema')} | {_num(v, 'ratio_enhancing')} | "
+                                 f"{_num(v, 'ratio_necrosis')} | {_num(v, 'ratio_wm')} | {_num(v, 'dice_wt', 3)} | "
+                                 f"{v['ms_swd_single']:.1f} | {'' if calls is None else f'{calls:.0f}'} | "
+                                 f"{'' if secs is None else f'{secs:.1f}'} |")
+                lines += ["", f"| {ours} minus | PSNR dB | lesion PSNR dB | edema ratio | Dice WT | MS-SWD |",
+                          "|---|---|---|---|---|---|"]
+                for other, c in s["comparisons"].items():
+                    lines.append(f"| {other} | {_ci(c.get('psnr'))} | {_ci(c.get('lesion_psnr'))} | "
+                                 f"{_ci(c.get('ratio_edema'))} | {_ci(c.get('dice_wt'))} | "
+                                 f"{_ci(c.get('ms_swd_single'))} |")
+                lines.append("")
+        if figures and task["task"] in figures:
+            lines += [f"![learning curve, {task['task']}]({figures[task['task']]})", ""]
+    return lines
+
+
+def ablation_lines(r: dict, cmd: str) -> list[str]:
+    lines = [f"Budgets {', '.join(f'{b:g}' for b in r['budgets_cpu_s'])} CPU-s per variant and seed, seeds "
+             f"{r['seeds']}, {r['split']['test']} test subjects, mean of {r['n_samples']} samples; paired difference "
+             f"variant - shipped per (subject, seed) with 95 % bootstrap intervals over subjects. `{cmd}`", ""]
+    for task in r["tasks"]:
+        for budget, b in task["budgets"].items():
+            for f, table in b["summary"].items():
+                lines += [f"**{task['task']}**, {budget} CPU-s, {LABEL[f]}:", "",
+                          "| variant | PSNR dB | minus shipped | lesion PSNR dB | minus shipped | edema ratio "
+                          "| steps |",
+                          "|---|---|---|---|---|---|---|"]
+                for name, v in table.items():
+                    lines.append(f"| {name} | {_num(v, 'psnr')} | {_ci(v.get('psnr_minus_shipped'))} | "
+                                 f"{_num(v, 'lesion_psnr')} | {_ci(v.get('lesion_psnr_minus_shipped'))} | "
+                                 f"{_num(v, 'ratio_edema')} | {v['steps']:.0f} |")
+                lines.append("")
+    return lines
+
+
+def curve_points(results_dir: Path) -> dict:
+    """task -> method -> metric -> {budget: per-seed means}, from every quality*.json in the protocol format
+    (filter off)."""
+    out: dict = {}
+    for path in sorted(Path(results_dir).glob("quality*.json")):
+        r = json.loads(path.read_text())["results"]
+        if not is_protocol(r):
+            continue
+        ours = f"phmdiff_mean{r['n_samples']}"
+        for task in r["tasks"]:
+            for budget, b in task["budgets"].items():
+                rows = [x for x in b["rows"] if x["filter"] == "z_off"]
+                for m in (ours, *CURVE_METHODS):
+                    for k in ("psnr", "lesion_psnr"):
+                        seeds = sorted({x["seed"] for x in rows if x["method"] == m and k in x})
+                        vals = [sum(x[k] for x in rows if x["method"] == m and x["seed"] == s and k in x)
+                                / max(1, sum(1 for x in rows if x["method"] == m and x["seed"] == s and k in x))
+                                for s in seeds]
+                        if vals:
+                            name = "PHMDiff (mean)" if m == ours else CURVE_METHODS[m]
+                            out.setdefault(task["task"], {}).setdefault(name, {}).setdefault(k, {})[
+                                float(budget)] = vals
+    return out
+
+
+def learning_curves(results_dir: Path, root: Path) -> dict[str, str]:
+    """One PNG per task (PSNR and lesion PSNR against CPU budget, each seed's mean as a dot, the line through the
+    seeds' mean); returns task -> path relative to docs/. Tasks with fewer than two budgets get no figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from phmdiff.fsutil import atomic_path
+
+    figures = {}
+    for task, methods in curve_points(results_dir).items():
+        budgets = {b for m in methods.values() for k in m.values() for b in k}
+        if len(budgets) < 2:
+            continue
+        metrics = [k for k in ("psnr", "lesion_psnr") if any(k in m for m in methods.values())]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+        for ax, k in zip(axes[0], metrics):
+            for name, m in methods.items():
+                if k not in m:
+                    continue
+                xs = sorted(m[k])
+                line = ax.plot([x / 60 for x in xs], [sum(m[k][x]) / len(m[k][x]) for x in xs], marker="o",
+                               label=name)[0]
+                for x in xs:
+                    ax.scatter([x / 60] * len(m[k][x]), m[k][x], s=10, color=line.get_color(), alpha=0.5)
+            ax.set_xlabel("CPU minutes of training")
+            ax.set_ylabel(f"{'lesion ' if k == 'lesion_psnr' else ''}PSNR dB")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(task, fontsize=10)
+        fig.tight_layout()
+        path = root / FIGURES / f"learning_{task}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
+        plt.close(fig)
+        figures[task] = str(path.relative_to(root / "docs"))
+    return figures
