@@ -22,8 +22,9 @@ from pathlib import Path
 
 import common  # noqa: F401  (puts src/ and benchmarks/ on the path)
 import numpy as np
-from common import print_table, set_threads, test_subjects, write_result
-from quality import Task, score, train_phmdiff
+import scoring
+from common import budget_pacer, print_table, set_threads, test_subjects, write_result
+from quality import Task
 
 DEFAULT_BUDGET_S = 120.0
 MODALITIES = ["t1", "t1ce", "t2", "flair"]
@@ -48,15 +49,28 @@ def config_for(work: Path, phantom: Path, data: list[str], quick: bool, override
     return load_config(DEMO_CONFIG, [*paths, *data, *overrides])
 
 
+def score(pred_path, subject, task: Task) -> dict:
+    """Volume-protocol PSNR / SSIM / MAE and lesion PSNR (`scoring.score_volume`) of one prediction file."""
+    seg = np.rint(scoring.load(subject.mask)) if subject.mask else None
+    return scoring.score_volume(scoring.load(pred_path), scoring.load(subject.paths[task.target]), "mr", seg)
+
+
 def train_model(cfg, budget_s: float, steps: int | None = None) -> dict:
-    """Prepare the data of `cfg` and train it for `budget_s` seconds of wall clock (`quality.train_phmdiff`),
-    or for exactly `steps` steps (a budget that the machine's load cannot move), the last tenth unmasked."""
+    """Prepare the data of `cfg` and train it for `budget_s` seconds of wall clock (encoding included, paced by
+    `common.budget_pacer`), or for exactly `steps` steps (a budget that the machine's load cannot move), the last
+    tenth unmasked."""
     from phmdiff.training import run_pipeline
+    from phmdiff.training.loop import train
 
     run_pipeline(cfg, stages=("prepare", "train-ae"), progress=False, log=lambda *_: None)
     cpu = time.process_time()
     if steps is None:
-        info = train_phmdiff(cfg, budget_s)
+        tic = time.perf_counter()
+        run_pipeline(cfg, stages=("encode",), progress=False, log=lambda *_: None)
+        after_step, _ = budget_pacer(cfg.train, budget_s, origin=tic)
+        result = train(cfg, resume="auto", progress=False, after_step=after_step)
+        info = {"train_seconds": time.perf_counter() - tic, "diffusion_steps": result["step"],
+                "unmasked_finetune_steps": cfg.train.unmasked_finetune_steps}
     else:
         tic = time.perf_counter()
         cfg.train.max_num_steps, cfg.train.unmasked_finetune_steps = steps, steps // 10
