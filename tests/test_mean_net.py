@@ -14,12 +14,12 @@ from phmdiff.objective import PyramidObjective
 SMALL = (4, 4, 8, 8, 8, 4)
 
 
-def _mean_residual(num_sources=2, channels=1, num_targets=1) -> MeanResidual:
+def _mean_residual(num_sources=2, channels=1, num_targets=1, normalize=False) -> MeanResidual:
     torch.manual_seed(0)
     net = build_masked_dit("PHMDiff-T/2", input_size=8, latent_channels=channels, num_sources=num_sources + 1,
                            num_levels=2, num_targets=max(num_targets, 2), hidden_size=32, depth=2, num_heads=2,
                            decoder_depth=1, decoder_hidden_size=32, decoder_num_heads=2)
-    return MeanResidual(MeanNet(num_sources, channels, num_targets, SMALL), EDMPrecond(net))
+    return MeanResidual(MeanNet(num_sources, channels, num_targets, SMALL), EDMPrecond(net), normalize=normalize)
 
 
 @pytest.mark.parametrize("shape", [(8, 8), (20, 12), (33, 47)])
@@ -128,3 +128,30 @@ def test_the_factory_builds_the_pair_from_the_config():
     assert isinstance(model, MeanResidual) and model.mean_net.num_sources == 2
     assert model.denoiser.model.cfg.num_sources == 3  # the residual's denoiser sees the mean as one more source
     assert not isinstance(build_denoiser(load_config(DEMO_CONFIG), 2, 3), MeanResidual)
+
+
+def test_the_residual_is_seen_at_unit_scale_and_sampled_back_at_its_own():
+    model = _mean_residual(normalize=True)
+    objective = PyramidObjective(model, levels=2)
+    source, target, avail, label = _batch()
+    target = target * 0.1
+    with torch.no_grad():
+        std = float((target - model.mean_net(source, avail)).std())
+    for _ in range(600):  # the running std converges geometrically (momentum 0.99) to the residual's std
+        objective(source, target, avail, label, 0.5, torch.Generator().manual_seed(0))
+    assert float(model.residual_std) == pytest.approx(std, rel=0.01)
+    objective.eval()  # evaluation leaves it alone
+    before = float(model.residual_std)
+    objective(source, target * 5, avail, label, 0.5, torch.Generator().manual_seed(0))
+    assert float(model.residual_std) == before
+    # Sampling: a residual denoiser that always answers 1 ends at 1, so the translation is mean + residual_std.
+    model.denoiser = _One()
+    cfg = type("M", (), {"pyramid_levels": 2, "in_channels": 1, "in_size": 8})()
+    with torch.no_grad():
+        z = sample_latents(model, source, avail, None, [0, 1, 2, 3], cfg, SamplingSettings(sampler="ddim"))
+        assert torch.allclose(z, model.mean_net(source, avail) + before, atol=1e-5)
+
+
+class _One(nn.Module):
+    def forward(self, x, sigma, **kwargs):
+        return torch.ones_like(x)

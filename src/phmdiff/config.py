@@ -107,6 +107,7 @@ class ModelConfig:
     mean_net: str = ""
     mean_net_features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])
     mean_loss_weight: float = 1.0
+    residual_norm: bool = True  # the diffusion sees the residual divided by its running std (unit scale for EDM)
     mae_loss_coef: float = 0.1
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     pyramid_levels: int = 3

@@ -47,7 +47,7 @@ def build_denoiser(cfg, num_sources: int, num_targets: int) -> nn.Module:
         return denoiser
     any_to_any = bool(getattr(cfg.data, "any_to_any", False))
     mean_net = MeanNet(num_sources, m.in_channels, num_targets if any_to_any else 1, tuple(m.mean_net_features))
-    return MeanResidual(mean_net, denoiser)
+    return MeanResidual(mean_net, denoiser, normalize=m.residual_norm)
 
 
 def _preconditioned_dit(m, num_sources: int, num_targets: int) -> nn.Module:

@@ -110,17 +110,17 @@ def sample_latents(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
     `null_label`: a generation run's null modality label, for guidance. A grid larger than the training grid
     (`model_cfg.in_size`) is denoised in blended windows of that size."""
     s = settings
-    mean = None
+    mean = scale = None
     if isinstance(denoiser, MeanResidual):  # mean + sampled residual (mean_net.py)
         source, avail, mean = denoiser.condition(source, avail, target_label)
-        denoiser = denoiser.denoiser
+        denoiser, scale = denoiser.denoiser, denoiser.scale
     window = getattr(model_cfg, "in_size", None)
     if window and max(source.shape[2:]) > window:
         denoiser = WindowedDenoiser(denoiser, window)
     z = sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
                        model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance,
                        null_label=null_label, churn=s.churn)
-    return z if mean is None else z + mean
+    return z if mean is None else mean + scale * z
 
 
 def modality_label(modalities: list[str], name: str) -> int:

@@ -64,11 +64,31 @@ class MeanResidual(nn.Module):
     `denoiser` is D(x, sigma, **cond) for the residual, with the mean as its last source slot; calling this module
     calls it, so code that only denoises needs nothing else. `condition` turns the sources into the residual
     model's condition and returns the mean to add back.
+
+    With `normalize`, the diffusion sees the residual divided by `residual_std`, a running estimate of its
+    standard deviation (updated by `track`, a buffer, so checkpoints and the EMA copy carry it): the residual is
+    many times smaller than the target, and EDM's preconditioning (sigma_data) and noise levels assume unit-scale
+    data. A translation is then `mean + residual_std * sampled residual`.
     """
 
-    def __init__(self, mean_net: MeanNet, denoiser: nn.Module):
+    MOMENTUM = 0.99  # the running std follows the shrinking residual over about a hundred steps
+
+    def __init__(self, mean_net: MeanNet, denoiser: nn.Module, normalize: bool = True):
         super().__init__()
-        self.mean_net, self.denoiser = mean_net, denoiser
+        self.mean_net, self.denoiser, self.normalize = mean_net, denoiser, bool(normalize)
+        if self.normalize:
+            self.register_buffer("residual_std", torch.ones(()))
+
+    @torch.no_grad()
+    def track(self, residual: torch.Tensor) -> None:
+        """Update the running std with one training batch's residual (N, C, h, w)."""
+        if self.normalize:
+            self.residual_std.mul_(self.MOMENTUM).add_((1 - self.MOMENTUM) * residual.float().std())
+
+    @property
+    def scale(self) -> torch.Tensor | float:
+        """What the diffusion's unit-scale residual is multiplied by to be the residual (1 without `normalize`)."""
+        return self.residual_std if self.normalize else 1.0
 
     def forward(self, x, sigma, **model_kwargs):
         return self.denoiser(x, sigma, **model_kwargs)

@@ -93,7 +93,10 @@ class PyramidObjective(nn.Module):
         # Mean and residual (CorrDiff): the mean network learns E[target | sources] by regression; the diffusion
         # learns target - mean given the sources and the mean, which it sees detached.
         source, avail, mu = self.denoiser.condition(source, avail, target_label)
-        terms = pyramid_loss(self.denoiser.denoiser, source, target - mu.detach(), avail, target_label,
+        residual = target - mu.detach()
+        if self.training:
+            self.denoiser.track(residual)
+        terms = pyramid_loss(self.denoiser.denoiser, source, residual / self.denoiser.scale, avail, target_label,
                              mask_ratio=mask_ratio, loss_fn=self.loss_fn, generator=generator, **self.options)
         terms["mean"] = torch.mean((mu - target) ** 2)
         terms["loss"] = terms["loss"] + self.mean_loss_weight * terms["mean"]
