@@ -12,6 +12,7 @@ from phmdiff.data.readers import find_subjects
 from phmdiff.data.volume import VolumeSettings
 from phmdiff.inference import load_trained
 from phmdiff.pipeline import VolumeOptions, VolumeTranslator, output_dtype, to_output, to_training_grid
+from phmdiff.sampling_args import SamplingChoices
 from phmdiff.translate import TranslateOptions, translate
 
 SRC = Path(__file__).parents[1] / "src" / "phmdiff"
@@ -48,8 +49,8 @@ def test_integer_ct_is_written_in_whole_hu_inside_the_window(tmp_path):
     ("batch_size", 0, "--batch-size is 0"), ("precision", "fp8", "--precision is 'fp8'"), ("z_h", 0.0, "--z-h 0.0"),
 ])
 def test_options_are_checked_when_made(field, value, needle):
-    with pytest.raises(ValueError, match=needle):
-        replace(TranslateOptions(), **{field: value})
+    with pytest.raises(ValueError, match=needle):  # the sampling choices are checked in their own dataclass
+        replace(SamplingChoices() if field == "steps" else TranslateOptions(), **{field: value})
     assert isinstance(TranslateOptions(n_samples=3), VolumeOptions)
 
 

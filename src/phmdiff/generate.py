@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phmdiff.argtypes import COUNT, finite_float
+from phmdiff.argtypes import COUNT
 from phmdiff.checkpoint_io import resolve_weights
 from phmdiff.data.names import canonical
 from phmdiff.devices import run_device
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
 from phmdiff.inference import decode_target, encode_sources, load_trained, modality_label
 from phmdiff.options import add_device, add_overwrite
-from phmdiff.sample import SAMPLERS
+from phmdiff.sampling_args import PRECISIONS, SamplingChoices, add_sampling_arguments
 
 MAX_SEEDS = 100_000
 
@@ -111,14 +111,16 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str | None = None,
              guidance: float | None = None, condition: str = "none", batch_size: int = 16, device: str = "auto",
              overwrite: bool = False, label: str | None = None, nearest: bool = True,
-             churn: float | None = None) -> dict:
+             churn: float | None = None, *, fine_steps: int | None = None, sigma_start: float | None = None,
+             precision: str = "fp32") -> dict:
     """Sample one slice per seed of modality `label` (default: the run's target); writes OUT/png/seedNNNNNN.png,
     OUT/grid.png (each sample beside its nearest training slice), OUT/samples.nii.gz, OUT/generate.json and
     OUT/nearest.json. `run`: a run folder, a checkpoint folder or a checkpoint's weights file."""
     import nibabel as nib
 
-    if steps is not None and steps < 1:
-        raise ValueError(f"--steps is {steps}; expected a positive number of sampling steps.")
+    choices = SamplingChoices(sampler, steps, fine_steps, sigma_start, churn, guidance)  # checked: one sentence each
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
     if batch_size < 1:
         raise ValueError(f"--batch-size is {batch_size}; expected 1 or more.")
     if not seeds:
@@ -133,7 +135,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     trained = load_trained(choice.folder, device, ema=choice.ema, state_dict=choice.state_dict)
     for line in device_lines:
         print(line, file=sys.stderr, flush=True)
-    settings = trained.settings(sampler, steps, guidance, churn)
+    settings = choices.settings(trained)
     if churn is None and trained.cfg.eval.churn > 0 and settings.churn == 0:
         print(f"generate: --sampler {settings.sampler} samples deterministically; the run's eval.churn "
               f"{trained.cfg.eval.churn:g} is not used.", file=sys.stderr)
@@ -169,13 +171,15 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
             src = torch.stack([sources[s % len(sources)]["source"][k // 2 :: k] for s in chunk]).to(dev)
             cond = encode_sources(trained.autoencoder, src, trained.latent_scale)
             avail = torch.ones(n, n_src, device=dev)
-        z = trained.sample(cond, avail, chunk, settings, label=label_index)
-        images.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            z = trained.sample(cond, avail, chunk, settings, label=label_index)
+        images.append(decode_target(trained.autoencoder, z.float(), trained.latent_scale)[:, 0].cpu().numpy())
     images = np.concatenate(images)  # (N, H, W) in [0, 1]
     weights = str(choice.state_dict) if choice.state_dict else "ema" if choice.ema else "model"
     meta = {"run": str(trained.checkpoint), "weights": weights, "seeds": seeds,
             "condition": condition, "target": label, "sampler": settings.sampler, "steps": settings.num_steps,
-            "guidance": settings.guidance, "churn": settings.churn}
+            "guidance": settings.guidance, "churn": settings.churn, "fine_steps": settings.fine_num_steps,
+            "sigma_start": settings.sigma_start, "precision": precision}
     grid, near = images, {"skipped": "--no-nearest"}
     if nearest:
         data, reason = _training_slices(ident["data"]["prepared_dir"], label)
@@ -213,20 +217,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "--output-dir", dest="out", required=True,
                         help="output folder: png/, grid.png, samples.nii.gz, generate.json, nearest.json")
     parser.add_argument("--seeds", default="0-63", help="seeds such as 0-63 or 1,5,9 (one sample per seed)")
-    parser.add_argument("--steps", "--num-steps", dest="steps", type=COUNT, default=None,
-                        help="sampling steps; default the run's eval.num_steps")
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="sampler; default the run's "
-                        "eval.sampler")
     parser.add_argument("--label", default=None, metavar="MODALITY",
                         help="modality to generate (a label-conditional run's data.targets); default the run's target")
-    parser.add_argument("--guidance", "--cfg-scale", dest="guidance", type=finite_float(0, 100), default=None,
-                        help="classifier-free guidance scale W (1: none); default the run's eval.guidance")
-    parser.add_argument("--churn", type=finite_float(0, 1000), default=None,
-                        help="EDM's S_churn for heun / euler: noise added back before each step (0: deterministic); "
-                        "default the run's eval.churn")
     parser.add_argument("--condition", choices=("none", "val", "test", "train"), default="none",
                         help="unconditional (none) or conditioned on the source slices of a prepared split")
     parser.add_argument("--batch-size", type=COUNT, default=16, help="samples per batch (results do not depend on it)")
+    add_sampling_arguments(parser, original_names=True)
     add_device(parser)
     parser.add_argument("--no-nearest", action="store_true", help="grid without the nearest training slices")
     add_overwrite(parser, "replace an existing output folder")
@@ -235,6 +231,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     meta = generate(args.run, args.out, parse_seeds(args.seeds), args.steps, args.sampler, args.guidance,
                     args.condition, args.batch_size, args.device, args.overwrite, args.label, not args.no_nearest,
-                    args.churn)
+                    args.churn, fine_steps=args.fine_steps, sigma_start=args.sigma_start, precision=args.precision)
     print(f"{args.out}: {len(meta['seeds'])} samples of {meta['target']} written.", file=sys.stderr)
     return 0

@@ -87,16 +87,19 @@ class SamplingSettings:
 
     @classmethod
     def resolve(cls, eval_cfg, sampler: str | None = None, steps: int | None = None,
-                guidance: float | None = None, churn: float | None = None) -> SamplingSettings:
-        """`cfg.eval` with the command line's choices on top; `--steps` also caps the finer levels' steps.
-        A sampler chosen on the command line that cannot churn samples deterministically unless churn is given."""
+                guidance: float | None = None, churn: float | None = None, fine_steps: int | None = None,
+                sigma_start: float | None = None) -> SamplingSettings:
+        """`cfg.eval` with the command line's choices on top; `--steps` also caps the finer levels' steps unless
+        `fine_steps` is given. A sampler chosen on the command line that cannot churn samples deterministically
+        unless churn is given."""
         sampler = sampler or eval_cfg.sampler
         if churn is None:
             churn = eval_cfg.churn if sampler in CHURN_SAMPLERS else 0.0
-        return cls(sampler=sampler, num_steps=steps or eval_cfg.num_steps,
-                   fine_num_steps=min(eval_cfg.fine_num_steps, steps or eval_cfg.fine_num_steps),
-                   sigma_start=eval_cfg.sigma_start, guidance=eval_cfg.guidance if guidance is None else guidance,
-                   churn=churn)
+        if fine_steps is None:
+            fine_steps = min(eval_cfg.fine_num_steps, steps or eval_cfg.fine_num_steps)
+        return cls(sampler=sampler, num_steps=steps or eval_cfg.num_steps, fine_num_steps=fine_steps,
+                   sigma_start=eval_cfg.sigma_start if sigma_start is None else sigma_start,
+                   guidance=eval_cfg.guidance if guidance is None else guidance, churn=churn)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,9 +171,10 @@ class TrainedRun:
         return None if self.identity["sources"] else len(self.identity["data"]["modalities"])
 
     def settings(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-                 churn: float | None = None) -> SamplingSettings:
+                 churn: float | None = None, fine_steps: int | None = None,
+                 sigma_start: float | None = None) -> SamplingSettings:
         """The run's `cfg.eval` sampling settings with the command line's choices on top."""
-        return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance, churn)
+        return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance, churn, fine_steps, sigma_start)
 
     def sample(self, source: torch.Tensor, avail: torch.Tensor, seeds: list[int],
                settings: SamplingSettings, target: str | None = None, label: int | None = None) -> torch.Tensor:

@@ -28,9 +28,9 @@ from phmdiff.data.readers import stored_dtype
 from phmdiff.data.volume import NormParams, VolumeSettings, load_subject_volumes, relative_norm, slices_to_volume
 from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, plane_multiple
 from phmdiff.plane import Pads, crop_plane, plane_slices
+from phmdiff.sampling_args import PRECISIONS
 
 NII = ".nii.gz"
-PRECISIONS = ("fp32", "bf16")
 # The through-plane joint bilateral filter (`phmdiff.consistency`): slice distance sigma (0 = off) and source range
 # h, in normalized units: chosen on the demo run's validation subject, confirmed on its test subjects
 # (docs/benchmarks.md, "3D consistency").

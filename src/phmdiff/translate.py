@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,6 @@ from phmdiff.limits import check_voxels
 from phmdiff.options import add_device, add_overwrite, add_progress
 from phmdiff.pipeline import (
     NII,
-    PRECISIONS,
     Z_H,
     Z_SIGMA,
     VolumeOptions,
@@ -47,7 +46,7 @@ from phmdiff.pipeline import (
     target_norm_for,  # noqa: F401 - imported from here by callers older than pipeline.py
     write_volume,
 )
-from phmdiff.sample import SAMPLERS
+from phmdiff.sampling_args import SamplingChoices, add_sampling_arguments
 
 
 @dataclass(frozen=True)
@@ -55,20 +54,13 @@ class TranslateOptions(VolumeOptions):
     """What a batch is asked for: the per-volume options, the sampling choices on top of the run's `cfg.eval`
     (None: the run's), the device, and which targets, sources and extra outputs."""
 
-    steps: int | None = None
-    sampler: str | None = None
-    guidance: float | None = None
+    sampling: SamplingChoices = field(default_factory=SamplingChoices)
     device: str = "auto"
     overwrite: bool = False
     progress: bool = True
     ceiling: bool = False
     target: str | None = None
     use_sources: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps is {self.steps}; expected a positive number of sampling steps.")
-        super().__post_init__()
 
 
 class SkipSubject(ValueError):
@@ -170,7 +162,9 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
     prediction back to the input's grid (`phmdiff.data.spacing`); without it, a spacing more than 10 % off is
     a warning. Notes and warnings go to `log` (stderr when None).
     """
-    opt = replace(options or TranslateOptions(), **choices)
+    opt = options or TranslateOptions()
+    sampling_choices = {k: choices.pop(k) for k in [f.name for f in fields(SamplingChoices)] if k in choices}
+    opt = replace(opt, sampling=replace(opt.sampling, **sampling_choices), **choices)
     out = Path(out)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     # Which device, in one line once the run has loaded (bad input stays one sentence); a GPU asked for but
@@ -180,7 +174,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
     trained = load_trained(run, device)
     for line in device_lines:
         say(line)
-    sampling = trained.settings(opt.sampler, opt.steps, opt.guidance)
+    sampling = opt.sampling.settings(trained)
     ident = trained.identity
     any_to_any = bool(ident.get("any_to_any"))
     slots = list(ident["sources"])  # the run's names are canonical (`inference.canonical_identity`)
@@ -261,6 +255,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
     kind = kinds.pop() if len(kinds) == 1 else "mixed"
     meta = {"target": listed_target, "sources": listed_sources, "modality_kind": kind,
             "checkpoint": str(trained.checkpoint), "sampler": sampling.sampler, "steps": sampling.num_steps,
+            "fine_steps": sampling.fine_num_steps, "sigma_start": sampling.sigma_start, "churn": sampling.churn,
             "guidance": sampling.guidance, "through_plane_filter": {"sigma": opt.z_sigma, "h": opt.z_h},
             "subjects": [e for e in earlier
                          if (e.get("subject"), e.get("target", listed_target)) not in done] + entries,
@@ -363,16 +358,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run folder (its best checkpoint) or a checkpoint folder")
     parser.add_argument("--input", required=True, help="a subject folder or a folder of subjects")
     parser.add_argument("--out", required=True, help="output folder for NIfTI volumes and translate.json")
-    parser.add_argument("--steps", type=COUNT, default=None, help="sampling steps at the coarsest level")
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="default the run's eval.sampler")
-    parser.add_argument("--guidance", type=finite_float(0, 100), default=None,
-                        help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--n-samples", type=whole(1, 1000), default=1, help="samples per subject: mean and std volumes")
     parser.add_argument("--seed", type=SEED, default=0, help="base seed (each subject, sample and slice its own)")
     parser.add_argument("--batch-size", type=COUNT, default=16,
                         help="slices per batch, each with all its samples (results do not depend on it)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="the denoiser's arithmetic: fp32, or bf16 autocast")
     add_device(parser)
     add_overwrite(parser, "replace existing outputs")
     parser.add_argument("--ceiling", action="store_true",
@@ -384,6 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress(parser, "one line per subject instead")
     parser.add_argument("--no-resample", action="store_true",
                         help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
+    add_sampling_arguments(parser)
     parser.add_argument("--target", default=None,
                         help="any-to-any runs: synthesize only this modality (default: each one a subject lacks)")
     parser.add_argument("--sources", nargs="+", default=None,
@@ -392,9 +382,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> TranslateOptions:
     """The command line's choices as `TranslateOptions`."""
-    names = {f.name for f in fields(TranslateOptions)} - {"progress", "resample", "use_sources"}
-    return TranslateOptions(**{n: getattr(args, n) for n in names}, progress=not args.no_progress,
-                            resample=not args.no_resample, use_sources=args.sources)
+    names = {f.name for f in fields(TranslateOptions)} - {"sampling", "progress", "resample", "use_sources"}
+    return TranslateOptions(**{n: getattr(args, n) for n in names}, sampling=SamplingChoices.from_args(args),
+                            progress=not args.no_progress, resample=not args.no_resample, use_sources=args.sources)
 
 
 def run(args: argparse.Namespace) -> int:
