@@ -35,9 +35,8 @@ def bootstrap_ci(values, groups: Sequence[Hashable] | None = None, level: float 
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`, resampling whole groups (e.g. subjects) when given.
 
-    Seeded, so a table is reproducible. A single group (or a single value) has no spread to resample: its
-    interval is the point itself only when every value is equal, and (-inf, inf) otherwise, so it never
-    reads as resolved.
+    Seeded, so a table is reproducible. A single group (or a single value) says nothing about the spread
+    between groups: its interval is (-inf, inf), so it never reads as resolved.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0 or not np.isfinite(values).all():
@@ -52,8 +51,7 @@ def bootstrap_ci(values, groups: Sequence[Hashable] | None = None, level: float 
         _, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
         sums, counts = np.bincount(index, weights=values), np.bincount(index).astype(np.float64)
     if sums.size == 1:
-        point = float(values.mean())
-        return (point, point) if np.ptp(values) == 0 else (-math.inf, math.inf)
+        return -math.inf, math.inf
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, sums.size, size=(n_boot, sums.size))  # (n_boot, n_groups)
     means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)

@@ -55,7 +55,9 @@ def test_seeded_and_single_group():
     x = np.arange(10.0)
     assert stats.bootstrap_ci(x, seed=3) == stats.bootstrap_ci(x, seed=3)
     assert stats.bootstrap_ci([2.0, 4.0], ["a", "a"]) == (-math.inf, math.inf)
-    assert stats.bootstrap_ci([2.0, 2.0], ["a", "a"]) == (2.0, 2.0)
+    assert stats.bootstrap_ci([2.0, 2.0], ["a", "a"]) == (-math.inf, math.inf)  # one subject: nothing to tell
+    one = stats.compare({("s0", 0): 3.0}, {("s0", 0): 1.0})
+    assert one["verdict"] == "not resolved" and one["mean"] == 2.0
 
 
 def test_non_finite_pairs_are_dropped_and_counted():
