@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from phmdiff.generate import MAX_SEEDS, _grid, generate, parse_seeds
+from phmdiff.generate import MAX_SEEDS, generate, parse_seeds, sample_grid
+from phmdiff.image_grid import FONT_SIZE, GAP, labelled_grid
 
 
 @pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9", [1, 5, 9]), ("0-1, 7", [0, 1, 7]),
@@ -20,12 +21,38 @@ def test_parse_seeds_refuses_with_a_sentence(text, needle):
         parse_seeds(text)
 
 
-def test_grid_places_images_row_major_in_a_near_square():
-    images = np.arange(5, dtype=float)[:, None, None] * np.ones((5, 2, 3))
-    grid = _grid(images)
-    assert grid.shape == (2 * 2, 3 * 3)  # 5 images: 3 columns, 2 rows
-    assert grid[0, 0] == 0 and grid[0, 3] == 1 and grid[0, 6] == 2 and grid[2, 0] == 3 and grid[2, 3] == 4
-    assert (grid[2:, 6:] == 0).all()  # the empty cell stays black
+def test_the_grid_names_its_rows_and_columns_and_places_cells_row_major():
+    images = (np.arange(5, dtype=np.float32)[:, None, None] + 1) / 10 * np.ones((5, 16, 16), np.float32)
+    nearest = 1 - images
+    grid = sample_grid(images, nearest, [0, 1, 2, 3, 4], "flair")
+    k, cell = 6, 96  # 16 px cells scaled by 6
+    # 5 samples: 3 pairs per row, 2 rows; titles above and at the left take what is left of the cells and gaps
+    top, left = grid.shape[0] - 2 * (cell + GAP), grid.shape[1] - 6 * (cell + GAP)
+    assert top > FONT_SIZE and left > FONT_SIZE and k * 16 == cell
+
+    def at(r, c):
+        return grid[top + r * (cell + GAP) + cell // 2, left + c * (cell + GAP) + cell // 2]
+
+    assert [at(0, c) for c in range(6)] == pytest.approx([0.1, 0.9, 0.2, 0.8, 0.3, 0.7], abs=0.003)
+    assert [at(1, c) for c in range(4)] == pytest.approx([0.4, 0.6, 0.5, 0.5], abs=0.003)
+    assert at(1, 4) == 1.0 and at(1, 5) == 1.0  # the empty place stays white
+    assert (grid[:top - GAP, left:] < 0.5).any() and (grid[top:, : left - GAP] < 0.5).any()  # the titles' ink
+    assert (grid[:top - GAP, :left] == 1.0).all()  # the corner holds nothing
+
+
+def test_grid_titles_are_the_modality_seeds_and_sample_or_nearest():
+    from PIL import Image, ImageDraw
+
+    from phmdiff.image_grid import wrap
+
+    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
+    assert wrap("nearest training slice", 200, draw) == ["nearest training slice"]
+    assert wrap("nearest training slice", 94, draw) == ["nearest training", "slice"]  # two lines in a 96 px cell
+    one = sample_grid(np.zeros((2, 8, 8), np.float32), None, [3, 7], "t2")
+    two = sample_grid(np.zeros((2, 8, 8), np.float32), None, [3, 7], "flair")
+    assert one.shape[0] == two.shape[0] and not np.array_equal(one, two)  # the row title is drawn
+    with pytest.raises(ValueError, match="one title per row and per column"):
+        labelled_grid([[np.zeros((4, 4))]], ["a", "b"], ["x"])
 
 
 def test_generate_on_the_tiny_run_is_seeded_per_sample(tiny_run, tmp_path):

@@ -24,6 +24,7 @@ from phmdiff.checkpoint_io import resolve_weights
 from phmdiff.data.names import canonical
 from phmdiff.devices import run_device
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
+from phmdiff.image_grid import labelled_grid
 from phmdiff.inference import decode_target, encode_sources, load_trained, modality_label
 from phmdiff.options import add_device, add_overwrite
 from phmdiff.sampling_args import PRECISIONS, SamplingChoices, add_sampling_arguments
@@ -52,16 +53,25 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _grid(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) in [0, 1] -> one (rows*H, cols*W) image, as square as possible."""
-    n, h, w = images.shape
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    grid = np.zeros((rows * h, cols * w), dtype=images.dtype)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
-    return grid
+def _seed_text(seeds: list[int]) -> str:
+    """'seeds 0-3' for a run of consecutive seeds, else 'seeds 1, 5, 9'."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def sample_grid(images: np.ndarray, nearest: np.ndarray | None, seeds: list[int], modality: str) -> np.ndarray:
+    """grid.png: the samples (N, H, W) in [0, 1], as square as possible, each beside its nearest training slice
+    when given; each row named by its modality and seeds, each column 'sample' or 'nearest training slice'."""
+    n = len(images)
+    per_row = int(np.ceil(np.sqrt(n)))
+    pairs = [[images[i]] + ([nearest[i]] if nearest is not None else []) for i in range(n)]
+    cells, rows = [], []
+    for lo in range(0, n, per_row):
+        cells.append([c for pair in pairs[lo : lo + per_row] for c in pair])
+        rows.append(f"{modality}\n{_seed_text(seeds[lo : lo + per_row])}")
+    titles = ["sample", "nearest training slice"] if nearest is not None else ["sample"]
+    return labelled_grid(cells, rows, titles * min(per_row, n))
 
 
 def _training_slices(prepared_dir, modality: str):
@@ -180,7 +190,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
             "condition": condition, "target": label, "sampler": settings.sampler, "steps": settings.num_steps,
             "guidance": settings.guidance, "churn": settings.churn, "fine_steps": settings.fine_num_steps,
             "sigma_start": settings.sigma_start, "precision": precision}
-    grid, near = images, {"skipped": "--no-nearest"}
+    near_images, near = None, {"skipped": "--no-nearest"}
     if nearest:
         data, reason = _training_slices(ident["data"]["prepared_dir"], label)
         if data is None or len(data) == 0:
@@ -188,7 +198,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
             print(f"generate: {near['skipped']}; the grid shows the samples alone.", file=sys.stderr)
         else:
             idx, rms = nearest_slices(images, data)
-            grid = _pairs(images, np.stack([(data[int(i)]["target"][0].numpy() + 1) / 2 for i in idx]))
+            near_images = np.stack([(data[int(i)]["target"][0].numpy() + 1) / 2 for i in idx])
             near = {"prepared_dir": str(data.root), "modality": label, "metric": "rms pixel distance, [0, 1] units",
                     "samples": [{"seed": s, "train_slice": int(i), "subject": data.slices[int(i)][0],
                                  "index": int(data.slices[int(i)][1]), "rms": float(r)}
@@ -198,7 +208,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     with publish_dir(out, "generate", overwrite) as folder:  # all PNGs or none: a full disk leaves no partial set
         for s, img in zip(seeds, images):
             _save_png(folder / "png" / f"seed{s:06d}.png", img)
-        _save_png(folder / "grid.png", _grid(grid))
+        _save_png(folder / "grid.png", sample_grid(images, near_images, seeds, label))
         with atomic_path(folder / "samples.nii.gz") as tmp:
             nib.save(nib.Nifti1Image(np.ascontiguousarray(images.transpose(1, 2, 0), dtype=np.float32), np.eye(4)),
                      tmp)

@@ -154,3 +154,16 @@ def test_ct_windows_and_true_aspect_ratio():
     assert windows["ct real, soft tissue W400/L40"] == (-160.0, 240.0, "HU")
     assert windows["ct synth., bone W1800/L400"] == (-500.0, 1300.0, "HU")
     assert cols[0][0] == "source: mr"
+
+
+def test_cells_that_say_nothing_are_one_sentence_and_units_read_once(evaluated):
+    out = evaluated / "r"
+    assert main(["report", str(evaluated / "tr"), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "((" not in page and "SSIM (0-1)" in page
+    assert page.count("translate ran without --ceiling") == 1  # a sentence, not a column of cells
+    assert page.count("scored on PSNR, SSIM and lesion PSNR only") == 1
+    summary = re.search(r"<table id='summary'>(.*?)</table>", page, re.S).group(1)
+    assert "pipeline ceiling" not in summary and "baseline: copy of t1" in summary
+    check = check_page(page)
+    assert check.bare == [] and check.empty_cells == []

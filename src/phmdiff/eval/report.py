@@ -83,7 +83,7 @@ def unit(key: str, kind: str, protocol: str = "") -> str:
     if key.endswith("psnr"):
         return "dB"
     if "ssim" in key:
-        return "(0-1)"
+        return "0-1"
     if key.startswith("std_error"):
         return "r"
     return "HU" if kind == "ct" or protocol == "synthrad" else "norm. units"
@@ -132,8 +132,8 @@ def _value(st: dict, key: str, kind: str, protocol: str = "") -> str:
     u = unit(key, kind, protocol)
     if st.get("mean") is None:
         return f"&infin; {u} (identical in all {q(st['n'], 'subjects', '.0f')})"
-    spec = ".2f" if u == "dB" else ".4f" if u in ("(0-1)", "r") else ".4g"
-    text = f"{fmt(st['mean'], spec)} &plusmn; {fmt(st['std'], '.2g')} {u}"
+    spec = ".2f" if u == "dB" else ".4f" if u in ("0-1", "r") else ".4g"
+    text = f"{fmt(st['mean'], spec)} &plusmn; {fmt(st['std'], '.2g')} {'(0-1)' if u == '0-1' else u}"
     return text + (f" ({q(st['n_inf'], 'inf', '.0f')} left out)" if st.get("n_inf") else "")
 
 
@@ -172,8 +172,26 @@ def provenance(meta: dict) -> str:
 
 
 def _rows_kinds(ctx: Context) -> list[tuple[str, str]]:
-    return [("prediction", ""), (f"baseline: copy of {ctx.baseline or 'the source'}, intensity matched", "baseline_"),
-            ("pipeline ceiling", "pipeline_ceiling_"), ("noise-free ceiling", "noise_free_")]
+    """The rows a table shows: the prediction, and the baseline and ceilings that were computed (the others are
+    one sentence each under the table, `_not_shown`, not a row of blank cells)."""
+    rows = [("prediction", "")]
+    if ctx.baseline:
+        rows.append((f"baseline: copy of {ctx.baseline}, intensity matched", "baseline_"))
+    if ctx.has_ceiling:
+        rows.append(("pipeline ceiling", "pipeline_ceiling_"))
+    return rows + [("noise-free ceiling", "noise_free_")]
+
+
+def _not_shown(ctx: Context) -> str:
+    """One sentence per row left out of the tables because it was not computed."""
+    notes = []
+    if not ctx.baseline:
+        notes.append(f"No copy-the-source baseline: {ctx.why('psnr', 'baseline_', '')}.")
+    if not ctx.has_ceiling:
+        notes.append("No pipeline ceiling (the true target sent through normalization, autoencoder and inverse): "
+                     "translate ran without --ceiling.")
+    notes.append("Ceilings are scored on PSNR, SSIM and lesion PSNR only.")
+    return "<p class='blank'>" + " ".join(e(n) for n in notes) + "</p>"
 
 
 def tables(ev: Path, meta: dict) -> str:
@@ -208,22 +226,23 @@ def tables(ev: Path, meta: dict) -> str:
                 if s_:
                     specific.append(f"<span data-unit='{unit(k, kind, protocol)}'>{TITLES[k]}: "
                                     f"{_value(s_, k, kind, protocol)}</span>")
-                else:
+                elif prefix not in ("pipeline_ceiling_", "noise_free_"):  # ceilings: said once under the table
                     specific.append(f"<span class='blank'>{TITLES[k]}: &ndash; {e(ctx.why(k, prefix, protocol))}"
                                     "</span>")
             spec_cell = ("<td class='id'>" + "<br>".join(specific) + "</td>") if specific else \
-                "<td class='blank'>&ndash; none beyond PSNR and SSIM</td>"
+                "<td class='blank'>&ndash; none beyond PSNR and SSIM</td>" if not extra else \
+                "<td class='blank'>&ndash; not scored for ceilings (below)</td>"
             body.append(f"<tr><td class='id'>{e(protocol)}</td><td class='id'>"
                         f"{e(PROTOCOL_AVERAGE.get(protocol, '') if not prefix else 'subjects')}</td>"
                         f"<td class='id'>{e(label)}</td><td data-unit='{n_unit}'>{q(n, n_unit, '.0f')}</td>"
                         + "".join(cells) + spec_cell + "</tr>")
-    parts.append(f"<table id='summary'>{head}{''.join(body)}</table>")
+    parts.append(f"<table id='summary'>{head}{''.join(body)}</table>{_not_shown(ctx)}")
     base = next((p for p in ("volume", "slice", "selfrdb", "syndiff") if p in summary["protocols"]), None)
     if base:
         st = summary["protocols"][base]
         head = "".join(f"<th>{TITLES[k]} ({unit(k, kind)})</th>" for k in SHARED)
         body = []
-        for label, prefix in _rows_kinds(ctx)[:3]:
+        for label, prefix in [r for r in _rows_kinds(ctx) if r[1] != "noise_free_"]:
             cells = "".join(_cell(st.get(prefix + k), k, kind, ctx.why(k, prefix, base)) for k in SHARED)
             body.append(f"<tr><td class='id'>{e(label)}</td>{cells}</tr>")
         parts.append("<h3>The same under every protocol</h3><p>Errors in the reference's units, inside the "
@@ -245,7 +264,7 @@ def _distribution(dist: dict) -> str:
 
 
 def _subject_table(rows: list[dict], kind: str, ctx: Context) -> str:
-    cols = ("psnr", "ssim", "mae", "mean_error", "baseline_psnr")
+    cols = ("psnr", "ssim", "mae", "mean_error") + (("baseline_psnr",) if ctx.baseline else ())
     head = "".join(f"<th>{TITLES.get(c, 'baseline PSNR')} ({unit(c, kind)})</th>" for c in cols)
     body = []
     for r in rows:
