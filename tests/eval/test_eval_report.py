@@ -132,7 +132,8 @@ def test_report_opens_in_headless_chromium(evaluated):
     check = check_page(dom)
     assert check.bare == [], f"numbers without a unit: {check.bare[:5]}"
     assert check.cells > 50 and check.empty_cells == [], "a blank cell without its reason"
-    for words in ("Provenance", "t1 &rarr; flair", "calibration plot", "Pearson", "baseline: copy of t1",
+    for words in ("Provenance", "t1 &rarr; flair", "calibration plot", "Pearson",
+                  "best source per region (whole image: t1)",
                   "no tumour segmentation given", "translate ran without --ceiling", "Training curves",
                   "Autoencoder quality"):
         assert words.replace("&rarr;", "\u2192") in dom, words
@@ -164,6 +165,6 @@ def test_cells_that_say_nothing_are_one_sentence_and_units_read_once(evaluated):
     assert page.count("translate ran without --ceiling") == 1  # a sentence, not a column of cells
     assert page.count("scored on PSNR, SSIM and lesion PSNR only") == 1
     summary = re.search(r"<table id='summary'>(.*?)</table>", page, re.S).group(1)
-    assert "pipeline ceiling" not in summary and "baseline: copy of t1" in summary
+    assert "pipeline ceiling" not in summary and "best source per region (whole image: t1)" in summary
     check = check_page(page)
     assert check.bare == [] and check.empty_cells == []

@@ -34,6 +34,15 @@ from phmdiff.argtypes import whole
 from phmdiff.data import bids
 from phmdiff.data.names import bids_modality, canonical, spellings
 from phmdiff.data.readers import find_subjects
+from phmdiff.eval.baseline import (
+    LABEL_METRICS,
+    REGION_TITLES,
+    baseline_row,
+    below_baseline,
+    choose_sources,
+    label_psnrs,
+    subject_below,
+)
 from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.metrics import format_value, through_plane_scores
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, matched_copy, normalize_pair
@@ -47,12 +56,12 @@ SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mea
 # normalization, autoencoder and inverse) and the noise-free one (a phantom's clean target, REF_DIR/noise_free/).
 CEILINGS = ("pipeline_ceiling", "noise_free")
 CEILING_METRICS = ("psnr", "ssim", "lesion_psnr")
-# Copy-the-source baseline (intensity matched, `protocols.matched_copy`): the source that scores best under the
-# volume protocol, scored under every protocol; what a method must beat to have synthesized anything.
+# Copy-the-source baseline (intensity matched, `protocols.matched_copy`): per protocol and region (whole image,
+# lesion, each tumour label) the source that scores best there (`eval.baseline`); what a method must beat.
 BASELINE_METRICS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "ssim_tumour",
-                    "ssim_healthy", "through_plane_pred", "through_plane_ref")
+                    "ssim_healthy", "through_plane_pred", "through_plane_ref", *LABEL_METRICS)
 SUMMARY_KEYS = ("psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae", "ssim_tumour",
-                "ssim_healthy", "through_plane_pred",
+                "ssim_healthy", *LABEL_METRICS, "through_plane_pred",
                 "through_plane_ref", *(f"{c}_{m}" for c in CEILINGS for m in CEILING_METRICS),
                 *(f"baseline_{m}" for m in BASELINE_METRICS), "std_error_pearson", "std_error_spearman")
 # 3D consistency (`metrics.through_plane_scores`, volume protocol, normalized units): views across the slice axis
@@ -234,25 +243,30 @@ def ceiling_volumes(s: dict, like) -> dict[str, np.ndarray]:
     return out
 
 
-def _baseline(s: dict, ref, like, mask, seg, modality: str, slice_axis: int):
-    """(source name, intensity-matched copy) of the source that scores best under the volume protocol, or
-    (None, None) without source images (MR only: a CT target's MR source has no HU to match)."""
+def _copies(s: dict, ref, like, mask, modality: str) -> dict[str, np.ndarray]:
+    """Each source image copied and intensity-matched to the reference, or {} without source images (MR only:
+    a CT target's MR source has no HU to match)."""
     if modality != "mr" or not s.get("source_images"):
-        return None, None
+        return {}
     region = foreground_mask(ref, modality) if mask is None else mask
-    best = (-math.inf, None, None)
-    for name, path in sorted(s["source_images"].items()):
-        copy = matched_copy(load_volume(path, like, f"source image '{name}'")[0], ref, region)
-        score = evaluate_subject(copy, ref, mask=mask, seg=seg, protocol="volume", modality=modality,
-                                 slice_axis=slice_axis)["psnr"]
-        if score > best[0]:
-            best = (score, name, copy)
-    return best[1], best[2]
+    return {name: matched_copy(load_volume(path, like, f"source image '{name}'")[0], ref, region)
+            for name, path in sorted(s["source_images"].items())}
+
+
+def _scores(vol, ref, mask, seg, protocol: str, modality: str, slice_axis: int) -> dict:
+    """A volume scored as a prediction (per-slice rows dropped), with the tumour labels' PSNR under `volume`."""
+    out = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol=protocol, modality=modality, slice_axis=slice_axis)
+    out.pop("slices", None)
+    if protocol == "volume":
+        out.update(label_psnrs(vol, ref, mask, seg, modality))
+    return out
 
 
 def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_axis: int = -1) -> tuple:
-    """Per-subject rows, per-slice rows and the summary for every subject and protocol."""
+    """Per-subject rows, per-slice rows and the summary for every subject and protocol (the summary's
+    "baseline_sources": protocol -> region -> source; "below_baseline": where the prediction scores below)."""
     subject_rows, slice_rows = [], []
+    copy_scores: dict[str, list[dict]] = {p: [] for p in protocols}  # protocol -> per subject {source: scores}
     for s in subjects:
         ref, affine = load_volume(s["reference"], what="reference")
         like = (ref.shape, affine)
@@ -260,12 +274,14 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
         mask = load_volume(s["mask"], like, "mask")[0] > 0 if s.get("mask") else None
         seg = load_volume(s["seg"], like, "segmentation")[0] if s.get("seg") else None
         ceilings = ceiling_volumes(s, like)
-        base_name, base = _baseline(s, ref, like, mask, seg, modality, slice_axis)
+        copies = _copies(s, ref, like, mask, modality)
         for protocol in protocols:
             res = evaluate_subject(pred, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
                                    slice_axis=slice_axis)
             slice_rows += [{"subject": s["subject"], "protocol": protocol, **r} for r in res.pop("slices")]
             row = {"subject": s["subject"], **res}
+            if protocol == "volume":
+                row.update(label_psnrs(pred, ref, mask, seg, modality))
             if protocol == "volume" and ref.ndim == 3:
                 lo, hi = res["norm_low"], res["norm_high"]
                 fg = foreground_mask(ref, modality) if mask is None else mask
@@ -274,16 +290,23 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
                 top = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
                                        slice_axis=slice_axis)
                 row.update({f"{name}_{m}": top[m] for m in CEILING_METRICS if m in top})
-            if base is not None:
-                low = evaluate_subject(base, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
-                                       slice_axis=slice_axis)
-                row.update({f"baseline_{m}": low[m] for m in BASELINE_METRICS if m in low}, baseline_source=base_name)
+            if copies:
+                copy_scores[protocol].append({name: _scores(vol, ref, mask, seg, protocol, modality, slice_axis)
+                                              for name, vol in copies.items()})
+                row["_copies"] = copy_scores[protocol][-1]
             if protocol == "volume" and len(s.get("samples") or []) >= 2:
                 samples = [load_volume(p, like, "sample")[0] for p in s["samples"]]
                 row.update(evaluate_ensemble(samples, ref, mask=mask, modality=modality, slice_axis=slice_axis))
             subject_rows.append(row)
+    chosen = {p: choose_sources(copy_scores[p]) for p in protocols if copy_scores[p]}
+    for row in subject_rows:  # each region's baseline from the source that is best there over all subjects
+        if "_copies" in row:
+            row.update(baseline_row(row.pop("_copies"), chosen[row["protocol"]], BASELINE_METRICS))
+            row["below_baseline"] = subject_below(row)
     summary = {p: {"n_subjects": sum(r["protocol"] == p for r in subject_rows),
                    **summarize([r for r in subject_rows if r["protocol"] == p])} for p in protocols}
+    for p, regions in chosen.items():
+        summary[p]["baseline_sources"] = regions
     pooled = [r for r in slice_rows if r["protocol"] == "syndiff"]
     if pooled:  # SynDiff's test.py reports np.nanmean over all test slices, not a mean of subject means
         summary["syndiff"].update(summarize(pooled, ("psnr", "ssim")), n_slices=len(pooled),
@@ -335,6 +358,23 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def baseline_sentences(summary: dict, flags: list[dict]) -> str:
+    """Which source each region's baseline copies, and every protocol and region where the prediction scores
+    below it, in words."""
+    sources = {p: st["baseline_sources"] for p, st in summary.items() if st.get("baseline_sources")}
+    if not sources:
+        return "No copy-the-source baseline (no source images recorded, or a CT target)."
+    first = next(iter(sources.values()))
+    lines = ["Copy-the-source baseline, best source per region: "
+             + ", ".join(f"{REGION_TITLES[r]} {s}" for r, s in first.items())
+             + ("" if all(v == first for v in sources.values()) else " (under the first protocol; see summary.json)")
+             + "."]
+    lines += [f"Below the baseline: {f['sentence']}" for f in flags]
+    if not flags:
+        lines.append("The prediction scores above the baseline in every protocol and region.")
+    return "\n".join(lines)
+
+
 def provenance(args, subjects: list[dict], modality: str) -> dict:
     """Where the numbers come from, for the report: translate.json's settings, dates and the PHMDiff version."""
     from datetime import datetime, timezone
@@ -374,7 +414,8 @@ def run(args) -> int:
     check_writable_dir(out.parent)
     subject_rows, slice_rows, summary = evaluate(subjects, modality, protocols, args.slice_axis)
     extra = sorted({k for r in subject_rows for k in r} - set(SUBJECT_COLUMNS) - {"modality"})
-    summary_json = {"modality": modality, "protocols": summary,
+    flags = below_baseline(summary, {p: st.get("baseline_sources", {}) for p, st in summary.items()})
+    summary_json = {"modality": modality, "protocols": summary, "below_baseline": flags,
                     "distribution": distribution(subjects, modality, args.slice_axis, args.inception)}
     inputs = {"modality": modality, "protocols": protocols, "slice_axis": args.slice_axis, "subjects": subjects,
               "provenance": provenance(args, subjects, modality)}
@@ -385,5 +426,6 @@ def run(args) -> int:
         atomic_write_text(tmp / "summary.json", json.dumps(summary_json, indent=2, allow_nan=False) + "\n")
         atomic_write_text(tmp / "evaluation.json", json.dumps(inputs, indent=2) + "\n")
     print(format_table(summary))
+    print(baseline_sentences(summary, flags))
     print(f"wrote {out}/per_subject.csv, per_slice.csv, summary.json")
     return 0

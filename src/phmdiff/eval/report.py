@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from phmdiff.argtypes import whole
+from phmdiff.eval.baseline import REGION_TITLES, REGIONS  # noqa: E402
 from phmdiff.eval.html import e, fmt, num, q, save_figure  # noqa: E402
 from phmdiff.eval.report_images import calibration, panel  # noqa: E402
 from phmdiff.eval.report_run import autoencoder_quality, resolved_config, training_curves  # noqa: E402
@@ -104,6 +105,9 @@ class Context:
         self.notes["ms_ssim_note"] = re.sub(r"\((\d+(?:, \d+)*)\)", lambda m: m.group(1).replace(", ", " x ")
                                             + " voxels", self.notes["ms_ssim_note"])
         self.baseline = ", ".join(sorted({r["baseline_source"] for r in rows if r.get("baseline_source")}))
+        # region -> source of its baseline (`eval.baseline`), as the first protocol chose them
+        first = rows[0] if rows else {}
+        self.baseline_sources = {r: first[f"baseline_source_{r}"] for r in REGIONS if first.get(f"baseline_source_{r}")}
 
     def why(self, key: str, prefix: str, protocol: str) -> str:
         if protocol == "synthrad" and self.notes["synthrad_note"]:
@@ -176,7 +180,9 @@ def _rows_kinds(ctx: Context) -> list[tuple[str, str]]:
     one sentence each under the table, `_not_shown`, not a row of blank cells)."""
     rows = [("prediction", "")]
     if ctx.baseline:
-        rows.append((f"baseline: copy of {ctx.baseline}, intensity matched", "baseline_"))
+        per_region = "; ".join(f"{REGION_TITLES.get(r, r)}: {s}" for r, s in ctx.baseline_sources.items())
+        rows.append((f"baseline: copy of the best source per region ({per_region or ctx.baseline}), intensity "
+                     "matched", "baseline_"))
     if ctx.has_ceiling:
         rows.append(("pipeline ceiling", "pipeline_ceiling_"))
     return rows + [("noise-free ceiling", "noise_free_")]
@@ -249,9 +255,25 @@ def tables(ev: Path, meta: dict) -> str:
                      "foreground (lesion: inside the tumour segmentation); through-plane step: mean "
                      "<code>|x[k+1] - x[k]|</code> along the slice axis, the prediction beside the reference's own.</p>"
                      f"<table id='shared'><tr><th class='id'>images</th>{head}</tr>{''.join(body)}</table>")
+    parts.append(below_baseline_section(summary))
     parts.append(_distribution(summary.get("distribution", {})))
     parts.append(_subject_table(rows, kind, ctx))
     return "\n".join(parts)
+
+
+def below_baseline_section(summary: dict) -> str:
+    """Every protocol and region where the prediction scores below the copy-the-source baseline, in words."""
+    flags = summary.get("below_baseline")
+    if flags is None:  # evaluated by an older PHMDiff
+        return ""
+    if not any(st.get("baseline_sources") for st in summary["protocols"].values()):
+        return ""
+    if not flags:
+        return ("<h3>Against the copy-the-source baseline</h3><p>The prediction scores above the baseline in every "
+                "protocol and region (whole image, lesion, each tumour label present).</p>")
+    items = "".join(f"<li class='below'>{e(f['sentence'])}</li>" for f in flags)
+    return ("<h3>Below the copy-the-source baseline</h3><p>Where copying a source image (intensity matched) "
+            f"scores better than the prediction:</p><ul>{items}</ul>")
 
 
 def _distribution(dist: dict) -> str:
