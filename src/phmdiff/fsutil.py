@@ -116,22 +116,24 @@ def pid_start(pid: int) -> str | None:
 
 
 OWNER = ".phmdiff-owner.json"  # inside a stage folder: who made it (pid, start time) and the token of its name
-_STAGE = re.compile(r"\.phmdiff-([0-9a-f]{16})\.tmp\Z")
+_STAGE = re.compile(r"\.phmdiff-([0-9a-f]{16})\.(?:tmp|new)\Z")
 
 
-def _stage_pattern(path: Path) -> str:
-    return f".{glob.escape(path.name)}.phmdiff-*.tmp"
+def _stage_pattern(path: Path, suffix: str = "tmp") -> str:
+    return f".{glob.escape(path.name)}.phmdiff-*.{suffix}"
 
 
 def _new_stage(path: Path) -> Path:
     """A new hidden folder `.NAME.phmdiff-TOKEN.tmp` beside `path` holding its owner record; work goes in `out/`."""
     token = secrets.token_hex(8)
     stage = path.with_name(f".{path.name}.phmdiff-{token}.tmp")
-    stage.mkdir(mode=0o700)
+    new = stage.with_name(f".{path.name}.phmdiff-{token}.new")  # renamed to `stage` once its record is inside,
+    new.mkdir(mode=0o700)  # so a `.tmp` stage always holds its owner record, whenever a kill lands
     record = {"token": token, "pid": os.getpid(), "start": pid_start(os.getpid())}
-    (stage / OWNER).write_text(json.dumps(record))
-    (stage / "out").mkdir()
-    os.chmod(stage / "out", _umask_mode(0o777))
+    (new / OWNER).write_text(json.dumps(record))
+    (new / "out").mkdir()
+    os.chmod(new / "out", _umask_mode(0o777))
+    os.rename(new, stage)
     return stage
 
 
@@ -172,11 +174,13 @@ def clean_dead_temps(path: str | os.PathLike) -> list[Path]:
     removed = []
     if not path.parent.is_dir():
         return removed
-    for stage in path.parent.glob(_stage_pattern(path)):
+    stages = [*path.parent.glob(_stage_pattern(path)), *path.parent.glob(_stage_pattern(path, "new"))]
+    for stage in stages:
         if not _dead_stage(stage):
             continue
         previous = stage / "previous"
-        if previous.is_dir() and not previous.is_symlink() and not os.path.lexists(path):
+        torn = stage.name.endswith(".tmp") and previous.is_dir() and not previous.is_symlink()
+        if torn and not os.path.lexists(path):
             os.replace(previous, path)  # killed between the two renames of a swap: the previous output comes back
         shutil.rmtree(stage, ignore_errors=True)
         removed.append(stage)

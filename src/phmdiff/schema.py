@@ -140,3 +140,136 @@ def check_cache_meta(meta, path) -> dict:
     _splits(meta, path, "name")
     _check_layout(meta, path, "name", "encode")
     return meta
+
+
+# The JSON files evaluate and report read (written by translate and evaluate, possibly received from others). -----
+def read_json(path, check):
+    """`check(json of path, path)`; an unreadable or invalid file is one sentence naming it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text; expected a JSON file written by phmdiff.") from None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({getattr(exc, 'msg', type(exc).__name__)}).") from None
+    return check(value, path)
+
+
+def _str(value, path, key: str, optional: bool = False):
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or "\0" in value:
+        raise _fail(path, key, "a text" + (" or null" if optional else ""), value)
+    return value
+
+
+def _strs(value, path, key: str) -> list:
+    if not isinstance(value, list):
+        raise _fail(path, key, "a list of texts", value)
+    for i, v in enumerate(value):
+        _str(v, path, f"{key}[{i}]")
+    return value
+
+
+def _number(value, path, key: str, optional: bool = True):
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(path, key, "a finite number" + (" or null" if optional else ""), value)
+    return value
+
+
+def _kind(value, path, key: str):
+    if value is not None and value not in ("mr", "ct"):
+        raise _fail(path, key, "'mr' or 'ct'", value)
+    return value
+
+
+def _subject_entry(s, path, key: str) -> dict:
+    s = _dict(s, path, key)
+    _str(s.get("subject"), path, f"{key}.subject")
+    _str(s.get("prediction"), path, f"{key}.prediction")
+    for k in ("std", "ceiling", "reference", "mask", "seg", "target"):
+        _str(s.get(k), path, f"{key}.{k}", optional=True)
+    _strs(s.get("samples") or [], path, f"{key}.samples")
+    images = s.get("source_images")
+    if images is not None:
+        for m, p in _dict(images, path, f"{key}.source_images").items():
+            _str(p, path, f"{key}.source_images.{m}")
+    return s
+
+
+def check_translate_json(meta, path) -> dict:
+    """translate.json: the keys evaluate, segcheck and report read, with their types."""
+    meta = _dict(meta, path, "(top level)")
+    _str(meta.get("target"), path, "target", optional=True)
+    _strs(meta.get("sources") or [], path, "sources")
+    _kind(meta.get("modality_kind"), path, "modality_kind")
+    for k in ("checkpoint", "sampler", "run"):
+        _str(meta.get(k), path, k, optional=True)
+    for k in ("steps", "guidance"):
+        _number(meta.get(k), path, k)
+    subjects = meta.get("subjects", [])
+    if not isinstance(subjects, list):
+        raise _fail(path, "subjects", "a list", subjects)
+    for i, s in enumerate(subjects):
+        _subject_entry(s, path, f"subjects[{i}]")
+    if not isinstance(meta.get("skipped", []), list):
+        raise _fail(path, "skipped", "a list", meta.get("skipped"))
+    return meta
+
+
+def _plain(value, path, key: str) -> None:
+    """A provenance value: text, a finite number, a boolean, null, or a list/object of those."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _plain(v, path, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain(v, path, f"{key}[{i}]")
+    elif not (value is None or isinstance(value, (str, bool))):
+        _number(value, path, key)
+
+
+def check_evaluation_json(meta, path) -> dict:
+    """An evaluation folder's evaluation.json (provenance and the subjects' files), as report reads it."""
+    meta = _dict(meta, path, "(top level)")
+    _kind(meta.get("modality", "mr"), path, "modality")
+    if "slice_axis" in meta:
+        _int(meta["slice_axis"], path, "slice_axis", -3, 2)
+    subjects = meta.get("subjects", [])
+    if not isinstance(subjects, list):
+        raise _fail(path, "subjects", "a list", subjects)
+    for i, s in enumerate(subjects):
+        _subject_entry(s, path, f"subjects[{i}]")
+    _plain(_dict(meta.get("provenance", {}), path, "provenance"), path, "provenance")
+    return meta
+
+
+def _stat(value, path, key: str) -> None:
+    """One metric's statistics as evaluate's `summarize` writes them: mean and std (null: all infinite), counts."""
+    value = _dict(value, path, key)
+    for k in ("mean", "std"):
+        _number(value.get(k), path, f"{key}.{k}")
+    _int(value.get("n"), path, f"{key}.n")
+    _int(value.get("n_inf", 0), path, f"{key}.n_inf")
+
+
+def check_summary_json(summary, path) -> dict:
+    """An evaluation folder's summary.json: per protocol its statistics, and the distribution scores."""
+    summary = _dict(summary, path, "(top level)")
+    if summary.get("modality") not in ("mr", "ct"):
+        raise _fail(path, "modality", "'mr' or 'ct'", summary.get("modality"))
+    for protocol, stats in _dict(summary.get("protocols"), path, "protocols").items():
+        stats = _dict(stats, path, f"protocols.{protocol}")
+        _int(stats.get("n_subjects"), path, f"protocols.{protocol}.n_subjects")
+        for k, v in stats.items():
+            if k in ("n_subjects", "n_slices"):
+                _int(v, path, f"protocols.{protocol}.{k}")
+            elif k == "averaged_over":
+                _str(v, path, f"protocols.{protocol}.{k}")
+            else:
+                _stat(v, path, f"protocols.{protocol}.{k}")
+    _plain(_dict(summary.get("distribution", {}), path, "distribution"), path, "distribution")
+    return summary

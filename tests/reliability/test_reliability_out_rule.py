@@ -52,15 +52,14 @@ def test_report_escapes_every_value_read_from_summary_json(tmp_path):
     assert main(["evaluate", str(tr), "--protocol", "volume"]) == 0
     ev = tr / "evaluation"
     summary = json.loads((ev / "summary.json").read_text())
-    summary["protocols"] = {EVIL: {**summary["protocols"]["volume"], "n_subjects": EVIL}}
-    summary["modality"] = EVIL
+    summary["protocols"] = {EVIL: summary["protocols"]["volume"]}  # modality and counts: checked by the schema
     summary["distribution"] = {EVIL: 1.5, "note": EVIL}
     (ev / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "report"
     fx.cli("report", str(ev), "--out", str(out))  # a real process
     page = (out / "index.html").read_text()
     assert "<script>alert" not in page
-    assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") >= 4
+    assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") >= 3
     assert page.count("<script>") == 1  # only the page's own image-count script
 
 

@@ -44,10 +44,12 @@ from phmdiff.eval.baseline import (
     subject_below,
 )
 from phmdiff.eval.ensemble import evaluate_ensemble
+from phmdiff.eval.labels import check_labels
 from phmdiff.eval.metrics import format_value, through_plane_scores
 from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, matched_copy, normalize_pair
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
 from phmdiff.limits import LimitError, check_nifti
+from phmdiff.schema import check_translate_json, read_json
 
 SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
                    "ssim_tumour", "ssim_healthy", "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low",
@@ -131,7 +133,7 @@ def collect_subjects(args) -> tuple[list[dict], str]:
     """The subjects to evaluate as dicts of paths, and the modality kind."""
     pred = Path(args.pred)
     if pred.is_dir() and (pred / "translate.json").is_file():
-        meta = json.loads((pred / "translate.json").read_text())
+        meta = read_json(pred / "translate.json", check_translate_json)
         subjects = []
         for s in meta.get("subjects", []):
             if not s.get("reference"):
@@ -272,7 +274,7 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
         like = (ref.shape, affine)
         pred, _ = load_volume(s["prediction"], like, "prediction")
         mask = load_volume(s["mask"], like, "mask")[0] > 0 if s.get("mask") else None
-        seg = load_volume(s["seg"], like, "segmentation")[0] if s.get("seg") else None
+        seg = check_labels(load_volume(s["seg"], like, "segmentation")[0], s["seg"]) if s.get("seg") else None
         ceilings = ceiling_volumes(s, like)
         copies = _copies(s, ref, like, mask, modality)
         for protocol in protocols:
@@ -388,7 +390,7 @@ def provenance(args, subjects: list[dict], modality: str) -> dict:
     if not meta_path.is_file():
         out["inputs"] = f"{args.pred} against {args.ref}"
         return out
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, check_translate_json)
     for key in ("target", "sources", "checkpoint", "sampler", "steps", "guidance"):
         if key in meta:
             out[key] = meta[key]

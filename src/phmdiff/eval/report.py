@@ -18,7 +18,6 @@ the autoencoder's quality (`report_run`). All links are relative, so DIR can be 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from pathlib import Path
@@ -35,6 +34,7 @@ from phmdiff.eval.html import e, fmt, num, q, save_figure  # noqa: E402
 from phmdiff.eval.report_images import calibration, panel  # noqa: E402
 from phmdiff.eval.report_run import autoencoder_quality, resolved_config, training_curves  # noqa: E402
 from phmdiff.fsutil import publish_dir  # noqa: E402
+from phmdiff.schema import check_evaluation_json, check_summary_json, read_json
 
 # Counts images that really decoded, for humans and for the headless-browser test.
 _LOAD_SCRIPT = """<script>
@@ -201,7 +201,7 @@ def _not_shown(ctx: Context) -> str:
 
 
 def tables(ev: Path, meta: dict) -> str:
-    summary = json.loads((ev / "summary.json").read_text())
+    summary = read_json(ev / "summary.json", check_summary_json)
     rows = _read_csv(ev / "per_subject.csv")
     kind = summary["modality"]
     ctx = Context(meta, rows, kind)
@@ -370,7 +370,7 @@ def write_report(path, out, panels: int = 3, overwrite: bool = False) -> Path:
         sections = []
         if has_eval:
             meta_path = ev / "evaluation.json"
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"subjects": []}
+            meta = read_json(meta_path, check_evaluation_json) if meta_path.is_file() else {"subjects": []}
             norm = {r["subject"]: (num(r.get("norm_low")), num(r.get("norm_high")))
                     for r in _read_csv(ev / "per_subject.csv") if r["protocol"] == "volume"}
             sections += [provenance(meta), tables(ev, meta), metric_plots(ev, img_dir)]

@@ -28,7 +28,9 @@ import numpy as np
 
 from phmdiff.argtypes import COUNT, SEED
 from phmdiff.eval.evaluate import load_volume
+from phmdiff.eval.labels import check_labels
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
+from phmdiff.schema import check_translate_json, read_json
 
 BRATS_LABELS = {1: "necrosis", 2: "edema", 4: "enhancing"}  # data.phantom_brain.BRATS_LABELS, BraTS 2021 values
 
@@ -154,7 +156,7 @@ def collect(translate_dir: Path, data: str | None):
     meta_path = translate_dir / "translate.json"
     if not meta_path.is_file():
         raise ValueError(f"{translate_dir}: no translate.json; give a translate output folder.")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, check_translate_json)
     # An any-to-any listing names every modality of the run as a source, the target among them.
     sources = [m for m in meta.get("sources") or [] if m != meta.get("target")]
     modalities = [*sources, meta.get("target")]
@@ -189,7 +191,7 @@ def segcheck(translate_dir, data=None, steps: int = 600, batch_size: int = 16, s
         like = (ref.shape, affine)
         vols = [load_volume(paths[m], like, m)[0] for m in modalities[:-1]]
         target = ref if replace is None else load_volume(replace, like, "prediction")[0]
-        seg = np.rint(load_volume(seg_path, like, "segmentation")[0]).astype(np.int64)
+        seg = check_labels(load_volume(seg_path, like, "segmentation")[0], seg_path)
         return _stack([*vols, target]), seg
 
     if not train:
