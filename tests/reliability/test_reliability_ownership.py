@@ -190,3 +190,23 @@ def test_a_live_writers_stage_is_kept_and_a_reused_pid_is_seen(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_prepare_replaces_only_a_folder_that_is_wholly_its_own(tmp_path_factory, tmp_path):
+    from phmdiff.data.prepare import PrepareSettings, prepare
+
+    data = fx.shared(tmp_path_factory)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"another tool": 1}')  # a manifest.json is a claim, not a proof
+    (out / "thesis.tex").write_text("years of work")
+    before = fx.files_of(out)
+    settings = PrepareSettings()
+    settings.volume.size = 16
+    with pytest.raises(ValueError, match="not a prepared folder"):
+        prepare(data / "phantom", out, settings, ["t1", "t2", "flair"], progress=False)
+    assert fx.files_of(out) == before
+    (out / "thesis.tex").unlink()
+    with pytest.raises(ValueError, match="not a prepared folder"):
+        prepare(data / "phantom", out, settings, ["t1", "t2", "flair"], progress=False)
+    assert (out / "manifest.json").read_text() == '{"another tool": 1}'

@@ -286,6 +286,7 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     inputs = {s.id: {m: [file_identity(p) for p in files] for m, files in _subject_files(s, modalities).items()}
               for s in subjects}
     fingerprint = _fingerprint(settings, modalities, inputs, split)
+    old = {}
     if (out / "manifest.json").is_file():
         try:
             old = load_manifest(out)
@@ -294,8 +295,12 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
         shards_ok = all((out / sh["file"]).is_file() for sp in old.get("splits", {}).values() for sh in sp["shards"])
         if old.get("fingerprint") == fingerprint and shards_ok and not overwrite:
             return "reused"
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out}: folder exists and is not a prepared folder; pass --overwrite to replace it.")
+    if out.is_dir() and not overwrite and any(out.iterdir()):  # rebuilt only when all of it is prepare's
+        others = sorted(p.name for p in out.iterdir() if p.name not in ("manifest.json", "shards"))
+        if others or not old:
+            shown = ", ".join(others[:3]) if others else "no manifest.json that phmdiff prepare wrote"
+            raise ValueError(f"{out}: folder exists and is not a prepared folder; pass --overwrite to replace it "
+                             f"(it holds {shown}).")
 
     from tqdm.auto import tqdm
 
