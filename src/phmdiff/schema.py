@@ -273,3 +273,16 @@ def check_summary_json(summary, path) -> dict:
                 _stat(v, path, f"protocols.{protocol}.{k}")
     _plain(_dict(summary.get("distribution", {}), path, "distribution"), path, "distribution")
     return summary
+
+
+def check_autoencoder_report(rep, path) -> dict:
+    """A run's autoencoder_report.json (written by train-ae), as report reads it: texts and real numbers (a
+    lossless autoencoder's PSNR is infinite)."""
+    rep = _dict(rep, path, "(top level)")
+    for k in ("preset", "split", "quality_gate"):
+        _str(rep.get(k), path, k, optional=True)
+    for k in ("psnr", "ssim", "psnr_std", "ssim_std", "seconds", "latent_scale", "n", "steps"):
+        v = rep.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)):
+            raise _fail(path, k, "a number or null", v)
+    return rep

@@ -197,3 +197,13 @@ def test_evaluate_refuses_an_all_inf_segmentation(evaluated, tmp_path, capsys):
     (tr / "translate.json").write_text(json.dumps(meta))
     code, err = _exit(["evaluate", str(tr), "--out", str(tmp_path / "ev")], capsys)
     assert code == 2 and "NaN or Inf" in err, err
+
+
+@pytest.mark.parametrize("rep", [[1], {"psnr": "high"}, {"preset": 3}, {"n": [1]}])
+def test_a_crafted_autoencoder_report_is_one_sentence(tmp_path, capsys, rep):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
+    (run / "autoencoder_report.json").write_text(json.dumps(rep))
+    code, err = _exit(["report", str(run), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 2 and "autoencoder_report.json" in err and len(err.strip().splitlines()) == 1, err

@@ -4,7 +4,6 @@ autoencoder's quality, read from a run folder (`log.csv`, `config.yaml`, `autoen
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from phmdiff.eval.html import e, num, q, save_figure  # noqa: E402
+from phmdiff.schema import check_autoencoder_report, read_json
 
 # Log columns that are not losses: drawn in their own panels, or not at all.
 _VALIDATION = ("val_psnr", "val_ssim")
@@ -103,7 +103,7 @@ def autoencoder_quality(run: Path) -> str:
     path = run / "autoencoder_report.json"
     if not path.is_file():
         return "<h2>Autoencoder quality</h2><p>No autoencoder_report.json in the run folder (train-ae writes it).</p>"
-    rep = json.loads(path.read_text())
+    rep = read_json(path, check_autoencoder_report)
     identity = rep.get("preset") == "identity"
 
     def metric(key, unit, fmt):
