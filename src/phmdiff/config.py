@@ -143,6 +143,7 @@ class TrainConfig:
     ema_rampup_ratio: float = 0.05  # 0 turns the ramp-up off
     seed: int = 0
     unmasked_finetune_steps: int = 0  # last steps trained without masking
+    flip: bool = False  # mirror half the training pairs left-right (sources and target alike)
     max_nonfinite_steps: int = 20  # stop after this many non-finite steps in a row
     deterministic: bool = False
 

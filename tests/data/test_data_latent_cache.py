@@ -115,6 +115,22 @@ def test_latent_pairs_crop_one_random_window_shared_by_source_and_target(tmp_pat
         assert (crops[k]["subject"], crops[k]["index"]) == (full[k]["subject"], full[k]["index"])
 
 
+def test_latent_pairs_flip_mirrors_source_and_target_together_in_half_the_draws(tmp_path):
+    prep, model, ae_file = _setup(tmp_path)
+    encode_prepared(prep, model, tmp_path / "cache", autoencoder_id(ae_file), progress=False)
+    plain = LatentPairs(tmp_path / "cache", "train", ("t1", "flair"), "t2")
+    flips = LatentPairs(tmp_path / "cache", "train", ("t1", "flair"), "t2", flip=True)
+    seen = []
+    for epoch in range(16):
+        plain.set_epoch(epoch), flips.set_epoch(epoch)
+        a, b = plain[0], flips[0]
+        mirrored = torch.equal(b["target"], a["target"].flip(-1)) and torch.equal(b["source"], a["source"].flip(-1))
+        assert mirrored or (torch.equal(b["target"], a["target"]) and torch.equal(b["source"], a["source"]))
+        assert not torch.equal(a["target"], a["target"].flip(-1))  # a mirror is told apart from the original
+        seen.append(mirrored)
+    assert 3 <= sum(seen) <= 13  # about half, and both kinds
+
+
 def test_cache_refuses_another_autoencoder_or_other_data_and_reuses_its_own(tmp_path):
     prep, model, ae_file = _setup(tmp_path)
     cache = tmp_path / "cache"

@@ -256,11 +256,12 @@ class LatentPairs(Dataset):
     target's and the unavailable slots enter as zeros. The cache holds each modality once for all directions.
     With `crop`, latents larger than `crop` x `crop` are cut to a random window of that size (the same for
     source and target, seeded by (seed, epoch, index)): a model is trained on its configured grid while
-    translate runs it on whole planes in windows of that grid (`phmdiff.windows`).
+    translate runs it on whole planes in windows of that grid (`phmdiff.windows`). With `flip`, half the
+    examples are mirrored left-right, sources and target alike (seeded by (seed, epoch, index)).
     """
 
     def __init__(self, cache_dir, split, sources=("t1", "t2"), target="flair", autoencoder_id=None,
-                 prepared_id=None, seed=0, any_to_any=False, crop: int | None = None):
+                 prepared_id=None, seed=0, any_to_any=False, crop: int | None = None, flip: bool = False):
         self.root = Path(cache_dir)
         self.meta = load_cache_meta(self.root, autoencoder_id, prepared_id)
         if split not in SPLITS:
@@ -273,6 +274,7 @@ class LatentPairs(Dataset):
         self.source_idx = [mods.index(m) for m in sources]
         self.target_label = None if self.any_to_any else mods.index(target)
         self.latent_scale, self.seed, self.epoch, self.crop = float(self.meta["latent_scale"]), seed, 0, crop
+        self.flip = bool(flip)
         self.slices = self.meta["slices"][split]
         self.reader = _Reader(self.root, self.meta, split)
 
@@ -292,6 +294,8 @@ class LatentPairs(Dataset):
             h, w = z.shape[-2:]
             top, left = (int(torch.randint(0, max(s - self.crop, 0) + 1, (1,), generator=g)) for s in (h, w))
             z = z[..., top : top + self.crop, left : left + self.crop]
+        if self.flip and bool(torch.rand(1, generator=g) < 0.5):
+            z = z.flip(-1)  # (n_mod, c, h, w), mirrored along the plane's second axis
         subject, index = self.slices[i]
         if self.any_to_any:
             slot, avail = draw_direction(len(self.source_idx), direction_generator(self.seed, self.epoch, i, 1))

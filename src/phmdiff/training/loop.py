@@ -79,7 +79,7 @@ def _latent_data(cfg: Config):
         raise ValueError("data.cache is empty; set it to the latent cache written by phmdiff encode.")
     if cfg.data.sources or cfg.data.any_to_any:
         data = LatentPairs(cfg.data.cache, "train", source_slots(cfg.data), cfg.data.target, seed=cfg.train.seed,
-                           any_to_any=cfg.data.any_to_any)
+                           any_to_any=cfg.data.any_to_any, flip=cfg.train.flip)
     else:  # a generation run: the target-only latents of every generated modality, each with its label
         data = LatentTargets(cfg.data.cache, "train", cfg.data.generated, seed=cfg.train.seed)
     n_mod, c, h, w = data.meta["item_shape"]
