@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import signal
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -23,6 +26,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from phmdiff.accounting import (
+    DISK_ERRORS,
+    LISTING,
+    Interrupted,
+    SignalGuard,
+    checksums,
+    is_complete,
+    merge_listing,
+    read_listing,
+)
 from phmdiff.argtypes import COUNT, SEED, finite_float, whole
 from phmdiff.ceiling import oracle_volume
 from phmdiff.data import bids
@@ -31,7 +44,15 @@ from phmdiff.data.readers import LAYOUTS, _nifti_stem, check_input_folder, detec
 from phmdiff.data.volume import VolumeSettings
 from phmdiff.devices import run_device
 from phmdiff.finite import check_finite_numbers
-from phmdiff.fsutil import atomic_write_text, check_inside, check_out_dir, check_writable_dir, claim_out_dir, safe_name
+from phmdiff.fsutil import (
+    atomic_dir,
+    check_inside,
+    check_out_dir,
+    check_writable_dir,
+    claim_out_dir,
+    clean_dead_stages_in,
+    safe_name,
+)
 from phmdiff.inference import load_trained
 from phmdiff.limits import check_voxels
 from phmdiff.options import add_device, add_overwrite, add_progress
@@ -61,6 +82,7 @@ class TranslateOptions(VolumeOptions):
     ceiling: bool = False
     target: str | None = None
     use_sources: list[str] | None = None
+    resume: bool = False  # --continue: keep the subjects translate.json lists as complete, redo the rest
 
 
 class SkipSubject(ValueError):
@@ -190,81 +212,145 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
     for name in [run_target or slots[0], *slots]:  # they become file names: none may lead outside --out
         safe_name(name, "modality name", trained.checkpoint / "meta.json")
     subjects = find_input_subjects(input_path, ident.get("layout"), slots, any_to_any)
-    for sub in subjects:
-        safe_name(sub.id, "subject id", input_path)
     base = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": slots})
     plans, skipped, complete = {}, {}, set()
     for sub in subjects:
         try:
+            _check_subject_name(sub.id)
             plans[sub.id] = plan_subject(ident, sub.paths, target, use_sources)
         except SkipSubject as exc:
             skipped[sub.id] = _with_problem(sub, str(exc)) if exc.failed else str(exc)
             if not exc.failed:
                 complete.add(sub.id)
     subjects = [s for s in subjects if s.id in plans]
-    check_writable_dir(check_out_dir(out, "translate", opt.overwrite))
+    out = check_writable_dir(check_out_dir(out, "translate", opt.overwrite or opt.resume))
+    clean_dead_stages_in(out)  # the staged subjects of runs that were killed
     listed_target, listed_sources = (target, slots) if any_to_any else (run_target, slots)
     earlier = _earlier_entries(out, listed_target, listed_sources, opt.overwrite)
     claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])  # a killed run's out stays ours
     planned = {(s.id, t): _outputs(out, s.id, t, opt.n_samples, opt.ceiling and t in s.paths,
                                    output_suffix(s.paths[used[0]]), s.layout)
                for s in subjects for t, used in plans[s.id]}
-    if not opt.overwrite:  # refuse before any work, so nothing is half replaced
+    record = _settings_record(trained, sampling, opt)
+    kept = _finished_before(out, earlier, record, listed_target) if opt.resume else {}
+    if not (opt.overwrite or opt.resume):  # refuse before any work, so nothing is half replaced
         for files in planned.values():
             for f in _files_of(files):
                 if f.exists():
-                    raise ValueError(f"{f}: output exists; pass --overwrite to replace it.")
+                    raise ValueError(_exists_sentence(f, out))
     check_voxels((base.size or 1,) * 2, trained.checkpoint / "meta.json", "volume_settings plane")
     if base.spacing is None:
         say("translate: note: this run records no training voxel spacing (its data was prepared before phmdiff "
             "recorded it); the inputs' spacing is not checked.")
     translator = VolumeTranslator(trained, sampling, opt, say)
-    entries = []
-    bar = None
-    if opt.progress:
-        bar = tqdm(total=sum(len(p) for p in plans.values()), desc="translate", unit="subject",
-                   file=sys.stderr)
-    for sub, (target, sources) in ((s, p) for s in subjects for p in plans[s.id]):
-        files = planned[sub.id, target]
-        try:
-            entry = _translate_subject(translator, sub, target, sources, files, out)
-        except (ValueError, MemoryError, torch.OutOfMemoryError) as exc:  # this subject only: unreadable, NaN,
-            # too big, mismatched grids, out of (GPU) memory
-            oom = isinstance(exc, (MemoryError, torch.OutOfMemoryError))
-            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            reason = "out of memory (the volume is too big for this machine)" if oom else " ".join(str(exc).split())
-            skipped[sub.id] = f"{target}: {reason}" if any_to_any else reason
-            for f in _files_of(files):  # nothing half-written: this subject's new files go
-                if f.exists() and not any(e.get("subject") == sub.id for e in earlier):
-                    f.unlink()
-            if log is not None:
-                log(f"translate: {sub.id} skipped: {reason}")
-            continue
-        finally:  # the bar counts subjects (translated or skipped), not sample volumes
-            if bar is not None:
-                bar.update(1)
-        entries.append(entry)
-        if log is not None:  # --no-progress still says what was done, a line per subject
-            log(f"translate: {sub.id} ({len(entries)}/{len(planned)}) -> {files['prediction']}")
-    if bar is not None:
-        bar.close()
-    done = {(n["subject"], n.get("target")) for n in entries}
-    made = [run_target] if run_target else [t for _, t in done] or slots[:1]  # an any-to-any run may make both
-    kinds = {"ct" if t in base.ct_modalities else "mr" for t in made}
-    kind = kinds.pop() if len(kinds) == 1 else "mixed"
-    meta = {"target": listed_target, "sources": listed_sources, "modality_kind": kind,
-            "checkpoint": str(trained.checkpoint), "sampler": sampling.sampler, "steps": sampling.num_steps,
-            "fine_steps": sampling.fine_num_steps, "sigma_start": sampling.sigma_start, "churn": sampling.churn,
-            "guidance": sampling.guidance, "through_plane_filter": {"sigma": opt.z_sigma, "h": opt.z_h},
-            "subjects": [e for e in earlier
-                         if (e.get("subject"), e.get("target", listed_target)) not in done] + entries,
-            "skipped": [{"subject": sid, "reason": why, "failed": sid not in complete}
-                        for sid, why in sorted(skipped.items())]}
-    if any_to_any:
-        meta["any_to_any"] = True
-    atomic_write_text(out / "translate.json", json.dumps(meta, indent=1))
-    return meta
+    work = [(s, t, used) for s in subjects for t, used in plans[s.id] if (s.id, t) not in kept]
+    if kept:
+        say(f"translate: --continue: {len(kept)} subject(s) already complete in {out} (checksums match), "
+            f"{len(work)} to translate.")
+    entries, not_done = list(kept.values()), []
+    bar = tqdm(total=len(work), desc="translate", unit="subject", file=sys.stderr) if opt.progress else None
+
+    def listing(interrupted: str | None = None) -> dict:
+        made = [run_target] if run_target else sorted({e.get("target") for e in entries}) or slots[:1]
+        kinds = {"ct" if t in base.ct_modalities else "mr" for t in made}
+        meta = {"target": listed_target, "sources": listed_sources, "modality_kind": kinds.pop() if len(kinds) == 1
+                else "mixed", "checkpoint": str(trained.checkpoint), "sampler": sampling.sampler,
+                "steps": sampling.num_steps, "fine_steps": sampling.fine_num_steps,
+                "sigma_start": sampling.sigma_start, "churn": sampling.churn, "guidance": sampling.guidance,
+                "through_plane_filter": {"sigma": opt.z_sigma, "h": opt.z_h}, "settings": record,
+                "subjects": entries, "skipped": [{"subject": sid, "reason": why, "failed": sid not in complete}
+                                                 for sid, why in sorted(skipped.items())],
+                "not_done": not_done, **({"any_to_any": True} if any_to_any else {})}
+        merged = merge_listing(out, meta)  # under a lock, merged with what other runs listed
+        return {**merged, **({"interrupted": interrupted} if interrupted else {})}
+
+    def skip(sid: str, target: str, exc: Exception) -> None:
+        reason = _failure(exc)
+        skipped[sid] = f"{target}: {reason}" if any_to_any else reason
+        if log is not None:
+            log(f"translate: {sid} skipped: {reason}")
+
+    with SignalGuard() as guard:
+        for i, (sub, target, sources) in enumerate(work):
+            if guard.signum is not None:
+                break
+            guard.armed = True
+            try:
+                entries.append(_translate_subject(translator, sub, target, sources, planned[sub.id, target], out))
+            except Interrupted:  # rolled back: the subject's staged files were never published
+                break
+            except OSError as exc:
+                if exc.errno in DISK_ERRORS:  # the output disk, not this subject: the batch stops with a sentence
+                    raise
+                skip(sub.id, target, exc)
+            except Exception as exc:  # noqa: BLE001 - this subject only: any failure lists it with its reason
+                skip(sub.id, target, exc)
+            else:
+                if log is not None:  # --no-progress still says what was done, a line per subject
+                    log(f"translate: {sub.id} ({i + 1}/{len(work)}) -> {planned[sub.id, target]['prediction']}")
+            finally:
+                guard.armed = False
+                if bar is not None:  # the bar counts subjects (translated or skipped), not sample volumes
+                    bar.update(1)
+        if guard.signum is not None:
+            name = signal.Signals(guard.signum).name
+            finished = {(e["subject"], e.get("target")) for e in entries} | {(sid, None) for sid in skipped}
+            not_done.extend({"subject": s.id, "target": t, "reason": f"not translated: interrupted by {name}"}
+                            for s, t, _ in work if (s.id, t) not in finished and (s.id, None) not in finished)
+        if bar is not None:
+            bar.close()
+        return listing(signal.Signals(guard.signum).name if guard.signum is not None else None)
+
+
+def _check_subject_name(sid: str) -> None:
+    """A subject whose folder name cannot name its outputs is skipped with the reason (the batch goes on)."""
+    if len(sid) > 200:
+        raise SkipSubject(f"its folder name is {len(sid)} characters long; output names are limited to 200 "
+                          "characters; rename the folder", failed=True)
+    try:
+        safe_name(sid, "subject folder name")
+    except ValueError as exc:
+        raise SkipSubject(f"{exc} Rename the folder", failed=True) from None
+
+
+def _failure(exc: Exception) -> str:
+    """One line saying why a subject failed: the sentence of a ValueError, else the error's kind and text."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return "out of memory (the volume is too big for this machine)"
+    text = " ".join(str(exc).split()) or "no message"
+    return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
+
+
+def _settings_record(trained, sampling, opt: TranslateOptions) -> dict:
+    """What decides the outputs' values: a --continue must use the same, or its subjects would not match."""
+    return {"checkpoint": str(trained.checkpoint), **sampling.to_dict(), "seed": opt.seed, "n_samples": opt.n_samples,
+            "precision": opt.precision, "z_sigma": opt.z_sigma, "z_h": opt.z_h, "resample": opt.resample,
+            "ceiling": opt.ceiling}
+
+
+def _finished_before(out: Path, earlier: list[dict], record: dict, target) -> dict:
+    """--continue: the entries of translate.json whose files still have their recorded checksums, by (subject,
+    target); a listing made with other settings is refused with a sentence."""
+    old = read_listing(out)
+    if old is None:
+        return {}
+    if old.get("settings") not in (None, record):
+        changed = sorted(k for k in record if (old.get("settings") or {}).get(k) != record[k])
+        raise ValueError(f"{out / LISTING}: was made with other settings ({', '.join(changed)}); --continue needs the "
+                         "same run and options, or pass --overwrite to redo every subject.")
+    return {(e.get("subject"), e.get("target", target)): e for e in earlier if is_complete(out, e)}
+
+
+def _exists_sentence(path: Path, out: Path) -> str:
+    """Why an existing output stops the batch, and how to go on."""
+    old = read_listing(out)
+    if old is not None and (old.get("subjects") or old.get("not_done")):
+        return (f"{path}: output exists from an earlier translate into {out} (translate.json lists "
+                f"{len(old.get('subjects') or [])} subject(s) done, {len(old.get('not_done') or [])} not done); "
+                "pass --continue to keep the finished subjects and translate the rest, or --overwrite to redo them.")
+    return f"{path}: output exists; pass --continue to keep finished subjects, or --overwrite to replace it."
 
 
 def _with_problem(sub, reason: str) -> str:
@@ -284,9 +370,27 @@ def _translate_subject(translator: VolumeTranslator, sub, target: str, sources: 
     volumes, affine = translator.read(sub, sources)
     pred = translator.predict(volumes, affine, target, sources, sub.id)
     del volumes
-    settings, n_samples = pred.grid.settings, translator.options.n_samples
     reference = sub.paths[sources[0]]
-    dtype = output_dtype(target, settings, sub.paths.get(target, reference))
+    dtype = output_dtype(target, pred.grid.settings, sub.paths.get(target, reference))
+    folder = out / sub.id
+    with atomic_dir(folder) as stage:  # published whole, or (failure, kill, Ctrl-C) not at all
+        if folder.is_dir():  # the folder's other files (another target's) stay: linked into the stage
+            shutil.copytree(folder, stage, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+        _write_subject(translator, sub, sources, target, pred, reference, dtype,
+                       {k: _in_stage(v, folder, stage) for k, v in files.items()})
+    return _entry(sub, target, sources, files, out, pred, dtype, translator.options)
+
+
+def _in_stage(value, folder: Path, stage: Path):
+    """An output path (or list of them) under `folder` -> the same path under the stage folder."""
+    if isinstance(value, list):
+        return [stage / p.relative_to(folder) for p in value]
+    return stage / value.relative_to(folder)
+
+
+def _write_subject(translator, sub, sources, target, pred, reference, dtype, files: dict) -> None:
+    """Write one subject's prediction (mean), std, samples and ceiling to `files`."""
+    settings, n_samples = pred.grid.settings, translator.options.n_samples
     if n_samples > 1:
         for j, sample in enumerate(pred.samples):
             write_volume(sample, reference, files["samples"][j], dtype, settings.ct_window)
@@ -296,9 +400,13 @@ def _translate_subject(translator: VolumeTranslator, sub, target: str, sources: 
     if "ceiling" in files:
         oracle = oracle_volume(translator.trained, sub, settings, sources, target, pred.norm, pred.grid.resampling)
         write_volume(oracle, reference, files["ceiling"], dtype, settings.ct_window)
+
+
+def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -> dict:
+    """A subject's translate.json entry, with the checksums of its published files."""
     is_brats = (sub.layout or "").startswith("brats")
-    seed = translator.options.seed
-    return {
+    seed, n_samples, settings = options.seed, options.n_samples, pred.grid.settings
+    entry = {
         "subject": sub.id,
         "target": target,
         "sources": sources,
@@ -316,6 +424,8 @@ def _translate_subject(translator: VolumeTranslator, sub, target: str, sources: 
         "spacing": {"input": pred.grid.in_plane, "training": settings.spacing,
                     "resampled": pred.grid.resampling is not None},
     }
+    entry["checksums"] = checksums(out, entry)
+    return entry
 
 
 def _check_direction_choice(ident: dict, target: str | None, use_sources: list[str] | None) -> None:
@@ -364,6 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="slices per batch, each with all its samples (results do not depend on it)")
     add_device(parser)
     add_overwrite(parser, "replace existing outputs")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="go on with an interrupted batch: keep the subjects translate.json lists as complete "
+                        "(their files' checksums match) and translate the rest")
     parser.add_argument("--ceiling", action="store_true",
                         help="also write the pipeline ceiling (the true target through the pipeline) where it exists")
     parser.add_argument("--z-sigma", type=finite_float(0, 32), default=Z_SIGMA,
@@ -390,11 +503,17 @@ def options_from_args(args: argparse.Namespace) -> TranslateOptions:
 def run(args: argparse.Namespace) -> int:
     meta = translate(args.run, args.input, args.out, options_from_args(args),
                      log=(lambda msg: print(msg, file=sys.stderr)) if args.no_progress else None)
-    made = sorted({e.get("target", meta["target"]) for e in meta["subjects"]})
+    if meta.get("interrupted"):  # one sentence: what was done, and how to go on
+        left = len(meta.get("not_done") or [])
+        print(f"phmdiff translate: interrupted by {meta['interrupted']}: {len(meta['subjects'])} subject(s) "
+              f"translated and listed in {Path(args.out) / LISTING}, {left} not done; run the same command with "
+              "--continue to translate the rest.", file=sys.stderr)
+        return 143 if meta["interrupted"] == "SIGTERM" else 130
+    made = sorted({str(e.get("target", meta["target"])) for e in meta["subjects"]})
     print(f"{args.out}: {len(meta['subjects'])} subject(s) translated to {', '.join(made)}.", file=sys.stderr)
     if meta["skipped"]:  # every subject is accounted for: the ones left out, each with its reason
         print(f"{args.out}: {len(meta['skipped'])} subject(s) not translated (listed in translate.json):",
               file=sys.stderr)
         for s in meta["skipped"]:
             print(f"  {s['subject']}: {s['reason']}", file=sys.stderr)
-    return 1 if any(s["failed"] for s in meta["skipped"]) else 0  # 1: a subject that needed a volume got none
+    return 1 if any(s.get("failed") for s in meta["skipped"]) else 0  # 1: a subject that needed a volume got none
