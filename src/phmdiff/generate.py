@@ -118,6 +118,31 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 
 @torch.no_grad()
+def sample_images(trained, seeds: list[int], settings, label_index: int, batch_size: int = 16,
+                  precision: str = "fp32", sources=None) -> np.ndarray:
+    """One slice (N, H, W) in [0, 1] per seed, of the modality with label `label_index`: without sources (the
+    null condition), or conditioned on the prepared split `sources` (seed s uses slice s mod n)."""
+    cfg, ident, dev = trained.cfg, trained.identity, trained.device
+    n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
+    images = []
+    for lo in range(0, len(seeds), batch_size):
+        chunk = seeds[lo : lo + batch_size]
+        n = len(chunk)
+        if sources is None:
+            cond = torch.zeros(n, n_src * c, size, size, device=dev)
+            avail = torch.zeros(n, n_src, device=dev)
+        else:
+            k = sources.k
+            src = torch.stack([sources[s % len(sources)]["source"][k // 2 :: k] for s in chunk]).to(dev)
+            cond = encode_sources(trained.autoencoder, src, trained.latent_scale)
+            avail = torch.ones(n, n_src, device=dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            z = trained.sample(cond, avail, chunk, settings, label=label_index)
+        images.append(decode_target(trained.autoencoder, z.float(), trained.latent_scale)[:, 0].cpu().numpy())
+    return np.concatenate(images)  # (N, H, W) in [0, 1]
+
+
+@torch.no_grad()
 def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str | None = None,
              guidance: float | None = None, condition: str = "none", batch_size: int = 16, device: str = "auto",
              overwrite: bool = False, label: str | None = None, nearest: bool = True,
@@ -149,8 +174,8 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     if churn is None and trained.cfg.eval.churn > 0 and settings.churn == 0:
         print(f"generate: --sampler {settings.sampler} samples deterministically; the run's eval.churn "
               f"{trained.cfg.eval.churn:g} is not used.", file=sys.stderr)
-    cfg, ident, dev = trained.cfg, trained.identity, trained.device
-    n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
+    ident = trained.identity
+    n_src = len(ident["sources"])
     label = canonical(label) if label else ident["target"]
     if label is None:  # an any-to-any run has no one target
         raise ValueError(f"this run synthesizes any of {', '.join(trained.generated)}; choose one with --label.")
@@ -169,22 +194,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
         sources = PairedSlices(ident["data"]["prepared_dir"], condition, ident["sources"], ident["target"])
         if len(sources) == 0:
             raise ValueError(f"the {condition} split has no slices to condition on.")
-    images = []
-    for lo in range(0, len(seeds), batch_size):
-        chunk = seeds[lo : lo + batch_size]
-        n = len(chunk)
-        if sources is None:
-            cond = torch.zeros(n, n_src * c, size, size, device=dev)
-            avail = torch.zeros(n, n_src, device=dev)
-        else:
-            k = sources.k
-            src = torch.stack([sources[s % len(sources)]["source"][k // 2 :: k] for s in chunk]).to(dev)
-            cond = encode_sources(trained.autoencoder, src, trained.latent_scale)
-            avail = torch.ones(n, n_src, device=dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            z = trained.sample(cond, avail, chunk, settings, label=label_index)
-        images.append(decode_target(trained.autoencoder, z.float(), trained.latent_scale)[:, 0].cpu().numpy())
-    images = np.concatenate(images)  # (N, H, W) in [0, 1]
+    images = sample_images(trained, seeds, settings, label_index, batch_size, precision, sources)  # (N, H, W)
     weights = str(choice.state_dict) if choice.state_dict else "ema" if choice.ema else "model"
     meta = {"run": str(trained.checkpoint), "weights": weights, "seeds": seeds,
             "condition": condition, "target": label, "sampler": settings.sampler, "steps": settings.num_steps,
