@@ -220,6 +220,11 @@ def main(argv=None) -> int:
     if args.bins < 4 or args.subjects < 3:
         raise SystemExit(f"--bins {args.bins} and --subjects {args.subjects}: expected at least 4 and 3.")
     load_before = list(os.getloadavg())
+    scale = sum(np.prod(s) for s in shapes) / (64 * 64 * 40) * args.subjects / sum(SPLIT)
+    minutes = scale * sum(3.0 if "n4" in ph else 0.5 for ph in args.phantoms)
+    print(f"local_ceiling: phantoms {', '.join(args.phantoms)}, grids {', '.join(args.shapes)}, {args.subjects} "
+          f"subjects; expected about {minutes:.0f} min on a quiet machine{' (+ the MLPs)' if args.mlp else ''}; "
+          f"load average {load_before[0]:.2f}", flush=True)
     grids = [run_shape(ph, s, args) for ph in args.phantoms for s in shapes]
     results = {"threads": threads, "steps": args.steps if args.mlp else None, "bins": args.bins, "grids": grids,
                "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
