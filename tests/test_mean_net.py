@@ -109,6 +109,7 @@ def test_sampling_adds_the_mean_back(sampler):
     (["model.mean_net=gan"], "'model.mean_net' is 'gan'"),
     (["model.mean_net=unet", "data.sources=[]", "data.targets=[t1]"], "no sources"),
     (["model.mean_net=unet", "model.mean_loss_weight=-1"], "mean_loss_weight"),
+    (["model.mean_net=unet", "model.mean_loss=huber"], "'model.mean_loss' is 'huber'"),
 ])
 def test_bad_mean_settings_are_refused(overrides, needle):
     from phmdiff.config import load_config
@@ -155,3 +156,15 @@ def test_the_residual_is_seen_at_unit_scale_and_sampled_back_at_its_own():
 class _One(nn.Module):
     def forward(self, x, sigma, **kwargs):
         return torch.ones_like(x)
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_the_mean_loss_is_the_configured_norm(kind):
+    model = _mean_residual()
+    source, target, avail, label = _batch()
+    terms = PyramidObjective(model, levels=2, mean_loss=kind)(source, target, avail, label, 0.5,
+                                                              torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        error = model.mean_net(source, avail) - target
+    expected = error.abs().mean() if kind == "l1" else (error**2).mean()
+    assert float(terms["mean"]) == pytest.approx(float(expected), rel=1e-5)

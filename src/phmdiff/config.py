@@ -107,6 +107,7 @@ class ModelConfig:
     mean_net: str = ""
     mean_net_features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])
     mean_loss_weight: float = 1.0
+    mean_loss: str = "l2"  # the mean network's regression loss: l2 (the conditional mean) or l1 (the median)
     residual_norm: bool = True  # the diffusion sees the residual divided by its running std (unit scale for EDM)
     mae_loss_coef: float = 0.1
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
@@ -358,6 +359,7 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     _check(m.mean_net in ("", "unet"), origin, f"'model.mean_net' is {m.mean_net!r}; expected 'unet' or '' (off).")
     _check(not m.mean_net or bool(d.sources) or d.any_to_any, origin, "'model.mean_net' is set but the run has no "
            "sources (a generation run): the mean network predicts the target from sources; set model.mean_net=''.")
+    _check(m.mean_loss in ("l1", "l2"), origin, f"'model.mean_loss' is {m.mean_loss!r}; expected l1 or l2.")
     _check(m.mean_loss_weight >= 0, origin, f"'model.mean_loss_weight' is {m.mean_loss_weight}; expected 0 or more.")
     _check(m.conv_head_width >= 0, origin, f"'model.conv_head_width' is {m.conv_head_width}; expected 0 (no head) "
            "or a positive number of channels.")

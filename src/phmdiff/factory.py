@@ -80,7 +80,7 @@ def build_objective(denoiser: nn.Module, model_cfg, null_label: int | None = Non
     (generation runs): the label index that condition dropout puts in place of the modality label."""
     m = model_cfg
     return PyramidObjective(denoiser, levels=m.pyramid_levels, mae_loss_coef=m.mae_loss_coef,
-                            mean_loss_weight=m.mean_loss_weight,
+                            mean_loss_weight=m.mean_loss_weight, mean_loss=m.mean_loss,
                             class_dropout_prob=m.class_dropout_prob, coarse_aug_sigma=m.coarse_aug_sigma,
                             cross_granularity_weight=m.cross_granularity_weight, loss_fn=build_loss(m),
                             null_label=null_label)

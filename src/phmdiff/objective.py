@@ -77,11 +77,11 @@ class PyramidObjective(nn.Module):
 
     def __init__(self, denoiser: nn.Module, levels: int, mae_loss_coef: float = 0.1, class_dropout_prob: float = 0.1,
                  coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, loss_fn=None,
-                 null_label: int | None = None, mean_loss_weight: float = 1.0):
+                 null_label: int | None = None, mean_loss_weight: float = 1.0, mean_loss: str = "l2"):
         super().__init__()
         self.denoiser = denoiser
         self.loss_fn = loss_fn
-        self.mean_loss_weight = float(mean_loss_weight)
+        self.mean_loss_weight, self.mean_loss = float(mean_loss_weight), mean_loss
         self.options = dict(levels=int(levels), mae_loss_coef=float(mae_loss_coef),
                             class_dropout_prob=float(class_dropout_prob), coarse_aug_sigma=float(coarse_aug_sigma),
                             cross_granularity_weight=float(cross_granularity_weight), null_label=null_label)
@@ -98,6 +98,7 @@ class PyramidObjective(nn.Module):
             self.denoiser.track(residual)
         terms = pyramid_loss(self.denoiser.denoiser, source, residual / self.denoiser.scale, avail, target_label,
                              mask_ratio=mask_ratio, loss_fn=self.loss_fn, generator=generator, **self.options)
-        terms["mean"] = torch.mean((mu - target) ** 2)
+        error = mu - target
+        terms["mean"] = torch.mean(error.abs() if self.mean_loss == "l1" else error**2)
         terms["loss"] = terms["loss"] + self.mean_loss_weight * terms["mean"]
         return terms
