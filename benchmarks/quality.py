@@ -3,8 +3,9 @@ subjects and training seeds to tell, every method treated alike (issue 25).
 
 Protocol. Each task's phantom has separate training, validation and test subjects (default 8 / 2 / 6). Every
 method trains inside the same budget of CPU seconds of this process (`time.process_time`, all its threads; a
-busy machine slows wall time, not CPU time), once per seed (default 3 seeds), on the same slices without
-augmentation (PHMDiff trains without flips, so nobody does; `--flips` gives the baselines flips). Methods:
+busy machine slows wall time, not CPU time), once per seed (default 3 seeds), on the same slices with the same
+augmentation: none by default, random left-right flips for every method with `--flips` (PHMDiff's `train.flip`,
+the baselines' flipped pairs). Methods:
 
 (a) PHMDiff as shipped (configs/demo.yaml; the step count follows the CPU budget), its n-sample mean and a
     single sample, through `phmdiff translate`;
@@ -154,7 +155,8 @@ def setup_task(task: Task, args, autoencoders: dict, say) -> TaskData:
     if work.exists():
         shutil.rmtree(work)  # every run starts from nothing
     work.mkdir(parents=True)
-    cfg = config_for(task, work, args.quick, args.set or [], args.split)
+    overrides = [f"train.flip={'true' if args.flips else 'false'}", *(args.set or [])]  # augmentation alike
+    cfg = config_for(task, work, args.quick, overrides, args.split)
     shape = (32, 32, 16) if args.quick else ((64, 64, 40) if task.kind == "brain" else (64, 64, 32))
     extra = {"physics": args.physics, "n4": args.n4} if task.kind == "brain" else {}
     write_phantom(cfg.data.root, task.kind, n_subjects=sum(args.split.values()), shape=shape, seed=args.seed,
@@ -162,7 +164,7 @@ def setup_task(task: Task, args, autoencoders: dict, say) -> TaskData:
     run_pipeline(cfg, stages=("prepare",), progress=False, log=lambda *_: None)
     subjects = {split: test_subjects(cfg.data.root, cfg.data.prepared, [*task.sources, task.target], split)
                 for split in ("train", "val", "test")}
-    td = TaskData(task, work, cfg, subjects, quick=args.quick, overrides=list(args.set or []), split=args.split)
+    td = TaskData(task, work, cfg, subjects, quick=args.quick, overrides=overrides, split=args.split)
     for s in subjects["val"] + subjects["test"]:
         seg = np.rint(scoring.load(s.mask)) if task.kind == "brain" and s.mask else None
         src = [scoring.load(s.paths[m]) for m in task.sources]
@@ -442,7 +444,8 @@ def parse(argv):
     p.add_argument("--ddim-steps", type=int, default=None, help="MONAI DDIM steps (default 50; --quick: 3)")
     p.add_argument("--force-ddpm", action="store_true", help="train the DDPM even where the budget is too short "
                                                              "for its tutorial's training (no target then)")
-    p.add_argument("--flips", action="store_true", help="random flips for the baselines (PHMDiff has none)")
+    p.add_argument("--flips", action="store_true", help="random left-right flips for every method (PHMDiff's "
+                                                        "train.flip, the baselines' pairs); default none for all")
     p.add_argument("--unet-lrs", type=float, nargs="+", default=list(UNET_LRS))
     p.add_argument("--z-sigma", type=float, default=None, help="through-plane filter sigma for every method's "
                                                                "'z_on' score (default translate's)")

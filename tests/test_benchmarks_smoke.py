@@ -133,6 +133,15 @@ def test_calls_per_slice_closed_form(tmp_path, overrides, calls):
     assert quality.phmdiff_calls_per_slice(cfg) == calls
 
 
+def test_flips_reach_every_method_or_none():
+    import quality
+
+    assert not quality.parse(["--quick"]).flips and quality.parse(["--quick", "--flips"]).flips
+    src = Path(quality.__file__).read_text()
+    assert 'f"train.flip={\'true\' if args.flips else \'false\'}"' in src  # PHMDiff's flag follows --flips
+    assert src.count("flip=args.flips") == 3  # the U-Net's two trainings and the DDPM's
+
+
 @pytest.mark.slow
 def test_quick_ablation_pairs_each_variant_with_shipped(tmp_path, restore_threads):
     import ablation
