@@ -56,9 +56,19 @@ def _trained(config: str, overrides: list[str]):
     torch.manual_seed(0)
     denoiser = build_denoiser(cfg, len(cfg.data.sources), len(cfg.data.sources) + 1).eval().requires_grad_(False)
     ae = build_autoencoder(cfg.model.autoencoder.preset).eval().requires_grad_(False)
-    identity = {"data": {"latent_scale": 1.0, "modalities": [*cfg.data.sources, cfg.data.target]},
-                "sources": list(cfg.data.sources), "target": cfg.data.target}
-    return TrainedRun(denoiser, ae, cfg, identity, Path(config), torch.device("cpu"))
+    mods = [*cfg.data.sources, cfg.data.target]
+    try:  # the run plan (a snapshot from before it takes the untyped identity dict)
+        from phmdiff.data.volume import NormParams, VolumeSettings
+        from phmdiff.plan import RunPlan
+    except ImportError:
+        plan = {"data": {"latent_scale": 1.0, "modalities": mods}, "sources": list(cfg.data.sources),
+                "target": cfg.data.target}
+    else:
+        volume = VolumeSettings(modalities=mods, size=cfg.data.resolution)
+        plan = RunPlan(sources=tuple(cfg.data.sources), target=cfg.data.target, modalities=tuple(mods),
+                       volume=volume, intensity={m: volume.scheme(m) for m in mods},
+                       target_norms={cfg.data.target: NormParams("median", 0.0, 1.0)}, latent_scale=1.0)
+    return TrainedRun(denoiser, ae, cfg, plan, Path(config), torch.device("cpu"))
 
 
 def child(spec: dict) -> dict:

@@ -110,8 +110,8 @@ def tiny_cfg(root: Path, *extra: str, run: str = "run"):
 def test_any_to_any_run_trains_and_resumes_exactly(anyto, tmp_path):
     from phmdiff.training.loop import train
 
-    ident = load_checkpoint(anyto / "run" / "checkpoints" / "step-000004").meta["identity"]
-    assert ident["any_to_any"] and ident["sources"] == MODS and set(ident["target_norms"]) == set(MODS)
+    plan = load_checkpoint(anyto / "run" / "checkpoints" / "step-000004").meta["plan"]
+    assert plan["any_to_any"] and plan["sources"] == MODS and set(plan["target_norms"]) == set(MODS)
     assert train(tiny_cfg(anyto, "train.max_num_steps=2", run="split"), progress=False)["step"] == 2
     assert train(tiny_cfg(anyto, run="split"), resume="auto", progress=False)["step"] == 4
     a = load_checkpoint(anyto / "run" / "checkpoints" / "step-000004")

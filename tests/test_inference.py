@@ -75,16 +75,3 @@ def test_heun_with_too_few_steps_is_warned_about():
         warnings.simplefilter("error")
         SamplingSettings(sampler="heun", num_steps=SamplingSettings.MIN_HEUN_STEPS)
         SamplingSettings(sampler="ddim", num_steps=2)  # a first-order sampler's few steps are its design
-
-
-def test_a_runs_identity_is_read_with_canonical_modality_names():
-    from phmdiff.inference import canonical_identity
-
-    old = {"sources": ["t1w", "T2w"], "target": "t2f", "data": {"modalities": ["t1w", "T2w", "t2f"]},
-           "volume_settings": {"modalities": ["t1w", "T2w", "t2f"], "relative": {"t2f": ["t1w", "T2w"]}},
-           "target_gain": {"t1w": 1.2, "T2w": 0.9}}
-    new = canonical_identity(old)
-    assert (new["sources"], new["target"], new["data"]["modalities"]) == (["t1", "t2"], "flair", ["t1", "t2", "flair"])
-    assert new["volume_settings"]["relative"] == {"flair": ["t1", "t2"]}
-    assert new["target_gain"] == {"t1": 1.2, "t2": 0.9}
-    assert old["sources"] == ["t1w", "T2w"]  # the checkpoint's own record is left as written

@@ -241,7 +241,7 @@ def test_a_run_without_a_recorded_spacing_says_it_is_not_checked(tiny_run, tmp_p
     from rel_fixture import crafted_run
 
     def drop_spacing(meta):  # a run trained before prepare recorded the spacing
-        meta["identity"]["volume_settings"].pop("spacing")
+        meta["plan"]["volume"].pop("spacing")
 
     run = crafted_run(tmp_path, tiny_run / "run", edit_meta=drop_spacing)
     args = ["translate", "--run", str(run), "--input", str(tiny_run / "ph" / "PHANTOM_00000"), "--out",

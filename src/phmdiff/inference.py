@@ -21,6 +21,7 @@ from phmdiff.devices import choose_device
 from phmdiff.factory import build_denoiser
 from phmdiff.masked_dit import masked_dit_config
 from phmdiff.mean_net import MeanResidual
+from phmdiff.plan import RunPlan, plan_of
 from phmdiff.plane import crop_plane, pad_plane  # noqa: F401 - their home before plane.py
 from phmdiff.sample import CHURN_SAMPLERS, check_churn, sample_pyramid
 from phmdiff.windows import WindowedDenoiser
@@ -135,40 +136,43 @@ def modality_label(modalities: list[str], name: str) -> int:
 
 @dataclass
 class TrainedRun:
-    """A trained run ready for inference: EMA denoiser, autoencoder, config and data identity."""
+    """A trained run ready for inference: EMA denoiser, autoencoder, config and run plan."""
 
     denoiser: torch.nn.Module
     autoencoder: torch.nn.Module
     cfg: object
-    identity: dict
+    plan: RunPlan
     checkpoint: Path
     device: torch.device
 
     @property
+    def identity(self) -> dict:
+        """The run's untyped identity dict of before the plan (`RunPlan.identity`), for code not yet moved."""
+        return self.plan.identity()
+
+    @property
     def latent_scale(self) -> float:
-        return float(self.identity["data"]["latent_scale"])
+        return self.plan.latent_scale
 
     @property
     def target_label(self) -> int:
         """The target modality's index among the prepared modalities (the model's target label)."""
-        return self.label_of(self.identity["target"])
+        return self.label_of(self.plan.target)
 
     def label_of(self, modality: str | None) -> int:
         """The model's target label of `modality` (its index among the prepared modalities)."""
-        return modality_label(self.identity["data"]["modalities"], modality)
+        return modality_label(list(self.plan.modalities), modality)
 
     @property
     def generated(self) -> list[str]:
         """The modalities this run synthesizes (a label-conditional generation run's `data.targets`, every
         modality of an any-to-any run)."""
-        if self.identity.get("any_to_any"):
-            return list(self.identity["sources"])
-        return list(self.identity.get("targets") or [self.identity["target"]])
+        return self.plan.generated
 
     @property
     def null_label(self) -> int | None:
         """A generation run's null label (its condition is the label, dropped for guidance); None when translating."""
-        return None if self.identity["sources"] else len(self.identity["data"]["modalities"])
+        return None if self.plan.sources else len(self.plan.modalities)
 
     def settings(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                  churn: float | None = None, fine_steps: int | None = None,
@@ -181,39 +185,9 @@ class TrainedRun:
         """Target latents for source latents, with this run's denoiser, pyramid and target label (the run's own
         target, or `target` for an any-to-any run, or the label index `label`)."""
         if label is None:
-            label = self.label_of(target or self.identity["target"])
+            label = self.label_of(target or self.plan.target)
         label = torch.full((source.shape[0],), label, device=self.device)
         return sample_latents(self.denoiser, source, avail, label, seeds, self.cfg.model, settings, self.null_label)
-
-
-def canonical_identity(identity: dict) -> dict:
-    """A run's data identity with every modality name canonical (`phmdiff.data.names`): runs prepared before the
-    alias table kept spellings such as ``t1w``, which the readers and translate now call ``t1``."""
-    from phmdiff.data.names import canonical
-
-    def names(x):
-        return [canonical(m) for m in x]
-
-    def keys(d):
-        return {canonical(k): keys(v) if isinstance(v, dict) else v for k, v in d.items()}
-
-    out = {**identity, "sources": names(identity.get("sources") or [])}
-    if identity.get("target"):
-        out["target"] = canonical(identity["target"])
-    if identity.get("targets"):
-        out["targets"] = names(identity["targets"])
-    if "data" in identity:
-        out["data"] = {**identity["data"], "modalities": names(identity["data"].get("modalities") or [])}
-    if "volume_settings" in identity:
-        vs = dict(identity["volume_settings"])
-        vs["modalities"] = names(vs.get("modalities") or [])
-        vs["relative"] = {canonical(k): names(v) for k, v in (vs.get("relative") or {}).items()}
-        out["volume_settings"] = vs
-    for key in ("target_norms", "target_gains", "target_gain"):
-        if isinstance(identity.get(key), dict):
-            out[key] = {canonical(k): keys(v) if isinstance(v, dict) and key != "target_norms" else v
-                        for k, v in identity[key].items()}
-    return out
 
 
 def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema: bool = True,
@@ -224,14 +198,12 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema
     path = resolve_checkpoint(run, which)
     ckpt = load_checkpoint(path)
     cfg = config_from_yaml(ckpt.config_yaml, origin=str(path / "config.yaml"))
-    identity = ckpt.meta.get("identity")
-    if not identity:
-        raise ValueError(f"{path}: checkpoint has no data identity; it was not written by phmdiff train.")
+    plan = plan_of(ckpt.meta, plane_multiple(cfg), str(path / "meta.json"))
     if not cfg.model.autoencoder.path:  # the autoencoder lives beside the checkpoints of its run
         beside = path.parent.parent / "autoencoder.safetensors"
         cfg.model.autoencoder.path = str(beside) if beside.exists() else ""
     ae_path = autoencoder_path(cfg)
-    if ae_path.exists() and autoencoder_id(ae_path) != identity["data"]["autoencoder_id"]:
+    if ae_path.exists() and autoencoder_id(ae_path) != plan.data["autoencoder_id"]:
         raise ValueError(f"{ae_path}: this autoencoder is not the one the checkpoint {path} was trained with "
                          "(its sha256 differs); point model.autoencoder.path at the right one.")
     state = (ckpt.ema_state if ema else None) or ckpt.model_state
@@ -240,7 +212,7 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema
     if not any(".decoder_cond_embed." in k for k in state):  # written before source-aware mask tokens existed
         cfg.model.source_aware_mask_tokens = False
     dev = choose_device(device)
-    denoiser = build_denoiser(cfg, len(identity["sources"]), len(identity["data"]["modalities"]))
+    denoiser = build_denoiser(cfg, len(plan.sources), len(plan.modalities))
     denoiser.load_state_dict(state)
     denoiser = denoiser.to(dev).eval().requires_grad_(False)
-    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, canonical_identity(identity), path, dev)
+    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, plan, path, dev)

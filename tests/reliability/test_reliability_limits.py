@@ -156,7 +156,7 @@ def test_a_checkpoint_with_a_huge_plane_size_is_refused(tmp_path_factory, tmp_pa
     data, run = fx.shared(tmp_path_factory), fx.trained_run(tmp_path_factory)
 
     def huge_plane(meta):
-        meta["identity"]["volume_settings"]["size"] = 200000
+        meta["plan"]["volume"]["size"] = 200000
 
     crafted = fx.crafted_run(tmp_path, run, edit_meta=huge_plane)
     res = fx.cli("translate", "--run", str(crafted), "--input", str(data / "phantom" / "PHANTOM_00001"), "--out",

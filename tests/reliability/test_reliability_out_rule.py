@@ -75,9 +75,9 @@ def test_translate_refuses_a_checkpoint_whose_target_name_leaves_out(tmp_path_fa
     evil = "../../escaped"
 
     def escape(meta):
-        mods = meta["identity"]["data"]["modalities"]
-        meta["identity"]["data"]["modalities"] = [evil if m == meta["identity"]["target"] else m for m in mods]
-        meta["identity"]["target"] = evil
+        plan = meta["plan"]
+        plan["modalities"] = [evil if m == plan["target"] else m for m in plan["modalities"]]
+        plan["target"] = evil
 
     evil_run = fx.crafted_run(tmp_path, run, edit_meta=escape)  # an attacker rewrites the hashes too
     out = tmp_path / "a" / "b" / "out"

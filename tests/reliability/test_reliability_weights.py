@@ -26,8 +26,9 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _set_nan_norm(meta):
-    meta["identity"]["target_norm"] = {k: (float("nan") if isinstance(v, float) else v)
-                                       for k, v in meta["identity"]["target_norm"].items()}
+    norms = meta["plan"]["target_norms"]
+    for target, norm in norms.items():
+        norms[target] = {k: (float("nan") if isinstance(v, float) else v) for k, v in norm.items()}
 
 
 @pytest.mark.parametrize("label, edit_weights, edit_meta, words", [

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_lib
 
-from phmdiff.data.intensity import CT_WINDOW, foreground
+from phmdiff.data.intensity import CT_WINDOW, IntensityScheme, foreground
 from phmdiff.data.readers import Subject, load_png_stack, load_volume
 from phmdiff.fsutil import atomic_write_bytes
 
@@ -76,6 +76,14 @@ class VolumeSettings:
     @classmethod
     def from_dict(cls, d: dict) -> VolumeSettings:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def scheme(self, modality: str) -> IntensityScheme:
+        """The intensity scheme these settings give `modality`."""
+        if modality in self.ct_modalities:
+            return IntensityScheme("ct_window", *self.ct_window)
+        if modality in self.relative:
+            return IntensityScheme("mr_relative", sources=tuple(self.relative[modality]))
+        return IntensityScheme(f"mr_{self.norm}")
 
 
 @dataclass
@@ -157,7 +165,7 @@ def load_subject_volumes(
 
 
 def _norm_params(v: np.ndarray, fg: np.ndarray, mod: str, s: VolumeSettings) -> NormParams:
-    if mod in s.ct_modalities:
+    if s.scheme(mod).fixed:
         lo, hi = s.ct_window
         return NormParams("window", lo, hi - lo, clip=True)
     inside = v[fg] if fg.any() else v.ravel()
@@ -233,7 +241,7 @@ def volume_to_slices(
     canonical, norm, background, fg_count = {}, {}, {}, None
     for mod in mods:
         v = np.moveaxis(ornt_lib.apply_orientation(volumes[mod], to_canonical), axis, 0)  # (n, A, B), a view
-        is_ct = mod in settings.ct_modalities
+        is_ct = settings.scheme(mod).fixed
         fg = foreground(v, is_ct)
         norm[mod] = _norm_params(v, fg, mod, settings)
         background[mod] = float(settings.ct_window[0]) if is_ct else float(v.min())
@@ -241,7 +249,7 @@ def volume_to_slices(
         fg_count = per_slice if fg_count is None else np.maximum(fg_count, per_slice)
         canonical[mod] = v
     for target, sources in settings.relative.items():
-        if target in norm and target not in settings.ct_modalities and all(m in norm for m in sources):
+        if target in norm and not settings.scheme(target).fixed and all(m in norm for m in sources):
             norm[target] = relative_norm(norm, sources)
     n_slices, plane = canonical[mods[0]].shape[0], canonical[mods[0]].shape[1:]
     indices = np.flatnonzero(fg_count >= settings.min_foreground)

@@ -6,6 +6,7 @@ prepare -> train-ae -> encode -> train, each stage reusing its output when it is
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 STAGES = ("prepare", "train-ae", "encode", "train")
@@ -21,12 +22,11 @@ def prepare_settings(cfg):
     d = cfg.data
     split = (round(1.0 - d.val_fraction - d.test_fraction, 6), d.val_fraction, d.test_fraction)
     mods = data_modalities(d)
-    ct = VolumeSettings.__dataclass_fields__["ct_modalities"].default
+    volume = VolumeSettings(modalities=mods, size=d.resolution, min_foreground=d.min_foreground)
     # An MR target from MR sources is normalized by its sources' parameters, so translate inverts it exactly.
     # Any-to-any: every modality is its own (median) normalization, since any of them may be the target.
-    relative = ({d.target: list(d.sources)} if d.sources and not d.any_to_any and not any(m in ct for m in mods)
-                else {})
-    volume = VolumeSettings(modalities=mods, size=d.resolution, min_foreground=d.min_foreground, relative=relative)
+    if d.sources and not d.any_to_any and not any(volume.scheme(m).fixed for m in mods):
+        volume = replace(volume, relative={d.target: list(d.sources)})
     return PrepareSettings(split=split, seed=d.split_seed, volume=volume)
 
 

@@ -21,11 +21,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, source_slots, to_yaml
+from phmdiff.data.prepare import load_manifest
 from phmdiff.devices import run_device
 from phmdiff.factory import build_denoiser, build_objective
 from phmdiff.fsutil import atomic_write_text
-from phmdiff.inference import SamplingSettings, decode_target, encode_sources, load_run_autoencoder, sample_latents
+from phmdiff.inference import (
+    SamplingSettings,
+    decode_target,
+    encode_sources,
+    load_run_autoencoder,
+    plane_multiple,
+    sample_latents,
+)
 from phmdiff.options import add_allow_config_change, add_progress
+from phmdiff.plan import RunPlan, build_plan, plan_of
 from phmdiff.training import checkpoint as ckpt_lib
 from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
 from phmdiff.training.ema import EMA
@@ -93,29 +102,13 @@ def _latent_data(cfg: Config):
     return data
 
 
-def _identity(meta: dict, cfg: Config) -> dict:
-    """What a checkpoint must know to be used on new volumes: data and autoencoder identity, the per-volume
-    preparation settings and the target's intensity scale, as a training median and as multiples of the
-    sources' scales (translate repeats and inverts them)."""
-    from dataclasses import asdict
-
-    from phmdiff.data.prepare import gain_ratios, load_manifest, reference_norm
-
-    keys = ("autoencoder_id", "prepared_id", "latent_scale", "modalities", "prepared_dir", "item_shape")
-    manifest = load_manifest(meta["prepared_dir"])
+def _plan(meta: dict, cfg: Config) -> RunPlan:
+    """What a checkpoint must know to be used on new volumes (`phmdiff.plan`): slots, volume settings, each
+    modality's intensity scheme and the synthesized modalities' training scales (translate repeats and inverts
+    them), latent scale, plane multiple, data and autoencoder identity."""
     d = cfg.data
-    if d.any_to_any:  # every slot may be the target: its training scale, and its gains over every other slot
-        return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(d.cache), "any_to_any": True,
-                "sources": list(d.modalities), "target": None, "layout": manifest.get("layout"),
-                "volume_settings": manifest["config"]["volume"], "slice_axis": manifest.get("slice_axis"),
-                "target_norms": {m: asdict(reference_norm(manifest, m)) for m in d.modalities},
-                "target_gains": {m: gain_ratios(manifest, m, [o for o in d.modalities if o != m])
-                                 for m in d.modalities}}
-    return {"data": {k: meta.get(k) for k in keys}, "cache_dir": str(cfg.data.cache), "sources": cfg.data.sources,
-            "target": cfg.data.target, "targets": cfg.data.generated, "layout": manifest.get("layout"),
-            "volume_settings": manifest["config"]["volume"], "slice_axis": manifest.get("slice_axis"),
-            "target_norm": asdict(reference_norm(manifest, cfg.data.target)),
-            "target_gain": gain_ratios(manifest, cfg.data.target, cfg.data.sources)}
+    return build_plan(load_manifest(meta["prepared_dir"]), meta, source_slots(d), d.target, list(d.targets),
+                      d.any_to_any, plane_multiple(cfg), str(d.cache))
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -170,7 +163,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                              "processes; change train.batchsize or train.grad_accum.")
         micro = per_rank // world
         data = _latent_data(cfg)
-        identity = _identity(data.meta, cfg)
+        plan = _plan(data.meta, cfg)
         num_sources = len(source_slots(cfg.data))
         denoiser = build_denoiser(cfg, num_sources, len(data.meta["modalities"]))
         for line in device_lines if is_main else ():
@@ -183,9 +176,9 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
         if start is not None:
             loaded = ckpt_lib.load_checkpoint(start)
             changed = check_resume_config(loaded.config_yaml, cfg, start, allow_config_change)
-            old = loaded.meta.get("identity", {}).get("data", {})
+            old = plan_of(loaded.meta, plan.plane_multiple, str(start)).data
             for key in ("autoencoder_id", "prepared_id"):
-                if old.get(key) and old.get(key) != identity["data"][key]:
+                if old.get(key) and old.get(key) != plan.data[key]:
                     raise ValueError(f"{start}: checkpoint was trained on another latent cache ({key} differs); "
                                      "resume with the same data.cache or start a new run folder.")
             denoiser.load_state_dict(loaded.model_state)
@@ -313,7 +306,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             stopping = stop.agreed(accelerator)
             if stopping or (finite or step == t.max_num_steps) and (
                     step % cfg.log.ckpt_every == 0 or step == t.max_num_steps or best):
-                _save(cfg, run_dir, unwrapped, ema, optimizer, state, identity, val, best, is_main)
+                _save(cfg, run_dir, unwrapped, ema, optimizer, state, plan, val, best, is_main)
                 accelerator.wait_for_everyone()
             if stopping:
                 raise stop.interrupted(step, ckpt_lib.checkpoints_dir(run_dir) / ckpt_lib.step_name(step))
@@ -416,11 +409,11 @@ def _append_csv(path: Path, row: dict) -> None:
         writer.writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
 
 
-def _save(cfg, run_dir, unwrapped, ema, optimizer, state, identity, val, best, is_main) -> None:
+def _save(cfg, run_dir, unwrapped, ema, optimizer, state, plan, val, best, is_main) -> None:
     training_state = {"optimizer": optimizer.state_dict(), "rng": ckpt_lib.capture_rng_state(),
                       "nonfinite_total": state["nonfinite_total"], "best_psnr": state["best_psnr"],
                       "data_position": state["step"] * cfg.train.grad_accum}
-    meta = {"identity": identity, "validation": val, "model_type": cfg.model.model_type}
+    meta = {"plan": plan.to_dict(), "validation": val, "model_type": cfg.model.model_type}
     ckpt_lib.save_checkpoint(run_dir, state["step"], unwrapped.state_dict(), training_state, to_yaml(cfg),
                              ema_state=ema.module.state_dict(), meta=meta, best=best,
                              keep=cfg.log.keep_checkpoints, is_main=is_main)

@@ -81,7 +81,7 @@ def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> d
     from phmdiff.eval.protocols import evaluate_subject
 
     manifest = load_manifest(cfg.data.prepared)
-    ct = settings_from_manifest(manifest).ct_modalities
+    settings = settings_from_manifest(manifest)
     psnrs, ssims, n = [], [], 0
     mods = data_modalities(cfg.data)
     split = "val" if manifest["splits"]["val"]["n"] else "train"
@@ -104,7 +104,8 @@ def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> d
                 refs.append(x.cpu().numpy()[:, 0])
             ref_u = norm.inverse((np.concatenate(refs) + 1) / 2)  # (n, H, W) in original units
             rec_u = norm.inverse((np.concatenate(recs) + 1) / 2)
-            r = evaluate_subject(rec_u, ref_u, protocol="volume", modality="ct" if mod in ct else "mr", slice_axis=0)
+            r = evaluate_subject(rec_u, ref_u, protocol="volume", modality="ct" if settings.scheme(mod).fixed else "mr",
+                                 slice_axis=0)
             psnrs.append(r["psnr"])
             ssims.append(r["ssim"])
             n += len(rows)
