@@ -48,6 +48,8 @@ from baselines.monai_ddpm import TUTORIAL_IMAGES, predict_ddpm, projected_images
 from baselines.unet_regression import predict_unet, train_unet
 from common import RESULTS, apply_slicewise, budget_pacer, set_threads, test_subjects, write_result
 
+from phmdiff.samplers import sampler_spec
+
 DEFAULT_BUDGETS = [120.0]
 SPLIT = {"train": 8, "val": 2, "test": 6}
 UNET_LRS = (3e-4, 1e-3, 3e-3)
@@ -57,7 +59,6 @@ DEFAULT_WORK = Path("bench_out") / "quality"
 # issue 26's targets for PHMDiff's n-sample mean against the tuned U-Net, by budget (CPU seconds): PSNR difference
 # whose interval must clear the value
 PSNR_TARGETS = {120.0: -0.3, 600.0: 0.3}
-CALLS_PER_STEP = {"heun": lambda n: 2 * n - 1}  # EDM's Heun: no second call on the last step; others: n
 FILTERS = ("z_off", "z_on")
 
 
@@ -110,7 +111,7 @@ def phmdiff_calls_per_slice(cfg) -> int:
     """Network calls per slice of one sample of coarse-to-fine sampling (guidance != 1 doubles each call's batch),
     plus the mean network's one call (`model.mean_net`: `inference.sample_latents` runs it per slice and sample)."""
     e, levels = cfg.eval, cfg.model.pyramid_levels
-    calls = CALLS_PER_STEP.get(e.sampler, lambda n: n)
+    calls = sampler_spec(e.sampler).network_calls  # EDM's Heun: no second call on the last step
     total = calls(e.num_steps) + calls(e.fine_num_steps) * (levels - 1)
     return total * (2 if e.guidance != 1.0 else 1) + (1 if getattr(cfg.model, "mean_net", "") else 0)
 

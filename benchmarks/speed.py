@@ -31,6 +31,7 @@ from phmdiff.diffusion.edm import EDMPrecond
 from phmdiff.losses import masked_denoising_loss
 from phmdiff.masked_dit import build_masked_dit, masked_dit_config
 from phmdiff.sample import SAMPLERS, get_sigmas_karras
+from phmdiff.samplers import SAMPLER_SPECS
 
 MASK_RATIOS = (0.0, 0.5, 0.75)
 TARGETS = {"mask0.5_over_unmasked": 0.5, "phmdiff_over_diffusers": 1.0, "bf16_peak_fraction_S2": 0.40,
@@ -261,8 +262,8 @@ def bench_sampling(args) -> list[dict]:
             return model(x_, sigma, **kw)
         return denoiser
     nfe = args.nfe
-    # Heun's last step (to sigma = 0) is Euler, so n steps cost 2n - 1 calls; the others cost one per step.
-    plans = {name: (nfe + 1) // 2 if name == "heun" else nfe for name in SAMPLERS}
+    # The most steps each sampler takes within the budget of calls (Heun's last step is Euler: 2n - 1 calls).
+    plans = {name: SAMPLER_SPECS[name].steps_for_calls(nfe) for name in SAMPLERS}
     variants = {}
     for name, n_steps in plans.items():
         sigmas = get_sigmas_karras(n_steps, 0.002, 80.0, device=args.device).float()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from phmdiff.ae_loss import ae_loss
 from phmdiff.autoencoder import (
     LDM_KL_F8,
     AE_presets,
@@ -19,7 +20,6 @@ from phmdiff.autoencoder import (
     load_ldm_kl_f8,
     save_autoencoder,
 )
-from phmdiff.losses import ae_loss
 
 SMALL = dict(num_res_blocks=1, norm_num_groups=4, mid_attention=True)
 

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,33 @@ def test_brats_2023_names_in_a_config_are_the_2021_names():
     assert (cfg.data.sources, cfg.data.target) == (["t1", "t2"], "flair")
     with pytest.raises(ValueError, match="same modality"):
         load_config(None, ["data.sources=[t1n,t1]"])
+
+
+def test_reading_a_config_loads_no_torch_and_no_network():
+    """config.py is a leaf: a YAML is read and checked against torch-free registries (a process of its own, since
+    this one has torch loaded)."""
+    code = ("import sys; from phmdiff.config import load_config; load_config('configs/BraTS240.yaml'); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m in ('phmdiff.masked_dit', "
+            "'phmdiff.factory', 'phmdiff.sample', 'phmdiff.autoencoder', 'phmdiff.inference')); print(bad)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-500:]
+
+
+def test_the_configs_closed_sets_are_the_registries():
+    from phmdiff.config_checks import FORMULATIONS, TIMESTEP_SAMPLERS
+    from phmdiff.diffusion.timestep_sampler import SCHEDULE_SAMPLERS
+    from phmdiff.factory import PRECONDS
+
+    assert tuple(PRECONDS) == FORMULATIONS and tuple(SCHEDULE_SAMPLERS) == TIMESTEP_SAMPLERS
+
+
+def test_eval_sampling_keys_are_the_sampling_settings():
+    from dataclasses import fields
+
+    from phmdiff.config import EvalConfig, SamplingConfig
+    from phmdiff.inference import SamplingSettings
+
+    sampling = [f.name for f in fields(SamplingConfig)]
+    assert [f.name for f in fields(SamplingSettings)] == sampling
+    assert [f.name for f in fields(EvalConfig)][: len(sampling)] == sampling

@@ -4,15 +4,12 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
+from phmdiff.ae_loss import ssim
+from phmdiff.cross_granularity import cross_granularity_loss, mmd_rbf
 from phmdiff.diffusion.edm import EDMLoss, EDMPrecond
-from phmdiff.losses import (
-    cross_granularity_loss,
-    masked_denoising_loss,
-    mmd_rbf,
-    phmdiff_loss,
-    ssim,
-)
+from phmdiff.losses import phmdiff_loss
 from phmdiff.masked_dit import build_masked_dit, random_block_mask
+from phmdiff.masked_loss import masked_denoising_loss
 
 TINY = dict(input_size=8, hidden_size=32, depth=2, num_heads=2, decoder_depth=1, decoder_hidden_size=32,
             decoder_num_heads=2, num_sources=1, use_coarse=False)

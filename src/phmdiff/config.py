@@ -1,4 +1,4 @@
-"""Typed run configuration: YAML read with OmegaConf, checked against dataclasses.
+"""Typed run configuration: YAML read with OmegaConf, checked against dataclasses (`config_checks.py`).
 
 The sections follow the original MaskDiT configs (`data`, `model`, `train`,
 `eval`, `log`, `wandb`). Unknown keys and bad values are refused with one
@@ -10,7 +10,6 @@ every run and inside every checkpoint.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -18,22 +17,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from phmdiff.autoencoder import AE_presets
-from phmdiff.data.names import canonical, canonical_list
-from phmdiff.devices import DEVICES
-from phmdiff.diffusion.timestep_sampler import SCHEDULE_SAMPLERS
-from phmdiff.factory import PRECONDS
+from phmdiff.config_checks import AE_FACTORS, MAX_SIZE, validate  # noqa: F401 - read through the config
 from phmdiff.fsutil import atomic_write_text
-from phmdiff.masked_dit import PRESETS as MODEL_PRESETS
-from phmdiff.sample import CHURN_SAMPLERS, SAMPLERS
-
-AMP_MODES = ("bf16", "fp16", "no")
-CATEGORIES = ("npy", "lmdb", "tar")
-MASK_RATIO_FNS = ("constant", "linear", "exp", "cosine2", "cosine3", "cosine4", "cosine5", "cosine6")
-# The closed sets live in their registries (samplers in sample.py, devices in devices.py, model presets in
-# masked_dit.py, autoencoder presets in autoencoder.py); the config only reads them.
-# Autoencoder presets and their downsampling factors; "identity" is pixel-space diffusion.
-AE_FACTORS = {**{name: c.downsample_factor for name, c in AE_presets.items()}, "identity": 1}
 
 
 @dataclass
@@ -150,8 +135,10 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Validation during training and the default sampling settings (original `eval` section)."""
+class SamplingConfig:
+    """How the pyramid is sampled: the sampler, its steps at the coarsest and the finer levels, the noise level
+    finer levels restart from, the classifier-free guidance scale (1 = none) and EDM's S_churn. The `eval`
+    section's sampling keys; `inference.SamplingSettings` is this with the command line's choices on top."""
 
     sampler: str = "heun"
     num_steps: int = 18
@@ -159,6 +146,12 @@ class EvalConfig:
     sigma_start: float = 2.0  # noise added to the upsampled coarse result before refining it
     guidance: float = 1.0
     churn: float = 0.0  # EDM's S_churn for heun / euler: stochastic sampling (noise added back each step); 0: none
+
+
+@dataclass
+class EvalConfig(SamplingConfig):
+    """Validation during training and the default sampling settings (original `eval` section)."""
+
     n_samples: int = 1
     every: int = 5000  # validate every this many steps; 0 turns validation off
     num_val_slices: int = 64
@@ -214,7 +207,6 @@ def data_modalities(d: DataConfig) -> list[str]:
     return list(d.modalities) if d.any_to_any else [*d.sources, *d.generated]
 
 
-MAX_SIZE = 1 << 16  # batch sizes and plane sizes beyond this cannot fit in any accelerator's memory
 
 
 def _omegaconf_sentence(exc: OmegaConfBaseException, origin: str) -> str:
@@ -258,183 +250,6 @@ def _expected_type(key: str) -> str:
                 t, f"a value of type {t}"
             )
     return "a value of the declared type"
-
-
-def _check(ok: bool, origin: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{origin}: {message}")
-
-
-def _choice(origin: str, key: str, value: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, origin, f"'{key}' is {value!r}; expected one of {', '.join(choices)}.")
-
-
-def validate(cfg: Config, origin: str = "config") -> Config:
-    """Check values that types alone cannot (choices, ranges, consistent sizes); return cfg."""
-    d, m, t, e, lg = cfg.data, cfg.model, cfg.train, cfg.eval, cfg.log
-    if t.amp in ("False", "false"):  # YAML 1.1 reads an unquoted `no` as false
-        t.amp = "no"
-    _choice(origin, "data.category", d.category, CATEGORIES)
-    try:  # BraTS 2023 names (t1n, t2w, t2f, ...) and common spellings are the 2021 names everywhere after this
-        d.sources, d.modalities, d.targets = (canonical_list(x) for x in (d.sources, d.modalities, d.targets))
-    except ValueError as exc:
-        raise ValueError(f"{origin}: {exc}") from None
-    d.target = canonical(d.target)
-    _choice(origin, "model.precond", m.precond, tuple(PRECONDS))
-    _choice(origin, "model.timestep_sampler", m.timestep_sampler, tuple(SCHEDULE_SAMPLERS))
-    _choice(origin, "model.mask_ratio_fn", m.mask_ratio_fn, MASK_RATIO_FNS)
-    _choice(origin, "train.amp", t.amp, AMP_MODES)
-    _choice(origin, "train.device", t.device, DEVICES)
-    _choice(origin, "eval.sampler", e.sampler, tuple(SAMPLERS))
-    _check(e.churn == 0 or e.sampler in CHURN_SAMPLERS, origin, f"'eval.churn' is {e.churn:g} but 'eval.sampler' is "
-           f"{e.sampler!r}, which samples deterministically; churn needs {' or '.join(CHURN_SAMPLERS)} (or churn 0).")
-    if m.model_type.startswith("DiT-"):  # the original names map onto our sizes
-        m.model_type = "PHMDiff-" + m.model_type[len("DiT-") :]
-    _check(
-        m.model_type in MODEL_PRESETS,
-        origin,
-        f"'model.model_type' is {m.model_type!r}; expected one of {', '.join(MODEL_PRESETS)}.",
-    )
-    positive = {
-        "data.resolution": d.resolution,
-        "data.num_channels": d.num_channels,
-        "model.in_size": m.in_size,
-        "model.in_channels": m.in_channels,
-        "model.pyramid_levels": m.pyramid_levels,
-        "model.autoencoder.steps": m.autoencoder.steps,
-        "model.autoencoder.batchsize": m.autoencoder.batchsize,
-        "train.batchsize": t.batchsize,
-        "train.grad_accum": t.grad_accum,
-        "train.max_num_steps": t.max_num_steps,
-        "train.max_nonfinite_steps": t.max_nonfinite_steps,
-        "eval.num_steps": e.num_steps,
-        "eval.fine_num_steps": e.fine_num_steps,
-        "eval.n_samples": e.n_samples,
-        "log.log_every": lg.log_every,
-        "log.ckpt_every": lg.ckpt_every,
-        "log.keep_checkpoints": lg.keep_checkpoints,
-    }
-    for key, value in positive.items():
-        _check(value > 0, origin, f"'{key}' is {value}; expected a positive number.")
-    for key, value in {"train.batchsize": t.batchsize, "model.autoencoder.batchsize": m.autoencoder.batchsize,
-                       "model.in_size": m.in_size, "data.resolution": d.resolution}.items():
-        _check(value <= MAX_SIZE, origin, f"'{key}' is {value}; expected at most {MAX_SIZE} (memory is sized by it).")
-    for key, value in {"train.seed": t.seed, "data.split_seed": d.split_seed}.items():
-        _check(value < 2**63, origin, f"'{key}' is {value}; expected a whole number below 2**63.")
-    non_negative = {
-        "train.lr_rampup_kimg": t.lr_rampup_kimg,
-        "train.ema_halflife_kimg": t.ema_halflife_kimg,
-        "train.ema_rampup_ratio": t.ema_rampup_ratio,
-        "train.weight_decay": t.weight_decay,
-        "train.grad_clip": t.grad_clip,
-        "train.unmasked_finetune_steps": t.unmasked_finetune_steps,
-        "train.seed": t.seed,
-        "model.mae_loss_coef": m.mae_loss_coef,
-        "model.cross_granularity_weight": m.cross_granularity_weight,
-        "model.coarse_aug_sigma": m.coarse_aug_sigma,
-        "eval.every": e.every,
-        "eval.num_val_slices": e.num_val_slices,
-        "eval.sigma_start": e.sigma_start,
-        "eval.guidance": e.guidance,
-        "eval.churn": e.churn,
-    }
-    for key, value in non_negative.items():
-        _check(math.isfinite(value) and value >= 0, origin, f"'{key}' is {value}; expected a number >= 0.")
-    strictly_positive = {"train.lr": t.lr, "model.autoencoder.lr": m.autoencoder.lr, "model.sigma_data": m.sigma_data}
-    for key, value in strictly_positive.items():
-        _check(math.isfinite(value) and value > 0, origin, f"'{key}' is {value}; expected a number > 0.")
-    for key, value in {
-        "model.mask_ratio": m.mask_ratio,
-        "model.mask_ratio_min": m.mask_ratio_min,
-        "model.class_dropout_prob": m.class_dropout_prob,
-    }.items():
-        _check(0 <= value < 1, origin, f"'{key}' is {value}; expected a number in [0, 1).")
-    _check(0 <= t.lr_cooldown <= 1, origin, f"'train.lr_cooldown' is {t.lr_cooldown}; expected a share of the steps "
-           "in [0, 1].")
-    _check(
-        len(m.mask_block_sizes) > 0 and all(b >= 1 for b in m.mask_block_sizes),
-        origin,
-        f"'model.mask_block_sizes' is {list(m.mask_block_sizes)}; expected one or more positive whole numbers.",
-    )
-    _check(m.mean_net in ("", "unet"), origin, f"'model.mean_net' is {m.mean_net!r}; expected 'unet' or '' (off).")
-    _check(not m.mean_net or bool(d.sources) or d.any_to_any, origin, "'model.mean_net' is set but the run has no "
-           "sources (a generation run): the mean network predicts the target from sources; set model.mean_net=''.")
-    _check(m.mean_loss in ("l1", "l2"), origin, f"'model.mean_loss' is {m.mean_loss!r}; expected l1 or l2.")
-    _check(m.mean_loss_weight >= 0, origin, f"'model.mean_loss_weight' is {m.mean_loss_weight}; expected 0 or more.")
-    _check(m.conv_head_width >= 0, origin, f"'model.conv_head_width' is {m.conv_head_width}; expected 0 (no head) "
-           "or a positive number of channels.")
-    _check(
-        m.mask_ratio_min <= m.mask_ratio,
-        origin,
-        f"'model.mask_ratio_min' ({m.mask_ratio_min}) must not exceed 'model.mask_ratio' ({m.mask_ratio}).",
-    )
-    _check(
-        len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
-        origin,
-        f"'train.adam_betas' is {list(t.adam_betas)}; expected two numbers in [0, 1).",
-    )
-    _check(
-        t.batchsize % t.grad_accum == 0,
-        origin,
-        f"'train.batchsize' ({t.batchsize}) must be a multiple of 'train.grad_accum' ({t.grad_accum}).",
-    )
-    _check(
-        0 < d.val_fraction + d.test_fraction < 1 and d.val_fraction >= 0 and d.test_fraction >= 0,
-        origin,
-        "'data.val_fraction' and 'data.test_fraction' must be >= 0 and sum to a number in (0, 1).",
-    )
-    if d.any_to_any:
-        _check(not d.targets, origin, f"'data.targets' ({list(d.targets)}) is for generation runs; an any-to-any run "
-               "synthesizes any of 'data.modalities'.")
-        _check(len(d.modalities) >= 2, origin,
-               f"'data.modalities' is {list(d.modalities)}; an any-to-any run needs two or more distinct "
-               "modalities (e.g. [t1, t1ce, t2, flair]).")
-    else:
-        if d.targets:  # label-conditional generation
-            _check(not d.sources, origin, f"'data.targets' ({list(d.targets)}) is for generation runs; set "
-                   "'data.sources: []' to generate them by a modality label, or name one 'data.target' to translate.")
-            if d.target not in d.targets:  # the default `flair` of a run that lists other modalities
-                d.target = d.targets[0]
-        _check(
-            d.target not in d.sources,
-            origin,
-            f"'data.target' ({d.target!r}) is also listed in 'data.sources'; the target must be the missing "
-            "modality.",
-        )
-    patch = int(m.model_type.rsplit("/", 1)[1])
-    coarsest = m.in_size // 2 ** (m.pyramid_levels - 1)
-    _check(
-        m.in_size % (patch * 2 ** (m.pyramid_levels - 1)) == 0,
-        origin,
-        f"'model.in_size' ({m.in_size}) must be divisible by patch size x 2^(pyramid_levels-1) "
-        f"= {patch * 2 ** (m.pyramid_levels - 1)} so every pyramid level has whole patches (coarsest {coarsest}).",
-    )
-    factor = d.resolution / m.in_size
-    _check(
-        factor >= 1 and factor == int(factor) and (int(factor) & (int(factor) - 1)) == 0,
-        origin,
-        f"'data.resolution' ({d.resolution}) must be 'model.in_size' ({m.in_size}) times a power of two "
-        "(the autoencoder's downsampling factor).",
-    )
-    _choice(origin, "model.autoencoder.preset", m.autoencoder.preset, tuple(AE_FACTORS))
-    _check(
-        m.autoencoder.crop == 0 or (8 <= m.autoencoder.crop <= d.resolution and m.autoencoder.crop % 8 == 0),
-        origin,
-        f"'model.autoencoder.crop' is {m.autoencoder.crop}; expected 0 or a multiple of 8 up to data.resolution.",
-    )
-    _check(
-        factor == AE_FACTORS[m.autoencoder.preset],
-        origin,
-        f"'data.resolution' / 'model.in_size' = {factor:g} but the {m.autoencoder.preset!r} autoencoder "
-        f"downsamples by {AE_FACTORS[m.autoencoder.preset]}.",
-    )
-    if m.autoencoder.preset == "identity":
-        _check(
-            m.in_channels == d.num_channels,
-            origin,
-            "an 'identity' autoencoder needs 'model.in_channels' == 'data.num_channels' (pixel-space diffusion).",
-        )
-    return cfg
 
 
 def _from_container(data, origin: str, overrides: list[str]) -> Config:

@@ -6,12 +6,14 @@ The masked DiT (`masked_dit.py`) knows nothing of diffusion and the objective (`
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from torch import nn
 
 from phmdiff.diffusion import create_diffusion, edm
 from phmdiff.diffusion.ddpm_loss import DDPMLoss
 from phmdiff.diffusion.timestep_sampler import create_named_schedule_sampler
-from phmdiff.masked_dit import build_masked_dit
+from phmdiff.masked_dit import MaskedDiTConfig, build_masked_dit
 from phmdiff.mean_net import MeanNet, MeanResidual
 from phmdiff.objective import PyramidObjective
 
@@ -51,20 +53,10 @@ def build_denoiser(cfg, num_sources: int, num_targets: int) -> nn.Module:
 
 
 def _preconditioned_dit(m, num_sources: int, num_targets: int) -> nn.Module:
-    net = build_masked_dit(
-        m.model_type,
-        input_size=m.in_size,
-        latent_channels=m.in_channels,
-        num_sources=num_sources,
-        num_levels=m.pyramid_levels,
-        num_targets=num_targets,
-        use_decoder=m.use_decoder,
-        class_dropout_prob=m.class_dropout_prob,
-        mask_block_sizes=tuple(m.mask_block_sizes),
-        source_aware_mask_tokens=m.source_aware_mask_tokens,
-        conv_head_width=m.conv_head_width,
-        output_overlap=m.output_overlap,
-    )
+    # The `model` keys named as MaskedDiTConfig fields pass through as they are; the rest are the run's shape.
+    shared = {f.name: getattr(m, f.name) for f in fields(MaskedDiTConfig) if hasattr(m, f.name)}
+    net = build_masked_dit(m.model_type, input_size=m.in_size, latent_channels=m.in_channels, num_sources=num_sources,
+                           num_levels=m.pyramid_levels, num_targets=num_targets, **shared)
     if m.precond not in PRECONDS:
         raise ValueError(f"model.precond is {m.precond!r}; expected one of {', '.join(PRECONDS)}.")
     return PRECONDS[m.precond][0](net, m)

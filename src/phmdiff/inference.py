@@ -8,14 +8,14 @@ by `phmdiff.devices`, so inference works without the training stack (a test chec
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
 from phmdiff.autoencoder import load_autoencoder
 from phmdiff.checkpoint_io import load_checkpoint, load_state_dict_file, resolve_checkpoint
-from phmdiff.config import config_from_yaml
+from phmdiff.config import SamplingConfig, config_from_yaml
 from phmdiff.data.latent_cache import autoencoder_id
 from phmdiff.devices import choose_device
 from phmdiff.factory import build_denoiser
@@ -23,7 +23,8 @@ from phmdiff.masked_dit import masked_dit_config
 from phmdiff.mean_net import MeanResidual
 from phmdiff.plan import RunPlan, plan_of
 from phmdiff.plane import crop_plane, pad_plane  # noqa: F401 - their home before plane.py
-from phmdiff.sample import CHURN_SAMPLERS, check_churn, sample_pyramid
+from phmdiff.sample import check_churn, sample_pyramid
+from phmdiff.samplers import SAMPLER_SPECS, sampler_spec
 from phmdiff.windows import WindowedDenoiser
 
 
@@ -63,28 +64,20 @@ def plane_multiple(cfg) -> int:
     return ae_factor * patch * 2 ** (cfg.model.pyramid_levels - 1)
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How the pyramid is sampled: the sampler, its steps at the coarsest and the finer levels, the noise level
-    finer levels restart from, and the classifier-free guidance scale (1 = none)."""
+@dataclass
+class SamplingSettings(SamplingConfig):
+    """The sampling settings of one run of the pyramid sampler (`config.SamplingConfig`), checked against the
+    sampler's facts (`samplers.SAMPLER_SPECS`)."""
 
-    sampler: str = "heun"
-    num_steps: int = 18
-    fine_num_steps: int = 8
-    sigma_start: float = 2.0
-    guidance: float = 1.0
-    churn: float = 0.0  # EDM's S_churn (Heun, Euler): noise added back before each step; 0 = deterministic
-
-    # Below this many steps from sigma_max, Heun cannot integrate the ODE: one step from sigma 80 to ~0 keeps
-    # about half the starting noise, and the "sample" collapses toward the blurry conditional mean.
-    MIN_HEUN_STEPS = 8
+    MIN_HEUN_STEPS = SAMPLER_SPECS["heun"].min_steps
 
     def __post_init__(self) -> None:
         check_churn(self.sampler, self.churn)
-        if self.sampler == "heun" and self.num_steps < self.MIN_HEUN_STEPS:
-            warnings.warn(f"Heun with {self.num_steps} steps from sigma_max cannot integrate the sampling ODE (the "
-                          f"samples collapse toward a blurry mean); use at least {self.MIN_HEUN_STEPS} steps, or "
-                          "ddim / dpmpp_2m for few steps.", stacklevel=3)
+        spec = sampler_spec(self.sampler)
+        if self.num_steps < spec.min_steps:
+            warnings.warn(f"{self.sampler.capitalize()} with {self.num_steps} steps from sigma_max cannot integrate "
+                          f"the sampling ODE (the samples collapse toward a blurry mean); use at least "
+                          f"{spec.min_steps} steps, or ddim / dpmpp_2m for few steps.", stacklevel=3)
 
     @classmethod
     def resolve(cls, eval_cfg, sampler: str | None = None, steps: int | None = None,
@@ -93,14 +86,16 @@ class SamplingSettings:
         """`cfg.eval` with the command line's choices on top; `--steps` also caps the finer levels' steps unless
         `fine_steps` is given. A sampler chosen on the command line that cannot churn samples deterministically
         unless churn is given."""
+        base = {f.name: getattr(eval_cfg, f.name, f.default) for f in fields(SamplingConfig)}
         sampler = sampler or eval_cfg.sampler
         if churn is None:
-            churn = eval_cfg.churn if sampler in CHURN_SAMPLERS else 0.0
+            churn = eval_cfg.churn if sampler_spec(sampler).stochastic else 0.0
         if fine_steps is None:
             fine_steps = min(eval_cfg.fine_num_steps, steps or eval_cfg.fine_num_steps)
-        return cls(sampler=sampler, num_steps=steps or eval_cfg.num_steps, fine_num_steps=fine_steps,
-                   sigma_start=eval_cfg.sigma_start if sigma_start is None else sigma_start,
-                   guidance=eval_cfg.guidance if guidance is None else guidance, churn=churn)
+        return cls(**{**base, "sampler": sampler, "num_steps": steps or eval_cfg.num_steps,
+                      "fine_num_steps": fine_steps,
+                      "sigma_start": eval_cfg.sigma_start if sigma_start is None else sigma_start,
+                      "guidance": eval_cfg.guidance if guidance is None else guidance, "churn": churn})
 
     def to_dict(self) -> dict:
         return asdict(self)

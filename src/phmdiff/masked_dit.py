@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phmdiff.model_presets import PRESETS
+
 
 @dataclass
 class MaskedDiTConfig:
@@ -485,25 +487,6 @@ def keep_condition(kwargs: dict, keep: torch.Tensor, num_sources: int | None = N
         avail = cond.new_ones(n, num_sources)
     out["avail"] = avail * keep.to(avail.dtype)[:, None]
     return out
-
-
-# DiT widths/depths/heads; the mask decoder is proportioned to the encoder so that masking pays off
-# (MaskDiT's 8 x 512 decoder is light next to XL, but heavier than the whole S encoder).
-PRESETS: dict[str, dict] = {
-    "PHMDiff-T/2": dict(hidden_size=128, depth=4, num_heads=4, decoder_depth=1, decoder_hidden_size=128,
-                        decoder_num_heads=4),
-    # Patch 4: pixel-space diffusion of small planes (identity autoencoder) at the token count of a latent /2.
-    "PHMDiff-T/4": dict(hidden_size=128, depth=4, num_heads=4, decoder_depth=1, decoder_hidden_size=128,
-                        decoder_num_heads=4, patch_size=4),
-    "PHMDiff-S/2": dict(hidden_size=384, depth=12, num_heads=6, decoder_depth=2, decoder_hidden_size=256,
-                        decoder_num_heads=4),
-    "PHMDiff-B/2": dict(hidden_size=768, depth=12, num_heads=12, decoder_depth=4, decoder_hidden_size=384,
-                        decoder_num_heads=6),
-    "PHMDiff-L/2": dict(hidden_size=1024, depth=24, num_heads=16, decoder_depth=8, decoder_hidden_size=512,
-                        decoder_num_heads=16),
-    "PHMDiff-XL/2": dict(hidden_size=1152, depth=28, num_heads=16, decoder_depth=8, decoder_hidden_size=512,
-                         decoder_num_heads=16),
-}
 
 
 def masked_dit_config(name_or_cfg: str | MaskedDiTConfig, **overrides) -> MaskedDiTConfig:

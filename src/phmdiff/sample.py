@@ -20,6 +20,7 @@ import torch
 from .diffusion.edm import as_sigma
 from .masked_dit import null_condition
 from .pyramid import gaussian_pyramid, level_shapes, upsample
+from .samplers import STOCHASTIC_SAMPLERS
 
 
 def _first(out):
@@ -206,10 +207,11 @@ def guided_denoiser(D, scale: float, uncond_kwargs: dict) -> GuidedDenoiser:
 
 
 # The samplers by name: adding one here offers it to the config, translate, generate and the benchmarks.
+# The functions by name; each one's facts (calls per step, stochastic, minimum steps) are its `SAMPLER_SPECS` entry.
 SAMPLERS = {"heun": sample_heun, "euler": sample_euler, "dpmpp_2m": sample_dpmpp_2m, "ddim": sample_ddim}
 # EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) adds noise back before each step in this sigma range;
 # S_tmin, S_tmax and S_noise as EDM set them for ImageNet 64x64 (Table 5). The amount, S_churn, is `churn`.
-CHURN_SAMPLERS = ("heun", "euler")
+CHURN_SAMPLERS = STOCHASTIC_SAMPLERS
 CHURN_TMIN, CHURN_TMAX, CHURN_NOISE = 0.05, 50.0, 1.003
 
 

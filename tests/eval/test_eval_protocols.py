@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from phmdiff.eval.protocols import evaluate_subject, foreground_mask, selfrdb_slice, syndiff_slice
+from phmdiff.eval.protocols import PROTOCOL_SPECS, evaluate_subject, foreground_mask, selfrdb_slice, syndiff_slice
 
 
 def _block_pair():
@@ -103,3 +103,25 @@ def test_errors_are_sentences():
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         evaluate_subject(bad, ref)
+
+
+@pytest.mark.parametrize("name", list(PROTOCOL_SPECS))
+@pytest.mark.parametrize("modality", ["mr", "ct"])
+def test_each_protocol_scores_what_its_entry_says(name, modality):
+    """A protocol's entry (its metrics, report columns, per-slice rows, modality) against what it computes."""
+    spec = PROTOCOL_SPECS[name]
+    (ref, _), (pred, _) = _head(seed=1), _head(seed=2)
+    if modality == "ct":
+        ref, pred = ref * 10 - 1000, pred * 10 - 1000
+    seg = np.zeros(ref.shape, dtype=np.uint8)
+    seg[10:14, 10:14, 4:8] = 1
+    out = evaluate_subject(pred, ref, seg=seg, protocol=name, modality=modality, slice_axis=2)
+    assert set(spec.columns) <= set(spec.metrics)
+    if not spec.scores(modality):
+        assert out.get(f"{name}_note") and not any(k in out for k in spec.metrics), out
+        return
+    # a metric is a finite number, or blank with its note (MS-SSIM needs a larger volume than this one)
+    missing = [m for m in spec.metrics if not (isinstance(out.get(m), float) and math.isfinite(out[m])
+                                               or m in out and out.get(f"{m}_note"))]
+    assert not missing, (name, missing)
+    assert (out["slices"] == []) == spec.challenge

@@ -22,8 +22,10 @@ import torch
 from torch.utils.data import Dataset
 
 from phmdiff.argtypes import COUNT
+from phmdiff.autoencoder import load_autoencoder
 from phmdiff.data.datasets import direction_generator, draw_direction
 from phmdiff.data.prepare import SPLITS, load_manifest, prepared_id
+from phmdiff.devices import choose_device
 from phmdiff.fsutil import atomic_write_text, publish_dir
 from phmdiff.options import add_device, add_overwrite
 from phmdiff.schema import check_cache_meta, check_shard_checksum, layout_digest
@@ -364,9 +366,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phmdiff.autoencoder import load_autoencoder
-    from phmdiff.devices import choose_device
-
     device = str(choose_device(args.device, origin="--device"))
     ae_id = autoencoder_id(args.autoencoder)
     model = load_autoencoder(args.autoencoder)

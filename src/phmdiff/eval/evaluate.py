@@ -46,7 +46,14 @@ from phmdiff.eval.baseline import (
 from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.labels import check_labels
 from phmdiff.eval.metrics import format_value, through_plane_scores
-from phmdiff.eval.protocols import PROTOCOLS, evaluate_subject, foreground_mask, matched_copy, normalize_pair
+from phmdiff.eval.protocols import (
+    PROTOCOL_SPECS,
+    PROTOCOLS,
+    evaluate_subject,
+    foreground_mask,
+    matched_copy,
+    normalize_pair,
+)
 from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir, publish_dir, safe_relpath
 from phmdiff.limits import LimitError, check_nifti
 from phmdiff.schema import check_translate_json, read_json
@@ -259,7 +266,7 @@ def _scores(vol, ref, mask, seg, protocol: str, modality: str, slice_axis: int) 
     """A volume scored as a prediction (per-slice rows dropped), with the tumour labels' PSNR under `volume`."""
     out = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol=protocol, modality=modality, slice_axis=slice_axis)
     out.pop("slices", None)
-    if protocol == "volume":
+    if PROTOCOL_SPECS[protocol].volume_extras:
         out.update(label_psnrs(vol, ref, mask, seg, modality))
     return out
 
@@ -282,9 +289,9 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
                                    slice_axis=slice_axis)
             slice_rows += [{"subject": s["subject"], "protocol": protocol, **r} for r in res.pop("slices")]
             row = {"subject": s["subject"], **res}
-            if protocol == "volume":
+            if PROTOCOL_SPECS[protocol].volume_extras:
                 row.update(label_psnrs(pred, ref, mask, seg, modality))
-            if protocol == "volume" and ref.ndim == 3:
+            if PROTOCOL_SPECS[protocol].volume_extras and ref.ndim == 3:
                 lo, hi = res["norm_low"], res["norm_high"]
                 fg = foreground_mask(ref, modality) if mask is None else mask
                 row.update(through_plane_scores((pred - lo) / (hi - lo), (ref - lo) / (hi - lo), 1.0, slice_axis, fg))
@@ -296,7 +303,7 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
                 copy_scores[protocol].append({name: _scores(vol, ref, mask, seg, protocol, modality, slice_axis)
                                               for name, vol in copies.items()})
                 row["_copies"] = copy_scores[protocol][-1]
-            if protocol == "volume" and len(s.get("samples") or []) >= 2:
+            if PROTOCOL_SPECS[protocol].volume_extras and len(s.get("samples") or []) >= 2:
                 samples = [load_volume(p, like, "sample")[0] for p in s["samples"]]
                 row.update(evaluate_ensemble(samples, ref, mask=mask, modality=modality, slice_axis=slice_axis))
             subject_rows.append(row)
@@ -309,10 +316,11 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
                    **summarize([r for r in subject_rows if r["protocol"] == p])} for p in protocols}
     for p, regions in chosen.items():
         summary[p]["baseline_sources"] = regions
-    pooled = [r for r in slice_rows if r["protocol"] == "syndiff"]
-    if pooled:  # SynDiff's test.py reports np.nanmean over all test slices, not a mean of subject means
-        summary["syndiff"].update(summarize(pooled, ("psnr", "ssim")), n_slices=len(pooled),
-                                  averaged_over="all slices pooled (psnr, ssim), as SynDiff's test.py")
+    for protocol in (p for p in protocols if PROTOCOL_SPECS[p].pooled_slices):
+        pooled = [r for r in slice_rows if r["protocol"] == protocol]
+        if pooled:  # SynDiff's test.py reports np.nanmean over all test slices, not a mean of subject means
+            summary[protocol].update(summarize(pooled, ("psnr", "ssim")), n_slices=len(pooled),
+                                     averaged_over="all slices pooled (psnr, ssim), as SynDiff's test.py")
     return subject_rows, slice_rows, summary
 
 

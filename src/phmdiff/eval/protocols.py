@@ -71,6 +71,7 @@ the slice axis inside the mask, beside the reference's own value.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -79,7 +80,46 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from phmdiff.data.intensity import CT_FOREGROUND_HU, CT_WINDOW, MR_FOREGROUND_FRACTION, MR_PERCENTILES
 from phmdiff.eval import metrics as M
 
-PROTOCOLS = ("volume", "slice", "selfrdb", "syndiff", "brasyn", "synthrad")
+
+@dataclass(frozen=True)
+class Protocol:
+    """One protocol's facts: what evaluate and the report need to know of it without branching on its name."""
+
+    normalization: str  # how intensities reach the scored units
+    averaging: str  # over what the mean +- std runs (the report's "averaged over" column)
+    metrics: tuple[str, ...]  # what it scores
+    columns: tuple[str, ...] = ()  # the report's protocol-specific columns
+    challenge: bool = False  # whole-volume challenge metrics, no per-slice rows
+    pooled_slices: bool = False  # the summary pools all slices (psnr, ssim) instead of averaging subject means
+    volume_extras: bool = False  # per-label PSNRs, through-plane steps and ensemble calibration are scored beside it
+    only_modality: str | None = None  # scores this modality only (others: blanks with its note)
+    units: str | None = None  # forced error units; None: HU for CT, normalized units for MR
+
+    def scores(self, kind: str) -> bool:
+        """Whether it scores a `kind` ("mr" or "ct") evaluation."""
+        return self.only_modality in (None, kind)
+
+    def error_units(self, kind: str) -> str:
+        return self.units or ("HU" if kind == "ct" else "norm. units")
+
+
+_SLICE = ("psnr", "ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae")
+# The named protocols, one entry each (a new protocol: its entry, its branch in `evaluate_subject`, its test).
+PROTOCOL_SPECS = {
+    "volume": Protocol("reference foreground percentiles", "subjects (3D volume each)", (*_SLICE, "ms_ssim"),
+                       columns=("ms_ssim",), volume_extras=True),
+    "slice": Protocol("reference foreground percentiles", "slices, then subjects", _SLICE),
+    "selfrdb": Protocol("reference foreground percentiles, clipped to [0, 1]", "slices, then subjects", _SLICE),
+    "syndiff": Protocol("each slice by its own maximum", "all slices pooled (as SynDiff)", _SLICE,
+                        pooled_slices=True),
+    "brasyn": Protocol("BraSyn's percentile window", "subjects (3D volume each)",
+                       ("psnr", "ssim_tumour", "ssim_healthy"), columns=("ssim_tumour", "ssim_healthy"),
+                       challenge=True),
+    "synthrad": Protocol("HU (SynthRAD2023 dynamic range)", "subjects (3D volume each)",
+                         ("mae", "psnr", "ssim", "ms_ssim"), columns=("mae", "ms_ssim"), challenge=True,
+                         only_modality="ct", units="HU"),
+}
+PROTOCOLS = tuple(PROTOCOL_SPECS)
 SYNTHRAD_RANGE = (-1024.0, 3000.0)  # SynthRAD2023 ImageMetrics.dynamic_range (HU)
 BRASYN_PERCENTILES = (0.5, 99.5)
 
@@ -239,7 +279,7 @@ def evaluate_subject(pred, ref, mask=None, seg=None, protocol: str = "volume", m
     pred_n, ref_n, (lo, hi) = normalize_pair(pred, ref, mask, modality, ct_window)
     out: dict = {"protocol": protocol, "modality": modality, "norm_low": lo, "norm_high": hi,
                  "n_voxels": int(mask.sum())}
-    if protocol in ("brasyn", "synthrad"):
+    if PROTOCOL_SPECS[protocol].challenge:
         return _challenge(out, pred, ref, mask, seg, protocol, modality)
     if protocol == "syndiff":  # SynDiff normalizes each slice by its own max: no percentile window, no upper clip
         pred_n, ref_n = pred, ref

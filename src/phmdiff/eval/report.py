@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from phmdiff.argtypes import whole
 from phmdiff.eval.baseline import REGION_TITLES, REGIONS  # noqa: E402
 from phmdiff.eval.html import e, fmt, num, q, save_figure  # noqa: E402
+from phmdiff.eval.protocols import PROTOCOL_SPECS  # noqa: E402
 from phmdiff.eval.report_images import calibration, panel  # noqa: E402
 from phmdiff.eval.report_run import autoencoder_quality, resolved_config, training_curves  # noqa: E402
 from phmdiff.fsutil import publish_dir  # noqa: E402
@@ -51,11 +52,9 @@ _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1500px}table{border-
           "td.id,th.id{text-align:left}td.blank,.blank{color:#777;font-style:italic;text-align:left}"
           "img{max-width:100%}pre.verbatim{background:#f7f7f7;padding:1em;max-height:30em;overflow:auto}"
           "dl.prov{display:grid;grid-template-columns:max-content auto;gap:2px 1em}dt{font-weight:bold}")
-PROTOCOL_AVERAGE = {"volume": "subjects (3D volume each)", "slice": "slices, then subjects",
-                    "selfrdb": "slices, then subjects", "syndiff": "all slices pooled (as SynDiff)",
-                    "brasyn": "subjects (3D volume each)", "synthrad": "subjects (3D volume each)"}
+PROTOCOL_AVERAGE = {name: p.averaging for name, p in PROTOCOL_SPECS.items()}
 # Metrics only some protocols have: shown in that protocol's row only.
-PROTOCOL_EXTRA = {"volume": ("ms_ssim",), "brasyn": ("ssim_tumour", "ssim_healthy"), "synthrad": ("mae", "ms_ssim")}
+PROTOCOL_EXTRA = {name: p.columns for name, p in PROTOCOL_SPECS.items()}
 # Metrics whose value cannot depend on the protocol: shown once.
 SHARED = ("mae", "mean_error", "lesion_psnr", "lesion_mae", "through_plane_pred", "through_plane_ref")
 TITLES = {"psnr": "PSNR", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "mae": "MAE", "mean_error": "mean error",
@@ -87,7 +86,8 @@ def unit(key: str, kind: str, protocol: str = "") -> str:
         return "0-1"
     if key.startswith("std_error"):
         return "r"
-    return "HU" if kind == "ct" or protocol == "synthrad" else "norm. units"
+    return PROTOCOL_SPECS[protocol].error_units(kind) if protocol in PROTOCOL_SPECS else \
+        ("HU" if kind == "ct" else "norm. units")
 
 
 class Context:
@@ -110,8 +110,8 @@ class Context:
         self.baseline_sources = {r: first[f"baseline_source_{r}"] for r in REGIONS if first.get(f"baseline_source_{r}")}
 
     def why(self, key: str, prefix: str, protocol: str) -> str:
-        if protocol == "synthrad" and self.notes["synthrad_note"]:
-            return self.notes["synthrad_note"]
+        if not PROTOCOL_SPECS[protocol].scores(self.kind) and self.notes.get(f"{protocol}_note"):
+            return self.notes[f"{protocol}_note"]
         if prefix == "baseline_" and not self.baseline:
             return ("CT target: an MR source has no HU to copy" if self.kind == "ct"
                     else "no source images recorded in translate.json")
@@ -126,7 +126,7 @@ class Context:
                     else "the segmentation holds no tumour voxel")
         if key == "ms_ssim":
             return self.notes["ms_ssim_note"] or "not computed"
-        if protocol in ("brasyn", "synthrad"):
+        if PROTOCOL_SPECS[protocol].challenge:
             return f"not part of the {protocol} protocol"
         return "not computed for this input"
 
@@ -215,15 +215,17 @@ def tables(ev: Path, meta: dict) -> str:
     body = []
     for protocol, st in summary["protocols"].items():
         extra = PROTOCOL_EXTRA.get(protocol, ())
-        if protocol == "synthrad" and ctx.notes["synthrad_note"]:  # one line, not a row of repeated blanks
-            body.append(f"<tr><td class='id'>synthrad</td><td class='blank' colspan='6'>&ndash; "
-                        f"{e(ctx.notes['synthrad_note'])}</td></tr>")
+        note = ctx.notes.get(f"{protocol}_note")
+        if not PROTOCOL_SPECS[protocol].scores(kind) and note:  # one line, not a row of repeated blanks
+            body.append(f"<tr><td class='id'>{e(protocol)}</td><td class='blank' colspan='6'>&ndash; "
+                        f"{e(note)}</td></tr>")
             continue
         for label, prefix in _rows_kinds(ctx):
             if prefix == "noise_free_" and not any(k.startswith(prefix) for k in st):
                 continue  # only the phantom has one: a row of blanks would say nothing
-            n = st.get("n_slices") if protocol == "syndiff" and not prefix else st["n_subjects"]
-            n_unit = "slices" if protocol == "syndiff" and not prefix else "subjects"
+            pooled = PROTOCOL_SPECS[protocol].pooled_slices and not prefix
+            n = st.get("n_slices") if pooled else st["n_subjects"]
+            n_unit = "slices" if pooled else "subjects"
             cells = [_cell(st.get(prefix + k), k, kind, ctx.why(k, prefix, protocol), protocol)
                      for k in ("psnr", "ssim")]
             specific = []

@@ -21,8 +21,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from phmdiff.config import Config, add_config_arguments, config_from_args, save_config, source_slots, to_yaml
+from phmdiff.data.datasets import PairedSlices
+from phmdiff.data.latent_cache import LatentPairs, LatentTargets, load_cache_meta
 from phmdiff.data.prepare import load_manifest
 from phmdiff.devices import run_device
+from phmdiff.eval.metrics import psnr, ssim
 from phmdiff.factory import build_denoiser, build_objective
 from phmdiff.fsutil import atomic_write_text
 from phmdiff.inference import (
@@ -82,7 +85,6 @@ class PositionSampler(Sampler):
 
 
 def _latent_data(cfg: Config):
-    from phmdiff.data.latent_cache import LatentPairs, LatentTargets
 
     if not cfg.data.cache:
         raise ValueError("data.cache is empty; set it to the latent cache written by phmdiff encode.")
@@ -326,9 +328,6 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
 @torch.no_grad()
 def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict:
     """Few-step coarse-to-fine translation of validation slices; mean PSNR/SSIM in [0, 1] units over all ranks."""
-    from phmdiff.data.datasets import PairedSlices
-    from phmdiff.data.latent_cache import load_cache_meta
-    from phmdiff.eval.metrics import psnr, ssim
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     meta = load_cache_meta(cfg.data.cache)

@@ -9,6 +9,7 @@ poor for diffusion in this latent space to be worth training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -18,14 +19,28 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from phmdiff.ae_loss import ae_loss
+from phmdiff.autoencoder import (
+    AE_presets,
+    IdentityAutoencoder,
+    build_autoencoder,
+    compute_latent_scale,
+    save_autoencoder,
+)
 from phmdiff.config import Config, add_config_arguments, config_from_args, data_modalities
+from phmdiff.data.datasets import TargetSlices
+from phmdiff.data.prepare import load_manifest, settings_from_manifest
+from phmdiff.data.volume import NormParams
+from phmdiff.devices import run_device
+from phmdiff.eval.protocols import evaluate_subject
 from phmdiff.fsutil import atomic_write_text
+from phmdiff.inference import autoencoder_path
 from phmdiff.options import add_overwrite, add_progress
+from phmdiff.training.distributed import seed_everything
 
 
 def slice_datasets(cfg: Config, split: str, flip: bool = False) -> ConcatDataset:
     """The slices of every modality of the run (sources and target) as one single-channel dataset."""
-    from phmdiff.data.datasets import TargetSlices
 
     if not cfg.data.prepared:
         raise ValueError("data.prepared is empty; set it to the folder written by phmdiff prepare.")
@@ -36,9 +51,7 @@ def slice_datasets(cfg: Config, split: str, flip: bool = False) -> ConcatDataset
 
 def build_autoencoder_for(cfg: Config) -> torch.nn.Module:
     """The autoencoder preset of the config, for `data.num_channels`-channel images."""
-    import dataclasses
 
-    from phmdiff.autoencoder import AE_presets, IdentityAutoencoder, build_autoencoder
 
     preset = cfg.model.autoencoder.preset
     if preset == "identity":
@@ -61,7 +74,6 @@ def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch
 
 def latent_scale_of(ae, data, device, n_max: int = 512, batch: int = 32, seed: int = 0) -> float:
     """LDM's scale factor 1 / std of posterior samples, over (up to) n_max training slices."""
-    from phmdiff.autoencoder import compute_latent_scale
 
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(data), generator=g)[:n_max].tolist()
@@ -75,10 +87,6 @@ def evaluate_reconstruction(ae, cfg: Config, device, max_slices: int = 256) -> d
     """Reconstruction PSNR/SSIM of validation subjects in the `volume` protocol `evaluate` uses: each subject's
     slices of each modality, back in original units, scored on the reference's foreground (not the whole slice,
     whose easy background inflates the figure)."""
-    from phmdiff.data.datasets import TargetSlices
-    from phmdiff.data.prepare import load_manifest, settings_from_manifest
-    from phmdiff.data.volume import NormParams
-    from phmdiff.eval.protocols import evaluate_subject
 
     manifest = load_manifest(cfg.data.prepared)
     settings = settings_from_manifest(manifest)
@@ -120,11 +128,6 @@ def train_autoencoder(cfg: Config, overwrite: bool = False, progress: bool = Tru
 
     `log(line)` receives the device line and, without a progress bar, a line every `log.log_every` steps
     (stderr when None)."""
-    from phmdiff.autoencoder import save_autoencoder
-    from phmdiff.devices import run_device
-    from phmdiff.inference import autoencoder_path
-    from phmdiff.losses import ae_loss
-    from phmdiff.training.distributed import seed_everything
 
     a = cfg.model.autoencoder
     out = autoencoder_path(cfg)
