@@ -152,3 +152,13 @@ def test_eval_sampling_keys_are_the_sampling_settings():
     sampling = [f.name for f in fields(SamplingConfig)]
     assert [f.name for f in fields(SamplingSettings)] == sampling
     assert [f.name for f in fields(EvalConfig)][: len(sampling)] == sampling
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["eval.respacing=ddim25"], "'eval.respacing' is 'ddim25' but 'model.precond' is 'edm'"),
+    (["model.precond=ddpm", "eval.respacing=ddim"], "'eval.respacing' is 'ddim'; expected empty, ddimN"),
+])
+def test_respacing_is_for_ddpm_runs_and_names_a_spacing(overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        load_config(None, overrides)
+    assert load_config(None, ["model.precond=ddpm", "eval.respacing=10,20"]).eval.respacing == "10,20"

@@ -4,6 +4,7 @@
 own few steps with their own loss (`factory.PRECONDS`) on the same prepared data, then translate one subject.
 """
 
+import json
 import math
 import shutil
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from phmdiff import cli
 from phmdiff.diffusion.ddpm_loss import DDPMLoss
 from phmdiff.diffusion.edm import EDMLoss, VELoss, VPLoss
 from phmdiff.diffusion.timestep_sampler import LossSecondMomentResampler, UniformSampler
@@ -52,6 +54,21 @@ class _Recorder(torch.nn.Module):
         return torch.zeros_like(x)
 
 
+def _respaced_translations_differ_from_the_sigma_axis(root, tmp_path):
+    subject = root / "ph" / "PHANTOM_00002"
+    preds = {}
+    for name, extra in (("sigma", []), ("ddim", ["--respacing", "ddim5"]), ("ddim_again", ["--respacing", "ddim5"]),
+                        ("ancestral", ["--respacing", "5"])):
+        out = tmp_path / f"out-{name}"
+        assert cli.main(["translate", "--run", str(root / "run"), "--input", str(subject), "--out", str(out),
+                         "--no-progress", *extra]) == 0
+        meta = json.loads((out / "translate.json").read_text())
+        preds[name] = nib.load(out / meta["subjects"][0]["prediction"]).get_fdata()
+        assert np.isfinite(preds[name]).all() and preds[name].std() > 0, name
+    np.testing.assert_array_equal(preds["ddim"], preds["ddim_again"])  # seeded: the same translation twice
+    assert not np.allclose(preds["ddim"], preds["sigma"]) and not np.allclose(preds["ddim"], preds["ancestral"])
+
+
 def _translate_one(root, run, out):
     meta = translate(root / run, root / "ph" / "PHANTOM_00002", out, progress=False)
     pred = nib.load(out / meta["subjects"][0]["prediction"]).get_fdata()
@@ -80,6 +97,8 @@ def test_formulation_trains_and_translates(tiny_run, tmp_path, precond, extra):
                             progress=False, log=lambda m: None)
         assert done["train"]["step"] == 4
     _translate_one(root, "run", tmp_path / "out")
+    if precond == "ddpm":  # its own DDPM/DDIM loops, respaced from the command line, beside the sigma-axis path
+        _respaced_translations_differ_from_the_sigma_axis(root, tmp_path)
     # The run loaded back wraps its network in its own formulation: c_noise and c_in by hand, at one sigma.
     denoiser = load_trained(root / "run", device="cpu").denoiser
     denoiser.model = _Recorder()

@@ -32,7 +32,7 @@ def calls(monkeypatch):
     seen = []
 
     def fake(denoiser, source, avail, target_label, seeds, levels, channels, sampler, num_steps, fine_num_steps,
-             sigma_start, guidance, null_label=None, churn=0.0):
+             sigma_start, guidance, null_label=None, churn=0.0, respacing=""):
         seen.append({"sampler": sampler, "num_steps": num_steps, "fine_num_steps": fine_num_steps,
                      "sigma_start": sigma_start, "churn": churn, "guidance": guidance,
                      "bf16": torch.is_autocast_enabled("cpu")})

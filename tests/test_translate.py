@@ -121,3 +121,13 @@ def test_translate_writes_through_volume_write_like(trained, tmp_path, monkeypat
         return Path(stage[1:].split(".phmdiff-")[0], *rest)
 
     assert len(written) == 4 and {published(c[2]) for c in calls} == written
+
+
+def test_respacing_an_edm_run_is_one_sentence(tiny_run, tmp_path, capsys):
+    from phmdiff import cli
+
+    args = ["translate", "--run", str(tiny_run / "run"), "--input", str(tiny_run / "ph" / "PHANTOM_00002"), "--out",
+            str(tmp_path / "out"), "--respacing", "ddim5"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--respacing ddim5 samples a ddpm run through its own loops" in err[-1] and not (tmp_path / "out").exists()

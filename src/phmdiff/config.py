@@ -146,6 +146,9 @@ class SamplingConfig:
     sigma_start: float = 2.0  # noise added to the upsampled coarse result before refining it
     guidance: float = 1.0
     churn: float = 0.0  # EDM's S_churn for heun / euler: stochastic sampling (noise added back each step); 0: none
+    # A `ddpm` run only: sample through its own Gaussian-diffusion loops over the steps this spacing keeps
+    # (ddimN: DDIM with N steps; N or N1,N2,...: ancestral), instead of `sampler` on the sigma axis. "": off.
+    respacing: str = ""
 
 
 @dataclass

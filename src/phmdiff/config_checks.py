@@ -15,7 +15,7 @@ from phmdiff.data.names import canonical, canonical_list
 from phmdiff.mask_ratio import MASK_RATIO_FNS
 from phmdiff.model_presets import PRESETS as MODEL_PRESETS
 from phmdiff.options import DEVICES
-from phmdiff.samplers import SAMPLER_SPECS, STOCHASTIC_SAMPLERS
+from phmdiff.samplers import RESPACING, SAMPLER_SPECS, STOCHASTIC_SAMPLERS
 
 if TYPE_CHECKING:  # the sections' types; config.py imports this module
     from phmdiff.config import Config, DataConfig, EvalConfig, LogConfig, ModelConfig, TrainConfig
@@ -194,6 +194,8 @@ def validate_eval(e: EvalConfig, origin: str) -> None:
     _check(e.churn == 0 or e.sampler in STOCHASTIC_SAMPLERS, origin, f"'eval.churn' is {e.churn:g} but 'eval.sampler' "
            f"is {e.sampler!r}, which samples deterministically; churn needs {' or '.join(STOCHASTIC_SAMPLERS)} (or "
            "churn 0).")
+    _check(not e.respacing or bool(RESPACING.match(e.respacing)), origin, f"'eval.respacing' is {e.respacing!r}; "
+           "expected empty, ddimN (DDIM, N steps), N or N1,N2,... (ancestral), e.g. ddim25 or 250.")
     _positive(origin, {"eval.num_steps": e.num_steps, "eval.fine_num_steps": e.fine_num_steps,
                        "eval.n_samples": e.n_samples})
     _non_negative(origin, {"eval.every": e.every, "eval.num_val_slices": e.num_val_slices,
@@ -212,5 +214,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     validate_model(cfg.model, cfg.data, origin)
     validate_train(cfg.train, origin)
     validate_eval(cfg.eval, origin)
+    _check(not cfg.eval.respacing or cfg.model.precond == "ddpm", origin, f"'eval.respacing' is "
+           f"{cfg.eval.respacing!r} but 'model.precond' is {cfg.model.precond!r}; respacing samples a ddpm run through "
+           "its own loops (leave it empty for the other formulations).")
     validate_log(cfg.log, origin)
     return cfg

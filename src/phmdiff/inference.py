@@ -24,7 +24,7 @@ from phmdiff.mean_net import MeanResidual
 from phmdiff.plan import RunPlan, plan_of
 from phmdiff.plane import crop_plane, pad_plane  # noqa: F401 - their home before plane.py
 from phmdiff.sample import check_churn, sample_pyramid
-from phmdiff.samplers import SAMPLER_SPECS, sampler_spec
+from phmdiff.samplers import SAMPLER_SPECS, check_respacing, sampler_spec
 from phmdiff.windows import WindowedDenoiser
 
 
@@ -73,6 +73,8 @@ class SamplingSettings(SamplingConfig):
 
     def __post_init__(self) -> None:
         check_churn(self.sampler, self.churn)
+        if self.respacing:
+            check_respacing(self.respacing)
         spec = sampler_spec(self.sampler)
         if self.num_steps < spec.min_steps:
             warnings.warn(f"{self.sampler.capitalize()} with {self.num_steps} steps from sigma_max cannot integrate "
@@ -82,10 +84,10 @@ class SamplingSettings(SamplingConfig):
     @classmethod
     def resolve(cls, eval_cfg, sampler: str | None = None, steps: int | None = None,
                 guidance: float | None = None, churn: float | None = None, fine_steps: int | None = None,
-                sigma_start: float | None = None) -> SamplingSettings:
+                sigma_start: float | None = None, respacing: str | None = None) -> SamplingSettings:
         """`cfg.eval` with the command line's choices on top; `--steps` also caps the finer levels' steps unless
         `fine_steps` is given. A sampler chosen on the command line that cannot churn samples deterministically
-        unless churn is given."""
+        unless churn is given. `respacing` "" turns the run's eval.respacing off."""
         base = {f.name: getattr(eval_cfg, f.name, f.default) for f in fields(SamplingConfig)}
         sampler = sampler or eval_cfg.sampler
         if churn is None:
@@ -95,7 +97,8 @@ class SamplingSettings(SamplingConfig):
         return cls(**{**base, "sampler": sampler, "num_steps": steps or eval_cfg.num_steps,
                       "fine_num_steps": fine_steps,
                       "sigma_start": eval_cfg.sigma_start if sigma_start is None else sigma_start,
-                      "guidance": eval_cfg.guidance if guidance is None else guidance, "churn": churn})
+                      "guidance": eval_cfg.guidance if guidance is None else guidance, "churn": churn,
+                      **({} if respacing is None else {"respacing": respacing})})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +121,7 @@ def sample_latents(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
         denoiser = WindowedDenoiser(denoiser, window)
     z = sample_pyramid(denoiser, source, avail, target_label, seeds, model_cfg.pyramid_levels,
                        model_cfg.in_channels, s.sampler, s.num_steps, s.fine_num_steps, s.sigma_start, s.guidance,
-                       null_label=null_label, churn=s.churn)
+                       null_label=null_label, churn=s.churn, respacing=s.respacing)
     return z if mean is None else mean + scale * z
 
 
@@ -171,9 +174,13 @@ class TrainedRun:
 
     def settings(self, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                  churn: float | None = None, fine_steps: int | None = None,
-                 sigma_start: float | None = None) -> SamplingSettings:
+                 sigma_start: float | None = None, respacing: str | None = None) -> SamplingSettings:
         """The run's `cfg.eval` sampling settings with the command line's choices on top."""
-        return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance, churn, fine_steps, sigma_start)
+        if respacing and self.cfg.model.precond != "ddpm":
+            raise ValueError(f"--respacing {respacing} samples a ddpm run through its own loops; this run's "
+                             f"model.precond is {self.cfg.model.precond!r}.")
+        return SamplingSettings.resolve(self.cfg.eval, sampler, steps, guidance, churn, fine_steps, sigma_start,
+                                        respacing)
 
     def sample(self, source: torch.Tensor, avail: torch.Tensor, seeds: list[int],
                settings: SamplingSettings, target: str | None = None, label: int | None = None) -> torch.Tensor:

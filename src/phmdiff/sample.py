@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .diffusion.ddpm_sampling import ddpm_step, training_sigmas
 from .diffusion.edm import as_sigma
 from .masked_dit import null_condition
 from .pyramid import gaussian_pyramid, level_shapes, upsample
@@ -265,13 +266,15 @@ def sample_pyramid(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
                    seeds: list[int], levels: int, latent_channels: int, sampler: str = "heun", num_steps: int = 18,
                    fine_num_steps: int = 8, sigma_start: float = 2.0, guidance: float = 1.0,
                    sigma_min: float = 0.002, sigma_max: float = 80.0, null_label: int | None = None,
-                   churn: float = 0.0) -> torch.Tensor:
+                   churn: float = 0.0, respacing: str = "") -> torch.Tensor:
     """Coarse-to-fine sampling of the target latents (N, C, H, W) given the source latents (N, n_src*C, H, W).
 
     Every random draw comes from the sample's own seed (`StackedRandomGenerator`), so a sample does not
     depend on the batch it is in. Guidance's unconditional branch drops the sources; with `null_label` (a
     generation run, whose condition is the modality label) it also puts the null label in place of the label.
     `churn` > 0 (Heun and Euler): EDM's stochastic sampler with S_churn = churn, the same at every level.
+    `respacing` (a `ddpm` run): each level goes through the run's own respaced DDPM/DDIM loop
+    (`diffusion.ddpm_sampling`) instead of `sampler`, from the same start.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not available for pyramid sampling; expected one of "
@@ -290,6 +293,9 @@ def sample_pyramid(denoiser, source: torch.Tensor, avail: torch.Tensor, target_l
     step = SAMPLERS[sampler]
     if churn > 0:
         step = functools.partial(step, s_churn=churn, s_tmin=CHURN_TMIN, s_tmax=CHURN_TMAX, s_noise=CHURN_NOISE,
+                                 randn_like=rng.randn_like)
+    if respacing:
+        step = functools.partial(ddpm_step, respacing=respacing, training=training_sigmas(denoiser),
                                  randn_like=rng.randn_like)
     n = source.shape[0]
     x = None

@@ -7,6 +7,7 @@ names (a test keeps the two tables in step). A new sampler is one entry here, it
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -51,3 +52,16 @@ def sampler_spec(name: str) -> SamplerSpec:
     if name not in SAMPLER_SPECS:
         raise ValueError(f"sampler {name!r} is unknown; expected one of {', '.join(SAMPLER_SPECS)}.")
     return SAMPLER_SPECS[name]
+
+
+# A `ddpm` run may instead sample through its own Gaussian-diffusion loops (`diffusion/ddpm_sampling.py`) over the
+# steps respace.space_timesteps keeps: "ddimN" (DDIM, N steps), "N" or "N1,N2,..." (ancestral).
+RESPACING = re.compile(r"^(ddim[1-9]\d*|[1-9]\d*(,[1-9]\d*)*)$")
+
+
+def check_respacing(respacing: str) -> str:
+    """`respacing` if it names a spacing ("ddimN", "N" or "N1,N2,..."), else a sentence."""
+    if not RESPACING.match(str(respacing)):
+        raise ValueError(f"respacing {respacing!r} is not a spacing; expected ddimN (DDIM, N steps), N or N1,N2,... "
+                         "(ancestral, N steps in total or per section), e.g. ddim25 or 250.")
+    return str(respacing)

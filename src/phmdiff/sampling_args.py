@@ -13,6 +13,17 @@ from dataclasses import dataclass, fields
 
 from phmdiff.argtypes import COUNT, finite_float
 from phmdiff.sample import SAMPLERS
+from phmdiff.samplers import check_respacing
+
+
+def _respacing(text: str) -> str:
+    """An argparse type: a spacing (`samplers.check_respacing`), or "" for none."""
+    if text == "":
+        return text
+    try:
+        return check_respacing(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -27,8 +38,11 @@ class SamplingChoices:
     sigma_start: float | None = None
     churn: float | None = None
     guidance: float | None = None
+    respacing: str | None = None
 
     def __post_init__(self) -> None:
+        if self.respacing is not None and self.respacing != "":
+            check_respacing(self.respacing)
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler is {self.sampler!r}; expected one of {', '.join(SAMPLERS)}.")
         for flag, value in (("--steps", self.steps), ("--fine-steps", self.fine_steps)):
@@ -48,7 +62,7 @@ class SamplingChoices:
     def settings(self, trained):
         """The run's `cfg.eval` sampling settings with these choices on top (`inference.SamplingSettings`)."""
         return trained.settings(self.sampler, self.steps, self.guidance, self.churn, fine_steps=self.fine_steps,
-                                sigma_start=self.sigma_start)
+                                sigma_start=self.sigma_start, respacing=self.respacing)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, original_names: bool = False) -> None:
@@ -71,5 +85,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, original_names: bool
     group.add_argument("--guidance", *(["--cfg-scale"] if original_names else []), dest="guidance",
                        type=finite_float(0, 100), default=None,
                        help="classifier-free guidance scale W (1: none); default the run's eval.guidance")
+    group.add_argument("--respacing", type=_respacing, default=None,
+                       help="a ddpm run: sample through its own DDPM loop over these steps (ddimN: DDIM with N "
+                       "steps; N or N1,N2,...: ancestral), e.g. ddim25; '' turns the run's eval.respacing off; "
+                       "default the run's eval.respacing")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="the denoiser's arithmetic: fp32, or bf16 autocast")

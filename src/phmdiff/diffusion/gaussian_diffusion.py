@@ -221,12 +221,14 @@ class GaussianDiffusion:
         return out
 
     def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
-                 generator=None):
-        """One ancestral step x_t -> x_{t-1} (DDPM Algorithm 2)."""
+                 generator=None, randn_like=None):
+        """One ancestral step x_t -> x_{t-1} (DDPM Algorithm 2). `randn_like`: the noise source instead of
+        `generator` (per-sample seeded noise, so a sample does not depend on its batch)."""
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         if cond_fn is not None:
             out["mean"] = self.condition_mean(cond_fn, out, x, t, model_kwargs)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = randn_like(x) if randn_like is not None else \
+            torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         nonzero = append_dims((t != 0).to(x.dtype), x.ndim)  # no noise at the last step
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
@@ -236,6 +238,13 @@ class GaussianDiffusion:
             return noise
         device = device if device is not None else "cpu"
         return torch.randn(*shape, generator=generator, device=device)
+
+    def _indices(self, start=None):
+        """The steps of a sampling loop, from `start` (default the last) down to 0."""
+        start = self.num_timesteps - 1 if start is None else int(start)
+        if not 0 <= start < self.num_timesteps:
+            raise ValueError(f"a sampling loop starts at a step in [0, {self.num_timesteps - 1}], got {start}.")
+        return list(range(start + 1))[::-1]
 
     def _progress(self, indices, progress):
         if not progress:
@@ -252,13 +261,16 @@ class GaussianDiffusion:
         return deque(steps, maxlen=1)[0]["sample"]  # keep only the last step's output
 
     def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
-                                  cond_fn=None, model_kwargs=None, device=None, progress=False, generator=None):
-        """Yield the output dict of every ancestral step, from t = T-1 down to 0."""
+                                  cond_fn=None, model_kwargs=None, device=None, progress=False, generator=None,
+                                  start=None, randn_like=None):
+        """Yield the output dict of every ancestral step, from t = `start` (default T-1; `noise` is then x_start,
+        an SDEdit-style partial start) down to 0."""
         img = self._loop_start(shape, noise, device, generator)
-        for i in self._progress(list(range(self.num_timesteps))[::-1], progress):
+        for i in self._progress(self._indices(start), progress):
             t = torch.full((img.shape[0],), i, device=img.device, dtype=torch.long)
             with torch.no_grad():
-                out = self.p_sample(model, img, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, generator)
+                out = self.p_sample(model, img, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, generator,
+                                    randn_like)
             yield out
             img = out["sample"]
 
@@ -309,10 +321,10 @@ class GaussianDiffusion:
 
     def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
                                      cond_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0,
-                                     generator=None):
-        """Yield the output dict of every DDIM step, from t = T-1 down to 0."""
+                                     generator=None, start=None):
+        """Yield the output dict of every DDIM step, from t = `start` (default T-1) down to 0."""
         img = self._loop_start(shape, noise, device, generator)
-        for i in self._progress(list(range(self.num_timesteps))[::-1], progress):
+        for i in self._progress(self._indices(start), progress):
             t = torch.full((img.shape[0],), i, device=img.device, dtype=torch.long)
             with torch.no_grad():
                 out = self.ddim_sample(model, img, t, clip_denoised, denoised_fn, cond_fn, model_kwargs, eta,
