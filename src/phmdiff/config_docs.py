@@ -166,7 +166,7 @@ def _stages(key: str) -> str:
 
 def rows(cls, prefix: str = "") -> list[tuple[str, list[tuple[str, str, str, str, str]]]]:
     """(section key, [(key, type, default, meaning, stages)]) for `cls` and each dataclass section below it."""
-    comments = _comments(cls)
+    comments = {k: v for base in reversed(cls.__mro__[:-1]) for k, v in _comments(base).items()}  # inherited too
     own, sections = [], []
     for f in fields(cls):
         key = f"{prefix}{f.name}"
