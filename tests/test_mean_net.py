@@ -124,11 +124,11 @@ def test_the_factory_builds_the_pair_from_the_config():
     from phmdiff.demo import DEMO_CONFIG
     from phmdiff.factory import build_denoiser
 
-    cfg = load_config(DEMO_CONFIG, ["model.mean_net=unet", "model.mean_net_features=[4,4,8,8,8,4]"])
+    cfg = load_config(DEMO_CONFIG, ["model.mean_net_features=[4,4,8,8,8,4]"])  # the demo ships the pair
     model = build_denoiser(cfg, 2, 3)
     assert isinstance(model, MeanResidual) and model.mean_net.num_sources == 2
     assert model.denoiser.model.cfg.num_sources == 3  # the residual's denoiser sees the mean as one more source
-    assert not isinstance(build_denoiser(load_config(DEMO_CONFIG), 2, 3), MeanResidual)
+    assert not isinstance(build_denoiser(load_config(DEMO_CONFIG, ["model.mean_net=''"]), 2, 3), MeanResidual)
 
 
 def test_the_residual_is_seen_at_unit_scale_and_sampled_back_at_its_own():
