@@ -200,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder (created; must be empty unless --overwrite)")
     parser.add_argument("--kind", choices=KINDS, default="brain", help="brain (BraTS names) or pelvis (SynthRAD)")
     parser.add_argument("--subjects", type=whole(1, 100_000), default=6, help="number of subjects (default 6)")
-    parser.add_argument("--shape", type=whole(8, 1024), nargs=3, metavar=("X", "Y", "Z"), default=None,
+    parser.add_argument("--shape", type=whole(1, 2**20), nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="volume size in voxels (default brain 96 96 64, pelvis 128 96 40)")
     parser.add_argument("--seed", type=SEED, default=0, help="dataset seed (default 0)")
     parser.add_argument("--noise", type=finite_float(0, 10), default=0.03,
