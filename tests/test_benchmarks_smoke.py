@@ -59,6 +59,7 @@ def test_attention_flops_match_closed_form():
     assert counter[0] == 3 * 4 * 2 * 3 * 5 * 5 * 4  # forward 4 B H T^2 d, backward twice that
 
 
+@pytest.mark.slow  # 3 methods x 2 seeds of training and scoring: ~40 s on a quiet 2-core machine
 def test_quick_quality_scores_every_method_per_subject_and_seed(tmp_path, restore_threads):
     import quality
 
