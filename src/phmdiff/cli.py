@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from phmdiff.threads import set_threads
 
-        args = parser.parse_args(rest)
+        try:
+            args = parser.parse_args(rest)
+        except SystemExit as exc:  # argparse said why on stderr; a caller of main() gets the code, not an exception
+            return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
         set_threads(getattr(args, "threads", 0))  # every command uses the available cores unless told otherwise
         return int(module.run(args) or 0)
 
