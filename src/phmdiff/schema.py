@@ -269,8 +269,18 @@ def check_summary_json(summary, path) -> dict:
                 _int(v, path, f"protocols.{protocol}.{k}")
             elif k == "averaged_over":
                 _str(v, path, f"protocols.{protocol}.{k}")
+            elif k == "baseline_sources":  # region -> the source whose copy is the baseline there
+                for region, source in _dict(v, path, f"protocols.{protocol}.{k}").items():
+                    _str(source, path, f"protocols.{protocol}.{k}.{region}")
             else:
                 _stat(v, path, f"protocols.{protocol}.{k}")
+    flags = summary.get("below_baseline", [])
+    if not isinstance(flags, list):
+        raise _fail(path, "below_baseline", "a list", flags)
+    for i, flag in enumerate(flags):  # where the prediction scores below the baseline, each with its sentence
+        flag = _dict(flag, path, f"below_baseline[{i}]")
+        for k in ("protocol", "region", "sentence"):
+            _str(flag.get(k), path, f"below_baseline[{i}].{k}")
     _plain(_dict(summary.get("distribution", {}), path, "distribution"), path, "distribution")
     return summary
 
