@@ -68,3 +68,12 @@ def test_two_process_cpu_ddp_with_gloo_exits_cleanly(tmp_path):
             proc.wait()
     assert proc.returncode == 0, stderr[-2000:]
     assert "rank 0 main True" in stdout and "rank 1 main False" in stdout
+
+
+def test_a_second_training_in_one_process_may_change_precision():
+    """A benchmark trains several configs in one process: fp32 first, then bf16 autocast, must both be honoured."""
+    from phmdiff.training.distributed import setup_accelerator
+
+    assert setup_accelerator("no", device="cpu").mixed_precision == "no"
+    assert setup_accelerator("bf16", device="cpu").mixed_precision == "bf16"
+    assert setup_accelerator("no", device="cpu").mixed_precision == "no"

@@ -51,6 +51,13 @@ def setup_accelerator(amp: str = "no", grad_accum: int = 1, device: str = "auto"
     # fine-tune; the coarse-level inputs at the coarsest level), which DDP refuses unless told to look for them.
     kwargs = [InitProcessGroupKwargs(timeout=timedelta(minutes=30)),
               DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if not launched_distributed():
+        # Accelerate keeps one precision per process; a second training in the same process (a benchmark's
+        # variants, a notebook) may ask for another one, which it refuses unless its shared state is reset.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     return Accelerator(
         cpu=cpu,
         mixed_precision=resolve_amp(amp, chosen),
