@@ -110,7 +110,9 @@ class Context:
         self.baseline_sources = {r: first[f"baseline_source_{r}"] for r in REGIONS if first.get(f"baseline_source_{r}")}
 
     def why(self, key: str, prefix: str, protocol: str) -> str:
-        if not PROTOCOL_SPECS[protocol].scores(self.kind) and self.notes.get(f"{protocol}_note"):
+        """Why a cell is empty; `protocol` '' (a note about every protocol) or one of PROTOCOL_SPECS."""
+        spec = PROTOCOL_SPECS.get(protocol)
+        if spec is not None and not spec.scores(self.kind) and self.notes.get(f"{protocol}_note"):
             return self.notes[f"{protocol}_note"]
         if prefix == "baseline_" and not self.baseline:
             return ("CT target: an MR source has no HU to copy" if self.kind == "ct"
@@ -126,7 +128,7 @@ class Context:
                     else "the segmentation holds no tumour voxel")
         if key == "ms_ssim":
             return self.notes["ms_ssim_note"] or "not computed"
-        if PROTOCOL_SPECS[protocol].challenge:
+        if spec is not None and spec.challenge:
             return f"not part of the {protocol} protocol"
         return "not computed for this input"
 
@@ -216,14 +218,15 @@ def tables(ev: Path, meta: dict) -> str:
     for protocol, st in summary["protocols"].items():
         extra = PROTOCOL_EXTRA.get(protocol, ())
         note = ctx.notes.get(f"{protocol}_note")
-        if not PROTOCOL_SPECS[protocol].scores(kind) and note:  # one line, not a row of repeated blanks
+        spec = PROTOCOL_SPECS.get(protocol)  # None: a name this version does not know, shown as it is
+        if spec is not None and not spec.scores(kind) and note:  # one line, not a row of repeated blanks
             body.append(f"<tr><td class='id'>{e(protocol)}</td><td class='blank' colspan='6'>&ndash; "
                         f"{e(note)}</td></tr>")
             continue
         for label, prefix in _rows_kinds(ctx):
             if prefix == "noise_free_" and not any(k.startswith(prefix) for k in st):
                 continue  # only the phantom has one: a row of blanks would say nothing
-            pooled = PROTOCOL_SPECS[protocol].pooled_slices and not prefix
+            pooled = spec is not None and spec.pooled_slices and not prefix
             n = st.get("n_slices") if pooled else st["n_subjects"]
             n_unit = "slices" if pooled else "subjects"
             cells = [_cell(st.get(prefix + k), k, kind, ctx.why(k, prefix, protocol), protocol)
