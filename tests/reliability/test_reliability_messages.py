@@ -42,7 +42,7 @@ def _full_disk(path: Path, leave: int = 16 * 1024):
 
 def _one_line(capsys, code: int, name: Path) -> str:
     err = capsys.readouterr().err.strip().splitlines()
-    err = [line for line in err if "%|" not in line]  # progress bars
+    err = [line for line in err if "%|" not in line and not line.startswith(fx.INFO_PREFIXES)]  # progress, device
     assert code == 2 and len(err) == 1, err
     assert ("No space left on device" in err[0] or "disk is probably full" in err[0]) and str(name) in err[0], err
     assert "Traceback" not in err[0]

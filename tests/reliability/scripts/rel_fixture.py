@@ -77,8 +77,9 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120, check: bool =
 
 
 # What a run says while it works (`--no-progress` logs, the device line): not part of a failure's one sentence.
+# Informational lines a command may print before its one error sentence: progress, the device, a resume.
 INFO_PREFIXES = ("train: step ", "train-ae: step ", "phmdiff train: running on", "phmdiff train-ae: running on",
-                 "phmdiff translate: running on", "translate: ")
+                 "phmdiff translate: running on", "phmdiff generate: running on", "translate: ", "train: resuming ")
 
 
 def sentences(stderr: str) -> list[str]:
