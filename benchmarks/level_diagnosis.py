@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     from phmdiff.sample import level_kwargs
 
     trained = load_trained(args.run, "cpu")
+    if hasattr(trained.denoiser, "mean_net"):
+        raise SystemExit(f"{args.run}: a mean-and-residual run (model.mean_net): its pyramid denoises the residual, "
+                         "which this diagnosis of the target's pyramid does not handle; pass a run without it.")
     levels = trained.cfg.model.pyramid_levels
     if levels < 2:
         raise SystemExit(f"{args.run}: has {levels} pyramid level; the diagnosis compares two or more.")

@@ -29,6 +29,7 @@ import torch
 from common import budget_pacer, print_table, set_threads, write_result
 from torch import nn
 
+from phmdiff.mean_net import MeanResidual
 from phmdiff.sample import SAMPLERS
 
 QUALITY_RUN = Path("bench_out") / "quality" / "brain_t1t2_to_flair"
@@ -84,8 +85,10 @@ def ensure_run(args) -> Path:
 
 @torch.no_grad()
 def curve(trained, counter: CountingDenoiser, source: torch.Tensor, target: np.ndarray, mask: np.ndarray,
-          seeds: list[int], plan: list[dict], batch: int = 64) -> list[dict]:
-    """PSNR (prepared [0, 1] units, data range 1, foreground) and spread-error ratio of each setting in `plan`."""
+          seeds: list[int], plan: list[dict], batch: int = 64, model=None) -> list[dict]:
+    """PSNR (prepared [0, 1] units, data range 1, foreground) and spread-error ratio of each setting in `plan`;
+    `model` (default `counter`) is what samples, with `counter` inside it counting the network calls."""
+    model = counter if model is None else model
     from phmdiff.eval.metrics import psnr
     from phmdiff.inference import SamplingSettings, decode_target, encode_sources, sample_latents
 
@@ -97,7 +100,7 @@ def curve(trained, counter: CountingDenoiser, source: torch.Tensor, target: np.n
             x = source[lo : lo + batch].to(dev)
             n = x.shape[0]
             cond = encode_sources(trained.autoencoder, x, trained.latent_scale)
-            z = sample_latents(counter, cond, torch.ones(n, x.shape[1], device=dev),
+            z = sample_latents(model, cond, torch.ones(n, x.shape[1], device=dev),
                                torch.full((n,), label, device=dev), seed_list[lo : lo + n], cfg.model, settings)
             pred.append(decode_target(trained.autoencoder, z, trained.latent_scale)[:, 0].cpu().numpy())
         return np.concatenate(pred)
@@ -172,9 +175,13 @@ def main(argv=None) -> int:
     target = (torch.stack([it["target"][0] for it in items]).numpy() + 1) / 2  # (n, H, W) in [0, 1]
     mask = target > 0.02  # foreground of the normalized reference
     seeds = [subject_seed(0, it["subject"], 0, it["index"]) for it in items]
-    counter = CountingDenoiser(trained.denoiser)
+    model = trained.denoiser
+    if isinstance(model, MeanResidual):  # count the residual's network calls; sample_latents adds the mean
+        model.denoiser = counter = CountingDenoiser(model.denoiser)
+    else:
+        model = counter = CountingDenoiser(model)
     rows = curve(trained, counter, source, target, mask, seeds,
-                 plans(trained.cfg.model.pyramid_levels, steps, trained.cfg.eval.sigma_start))
+                 plans(trained.cfg.model.pyramid_levels, steps, trained.cfg.eval.sigma_start), model=model)
     summary = {"overall": fewest_within(rows)}
     honest = [r for r in rows if r["spread_error_ratio"] >= MIN_SPREAD]
     if honest:  # the fewest NFE among settings that still sample (spread-error ratio >= MIN_SPREAD)

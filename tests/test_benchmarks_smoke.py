@@ -93,7 +93,7 @@ def test_quick_quality_scores_every_method_per_subject_and_seed(tmp_path, restor
     assert "ms_swd_single" in comp["unet"]
     run = b["runs"]["phmdiff_mean2"][0]
     assert run["network_calls_per_volume"] == 16 * run["calls_per_slice_per_sample"] * 2  # 16 slices x 2 samples
-    assert run["calls_per_slice_per_sample"] == 4  # DDIM 2 + 2 steps over two levels
+    assert run["calls_per_slice_per_sample"] == 4 + 1  # DDIM 2 + 2 steps over two levels, and the mean network
     assert b["runs"]["unet"][0]["train_clock_seconds"] >= 3.0
 
     # rendered: tables from the JSON, and a learning curve once a second budget exists (here a relabelled copy)
