@@ -255,11 +255,20 @@ def make_brain_subject(seed, shape=(96, 96, 64), tumour: bool = True, noise: flo
         bias = np.exp(0.12 * coil + 0.04 * smooth_field(rng, shape, 3))  # smooth multiplicative bias
         clean = blur3(table[labels] * texture * bias)
         sigma = noise * float(clean[wm].mean()) if wm.any() else noise * float(table[TISSUES["wm"]])
-        noisy, clean = quantize(rician(clean, sigma, rng) if noise > 0 else clean, clean)
-        out[name], out[f"{name}_noise_free"] = (noisy if noise > 0 else clean.copy()), clean
-    seg = np.zeros(shape, np.uint8)
+        out[name], out[f"{name}_noise_free"] = acquire(clean, sigma, noise, rng)
+    return {**out, **label_maps(labels)}
+
+
+def acquire(clean: np.ndarray, sigma: float, noise: float, rng: np.random.Generator):
+    """(noisy, noise-free) images of one sequence, both stored as the scanner would: Rician noise of std sigma
+    where `noise` > 0, then quantized (the noise-free image is a copy when there is no noise)."""
+    noisy, clean = quantize(rician(clean, sigma, rng) if noise > 0 else clean, clean)
+    return (noisy if noise > 0 else clean.copy()), clean
+
+
+def label_maps(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The BraTS segmentation (uint8) and the tissue map of a subject's tissue labels."""
+    seg = np.zeros(labels.shape, np.uint8)
     for name, value in BRATS_LABELS.items():
         seg[labels == TISSUES[name]] = value
-    out["seg"] = seg
-    out["tissue"] = labels
-    return out
+    return {"seg": seg, "tissue": labels}

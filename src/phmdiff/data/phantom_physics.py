@@ -23,7 +23,6 @@ from scipy import ndimage
 
 from phmdiff.data.phantom_brain import (
     BRAIN_FOV_MM,
-    BRATS_LABELS,
     FLAIR,
     GD_CONCENTRATION_MM,
     GD_R1_PER_MM_S,
@@ -31,12 +30,12 @@ from phmdiff.data.phantom_brain import (
     T1W,
     T2W,
     TISSUES,
+    acquire,
     blur3,
     brain_anatomy,
     inversion_recovery,
+    label_maps,
     null_inversion_time,
-    quantize,
-    rician,
     smooth_field,
     spin_echo,
 )
@@ -117,11 +116,5 @@ def make_brain_subject_literature(seed, shape=(96, 96, 64), tumour: bool = True,
         bias = sequence_bias(coil, smooth_field(rng, shape, 3))
         clean = blur3((SIGNAL_SCALE * signal()).astype(np.float32) * texture * bias)
         sigma = noise * float(clean[wm].mean()) if wm.any() else noise * SIGNAL_SCALE
-        noisy, clean = quantize(rician(clean, sigma, rng) if noise > 0 else clean, clean)
-        out[name], out[f"{name}_noise_free"] = (noisy if noise > 0 else clean.copy()), clean
-    seg = np.zeros(shape, np.uint8)
-    for name, value in BRATS_LABELS.items():
-        seg[labels == TISSUES[name]] = value
-    out["seg"] = seg
-    out["tissue"] = labels
-    return out
+        out[name], out[f"{name}_noise_free"] = acquire(clean, sigma, noise, rng)
+    return {**out, **label_maps(labels)}
