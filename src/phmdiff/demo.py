@@ -298,10 +298,6 @@ def run(args: argparse.Namespace) -> int:
     args.subjects = args.subjects or (8 if args.task == "generate" else 16)
     if args.subjects < 3:
         raise ValueError(f"--subjects is {args.subjects}; the demo needs at least 3 (train, validation, test).")
-    if args.threads < 0:
-        raise ValueError(f"--threads is {args.threads}; expected 0 (every available core) or more.")
-    if args.n_samples < 1:
-        raise ValueError(f"--n-samples is {args.n_samples}; expected 1 or more.")
     if args.task == "generate":
         run_generate_demo(args.out or "demo_gen", args.overrides, args.subjects, config=args.config,
                           progress=not args.no_progress, log=lambda msg: print(msg, flush=True), threads=args.threads)
