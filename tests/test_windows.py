@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from phmdiff.inference import SamplingSettings, crop_plane, pad_plane, sample_latents
+from phmdiff.inference import SamplingSettings, sample_latents
+from phmdiff.plane import crop_plane, pad_plane
 from phmdiff.windows import WindowedDenoiser, gaussian_weights, window_starts
 
 

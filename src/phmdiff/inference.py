@@ -22,7 +22,6 @@ from phmdiff.factory import build_denoiser
 from phmdiff.masked_dit import masked_dit_config
 from phmdiff.mean_net import MeanResidual
 from phmdiff.plan import RunPlan, plan_of
-from phmdiff.plane import crop_plane, pad_plane  # noqa: F401 - their home before plane.py
 from phmdiff.sample import check_churn, sample_pyramid
 from phmdiff.samplers import SAMPLER_SPECS, check_respacing, sampler_spec
 from phmdiff.windows import WindowedDenoiser
