@@ -6,6 +6,7 @@ folder beside it is checksummed before and after). A few examples by default, ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -111,12 +112,14 @@ def test_fuzzed_options_end_in_0_1_2_and_touch_nothing_outside_out(world, tmp_pa
             "--out", str(work / "out")]
     for which, value in picks:
         argv += _args(options[which % len(options)], value)
-    try:
-        code = main(argv)
+    (work / "cwd").mkdir()
+    try:  # a fuzzed relative --out (e.g. "-") is a folder the user named: it lands in this cwd, not the repository
+        with contextlib.chdir(work / "cwd"):
+            code = main(argv)
     except SystemExit as exc:  # argparse refused an option
         code = exc.code
     err = capsys.readouterr().err
     assert code in (0, 1, 2) and "Traceback" not in err, (argv, err)
     assert fx.files_of(root / "victim") == victim_before
-    outside = {p.name for p in work.iterdir()} - {"tr", "out"}
+    outside = {p.name for p in work.iterdir()} - {"tr", "out", "cwd"}
     assert not outside, outside
