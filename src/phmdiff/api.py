@@ -88,8 +88,9 @@ def as_image(image, affine=None, spacing=None, what: str = "image") -> Image:
 
 @dataclass
 class Translation:
-    """A translated volume in the input's geometry and type: the mean of the samples, their per-voxel std and
-    each sample; `target` and `sources` name the modalities."""
+    """A translated volume in the input's geometry and type: the mean of the samples, their per-voxel std (times
+    the run's validation std calibration when it records one, as translate writes it) and each sample; `target`
+    and `sources` name the modalities."""
 
     mean: object
     std: object

@@ -67,7 +67,8 @@ MEANINGS = {
     "eval.sampler": "sampler for validation, translate and generate",
     "eval.num_steps": "sampling steps at the coarsest level",
     "eval.guidance": "classifier-free guidance scale (1: none)",
-    "eval.n_samples": "samples per validation slice (their mean is scored)",
+    "eval.n_samples": "samples per validation slice: their mean is scored and, with 2 or more, their std is "
+                      "calibrated against its error (the factor translate applies to the std volume)",
     "eval.num_val_slices": "validation slices scored",
     "log.log_every": "a log line (and TensorBoard scalars) every this many steps",
     "log.ckpt_every": "a checkpoint every this many steps",

@@ -7,6 +7,7 @@ by `phmdiff.devices`, so inference works without the training stack (a test chec
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -141,6 +142,7 @@ class TrainedRun:
     plan: RunPlan
     checkpoint: Path
     device: torch.device
+    std_scale: float | None = None  # the checkpoint's validation std calibration (training.loop.validate)
 
     @property
     def identity(self) -> dict:
@@ -216,4 +218,8 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema
     denoiser = build_denoiser(cfg, len(plan.sources), len(plan.modalities))
     denoiser.load_state_dict(state)
     denoiser = denoiser.to(dev).eval().requires_grad_(False)
-    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, plan, path, dev)
+    # the std calibration was fitted on the checkpoint's EMA weights: none for the raw ones or weights loaded over
+    val = ckpt.meta.get("validation") if ema and state_dict is None else None
+    scale = val.get("std_scale") if isinstance(val, dict) else None
+    scale = float(scale) if isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0 else None
+    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, plan, path, dev, scale)

@@ -248,6 +248,7 @@ class Prediction:
     samples: np.ndarray  # (n_samples, X, Y, Z)
     norm: NormParams
     grid: Grid
+    std_scale: float | None = None  # the run's validation std calibration; None: the samples' own spread
 
     @property
     def mean(self) -> np.ndarray:
@@ -255,7 +256,9 @@ class Prediction:
 
     @property
     def std(self) -> np.ndarray:
-        return self.samples.std(0)
+        """The per-voxel uncertainty: the samples' std, times the run's calibration when it has one."""
+        spread = self.samples.std(0)
+        return spread if self.std_scale is None else spread * np.float32(self.std_scale)
 
 
 @dataclass
@@ -297,4 +300,4 @@ class VolumeTranslator:
             samples.append(invert(preds[j], spec, pads, target, norm, grid))
             if on_sample is not None:
                 on_sample(j)
-        return Prediction(np.stack(samples), norm, grid)
+        return Prediction(np.stack(samples), norm, grid, self.trained.std_scale)

@@ -243,6 +243,8 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
         say("translate: note: this run records no training voxel spacing (its data was prepared before phmdiff "
             "recorded it); the inputs' spacing is not checked.")
     translator = VolumeTranslator(trained, sampling, opt, say)
+    if opt.n_samples > 1:
+        say(_std_sentence(trained.std_scale))
     work = [(s, t, used) for s in subjects for t, used in plans[s.id] if (s.id, t) not in kept]
     if kept:
         say(f"translate: --continue: {len(kept)} subject(s) already complete in {out} (checksums match), "
@@ -419,6 +421,7 @@ def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -
         "seg": str(sub.mask.resolve()) if sub.mask and is_brats else None,
         "source_images": {m: str(sub.paths[m].resolve()) for m in sources},
         "seeds": {"seed": seed, "n_samples": n_samples},
+        "std_scale": pred.std_scale if n_samples > 1 else None,
         "target_norm": asdict(pred.norm),
         "dtype": str(dtype),
         "spacing": {"input": pred.grid.in_plane, "training": settings.spacing,
@@ -426,6 +429,15 @@ def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -
     }
     entry["checksums"] = checksums(out, entry)
     return entry
+
+
+def _std_sentence(scale: float | None) -> str:
+    """What the std volume is: the samples' spread, calibrated on the run's validation slices or not."""
+    if scale is None:
+        return ("translate: note: the std volume is the samples' own spread, uncalibrated: this checkpoint records "
+                "no validation std calibration (train with eval.n_samples >= 2 and validation on to fit one).")
+    return (f"translate: the std volume is the samples' spread x {scale:.2f}, the factor that matched it to the "
+            "error on the run's validation slices (std_scale in translate.json).")
 
 
 def _check_direction_choice(ident: dict, target: str | None, use_sources: list[str] | None) -> None:

@@ -290,7 +290,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 if is_main:
                     if bar is None:  # --no-progress: one line every log.log_every steps instead of the bar
                         log(f"train: step {step}/{t.max_num_steps}  loss {row['loss']:.4f}  "
-                            f"{row['sec_per_step']:.3f} s/step" + (f"  val PSNR {val['psnr']:.2f} dB" if val else ""))
+                            f"{row['sec_per_step']:.3f} s/step" + (f"  val PSNR {val['psnr']:.2f} dB" if val else "")
+                            + (f"  std calibration x{val['std_scale']:.2f}" if val and "std_scale" in val else ""))
                     _append_csv(run_dir / "log.csv", row)
                     if writer is not None:
                         for k, v in row.items():
@@ -327,7 +328,10 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
 
 @torch.no_grad()
 def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict:
-    """Few-step coarse-to-fine translation of validation slices; mean PSNR/SSIM in [0, 1] units over all ranks."""
+    """Few-step coarse-to-fine translation of validation slices, `eval.n_samples` samples each: PSNR/SSIM of
+    their mean in [0, 1] units over all ranks and, with 2 or more samples, the std calibration: `std_scale`, the
+    RMS error of the mean over the RMS of the samples' std on the slices' foreground (translate multiplies the
+    std volume it writes by it, so that the reported uncertainty matches the error seen on validation)."""
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     meta = load_cache_meta(cfg.data.cache)
@@ -339,7 +343,9 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
         return {"psnr": math.nan, "ssim": math.nan, "n": 0}
     picks = np.unique(np.linspace(0, len(val) - 1, min(cfg.eval.num_val_slices, len(val))).round().astype(int))
     mine = picks[rank::world]  # validation is split across ranks
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    n_samples = max(int(cfg.eval.n_samples), 1)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # psnr, ssim, slices, error^2, std^2 (foreground)
+    pixels = torch.zeros(1, dtype=torch.float64, device=device)
     denoiser.eval()
     settings = SamplingSettings.resolve(cfg.eval)
     panel = None
@@ -351,18 +357,41 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
         cond = encode_sources(ae, src, scale)
         avail = torch.stack([it["avail"] for it in items]).to(device)  # (N, n_src): ones unless any-to-any
         label = torch.tensor([it["target_label"] for it in items], device=device)
-        z = sample_latents(denoiser, cond, avail, label, [int(i) for i in mine[lo : lo + 16]], cfg.model, settings)
-        pred = decode_target(ae, z, scale).cpu()
+        preds = torch.stack([decode_target(ae, sample_latents(
+            denoiser, cond, avail, label, [int(i) + j * len(val) for i in mine[lo : lo + 16]], cfg.model, settings),
+            scale).cpu() for j in range(n_samples)])  # (n_samples, N, 1, H, W)
+        pred = preds.mean(0)
         for p, r in zip(pred[:, 0].numpy(), ref[:, 0].numpy()):
-            sums += torch.tensor([psnr(p, r, data_range=1.0), ssim(p, r, data_range=1.0), 1.0],
-                                 dtype=torch.float64, device=device)
+            sums[:3] += torch.tensor([psnr(p, r, data_range=1.0), ssim(p, r, data_range=1.0), 1.0],
+                                     dtype=torch.float64, device=device)
+        if n_samples > 1:
+            err2, std2, count = calibration_sums(preds, ref, src.cpu())
+            sums[3] += err2
+            sums[4] += std2
+            pixels += count
         if panel is None:
             panel = torch.cat([(src[:4, 0:1].cpu() + 1) / 2, ref[:4], pred[:4], (pred[:4] - ref[:4]).abs()], dim=3)
-    sums = accelerator.reduce(sums, "sum")
+    sums, pixels = accelerator.reduce(sums, "sum"), accelerator.reduce(pixels, "sum")
     if writer is not None and panel is not None:
         writer.add_images("val/source|target|prediction|error", panel.clamp(0, 1), step)
     n = max(float(sums[2]), 1.0)
-    return {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n, "n": int(sums[2])}
+    out = {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n, "n": int(sums[2]), "n_samples": n_samples}
+    if n_samples > 1 and float(pixels[0]) > 0 and float(sums[4]) > 0:
+        rms_error, rms_std = math.sqrt(float(sums[3] / pixels[0])), math.sqrt(float(sums[4] / pixels[0]))
+        out.update(rms_error=rms_error, rms_std=rms_std, std_scale=rms_error / rms_std)
+    return out
+
+
+def calibration_sums(samples: torch.Tensor, ref: torch.Tensor, src: torch.Tensor) -> tuple[float, float, float]:
+    """The std calibration's sums over the foreground (anything above 2 % of the range in the target or a source):
+    squared error of the samples' mean, squared std of the samples (population std, as translate's std volume),
+    and the pixel count. `samples` (n, N, 1, H, W) and `ref` (N, 1, H, W) in [0, 1]; `src` (N, n_src, H, W) in
+    [-1, 1]."""
+    fg = (ref > 0.02) | ((src + 1) / 2 > 0.02).any(1, keepdim=True)
+    samples = samples.double()
+    err2 = float(((samples.mean(0) - ref.double())[fg] ** 2).sum())
+    std2 = float((samples.std(0, unbiased=False)[fg] ** 2).sum())
+    return err2, std2, float(fg.sum())
 
 
 def _resume_from(resume: str, run_dir: Path) -> Path | None:
