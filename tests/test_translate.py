@@ -130,3 +130,26 @@ def test_respacing_an_edm_run_is_one_sentence(tiny_run, tmp_path, capsys):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--respacing ddim5 samples a ddpm run through its own loops" in err[-1] and not (tmp_path / "out").exists()
+
+
+def test_slices_along_the_runs_axis_whatever_the_inputs_spacing(trained, tmp_path):
+    from phmdiff.checkpoint_io import load_checkpoint, resolve_checkpoint
+    from phmdiff.fingerprint import AXIS_NAMES
+
+    recorded = load_checkpoint(resolve_checkpoint(trained / "run", "best")).meta["plan"]["slice_axis"]
+    other = (recorded["axis"] + 1) % 3  # phantom arrays are RAS: array axis = RAS axis
+    sub = tmp_path / "in" / "PHANTOM_00002"
+    sub.mkdir(parents=True)
+    for f in (trained / "ph" / "PHANTOM_00002").glob("*.nii.gz"):
+        img = nib.load(f)
+        affine = img.affine.copy()
+        affine[:3, other] *= 10  # now the coarsest: the input's own slicing rule would cut along `other`
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), sub / f.name)
+    said = []
+    meta = translate(trained / "run", sub, tmp_path / "out", progress=False, resample=False, log=said.append)
+    entry = meta["subjects"][0]
+    assert entry["slice_axis"] == recorded["name"] == AXIS_NAMES[recorded["axis"]]
+    assert any(f"sliced along the {recorded['name']}" in m and AXIS_NAMES[other] in m for m in said), said
+    pred = nib.load(tmp_path / "out" / entry["prediction"])
+    assert pred.shape == (16, 16, 16) and np.allclose(pred.affine, affine)
+    assert np.isfinite(pred.get_fdata()).all() and pred.get_fdata().std() > 0

@@ -26,6 +26,7 @@ from phmdiff.data import volume
 from phmdiff.data.prepare import subject_norm
 from phmdiff.data.readers import stored_dtype
 from phmdiff.data.volume import NormParams, VolumeSettings, load_subject_volumes, relative_norm, slices_to_volume
+from phmdiff.fingerprint import AXIS_NAMES
 from phmdiff.inference import SamplingSettings, TrainedRun, decode_target, encode_sources, plane_multiple
 from phmdiff.plane import Pads, crop_plane, plane_slices
 from phmdiff.sampling_args import PRECISIONS
@@ -274,8 +275,14 @@ class VolumeTranslator:
     read = staticmethod(read_volumes)
 
     def settings(self, sources: list[str]) -> VolumeSettings:
-        """The run's per-volume settings for a subject translated from `sources`."""
-        return VolumeSettings.from_dict({**self.trained.identity["volume_settings"], "modalities": sources})
+        """The run's per-volume settings for a subject translated from `sources`. An `auto` slice axis becomes the
+        axis prepare sliced the training data along, when it recorded one: the model knows that plane's anatomy,
+        whatever the input's own coarsest spacing."""
+        settings = self.trained.plan.volume_settings(sources)
+        record = self.trained.plan.slice_axis
+        if settings.axis == "auto" and isinstance(record, dict) and record.get("axis") in (0, 1, 2):
+            settings = replace(settings, axis=int(record["axis"]))
+        return settings
 
     def predict(self, volumes: dict, affine, target: str, sources: list[str], name: str,
                 on_sample: Callable[[int], None] | None = None) -> Prediction:
@@ -284,8 +291,13 @@ class VolumeTranslator:
         `name` seeds the samples (a subject's id); `on_sample(j)` is called as sample j is done.
         """
         o = self.options
-        volumes, affine, grid = to_training_grid({m: volumes[m] for m in sources}, affine, self.settings(sources),
-                                                 o.resample, self.say, name)
+        settings = self.settings(sources)
+        own = sp.slice_plane(affine)[0]
+        if settings.axis != "auto" and own != settings.axis:
+            self.say(f"translate: {name}: sliced along the {AXIS_NAMES[settings.axis]} axis, as the run's training "
+                     f"data was, although this input's coarsest spacing is along the {AXIS_NAMES[own]} axis.")
+        volumes, affine, grid = to_training_grid({m: volumes[m] for m in sources}, affine, settings, o.resample,
+                                                 self.say, name)
         slices, spec, pads = plane_slices(volumes, affine, grid.settings, plane_multiple(self.trained.cfg))
         del volumes
         k = 2 * spec.context + 1

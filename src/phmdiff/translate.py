@@ -43,6 +43,7 @@ from phmdiff.data.names import ALIASES, canonical, output_stem
 from phmdiff.data.readers import LAYOUTS, _nifti_stem, check_input_folder, detect_layout, find_subjects
 from phmdiff.data.volume import VolumeSettings
 from phmdiff.devices import run_device
+from phmdiff.fingerprint import AXIS_NAMES
 from phmdiff.finite import check_finite_numbers
 from phmdiff.fsutil import (
     atomic_dir,
@@ -424,6 +425,7 @@ def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -
         "std_scale": pred.std_scale if n_samples > 1 else None,
         "target_norm": asdict(pred.norm),
         "dtype": str(dtype),
+        "slice_axis": AXIS_NAMES[settings.axis],
         "spacing": {"input": pred.grid.in_plane, "training": settings.spacing,
                     "resampled": pred.grid.resampling is not None},
     }
