@@ -29,6 +29,8 @@ def test_demo_runs_the_whole_chain_and_reports_the_four_scores(tmp_path):
     p = mean["prediction"]
     assert p["rms_std"] > 0 and p["rms_error"] > 0 and -1 <= p["std_error_correlation"] <= 1
     assert any("edema ratio" in line for line in lines) and any("uncertainty: RMS std" in line for line in lines)
+    assert p["error_over_std_tumour"] > 0 and p["error_over_std_healthy"] > 0
+    assert any("error / std per subject" in line and all(sid in line for sid in scored) for line in lines)
     assert (tmp_path / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "demo.json").is_file() and any("PSNR" in line for line in lines)
     for sid in result["test_subjects"]:
@@ -62,6 +64,7 @@ def test_generate_demo_writes_one_grid_row_per_modality(tmp_path):
     from PIL import Image
 
     from phmdiff.demo import run_generate_demo
+    from phmdiff.image_grid import GAP, MIN_CELL
 
     tiny = ["data.resolution=16", "model.in_size=16", "train.max_num_steps=2", "train.unmasked_finetune_steps=0",
             "train.batchsize=4", "eval.sampler=ddim", "eval.churn=0", "eval.num_steps=2", "eval.fine_num_steps=1"]
@@ -69,7 +72,11 @@ def test_generate_demo_writes_one_grid_row_per_modality(tmp_path):
     result = run_generate_demo(tmp_path, tiny, subjects=3, shape=(16, 16, 16), progress=False, log=lines.append,
                                per_label=2)
     assert list(result["modalities"]) == ["t1", "t2", "flair"]
-    assert Image.open(tmp_path / "grid.png").size == (2 * (2 * 16 + 2), 3 * 16)  # (sample | nearest) x 2, 3 rows
+    # 3 rows (a modality each) of 2 x (sample | nearest training slice), titles above and at the left
+    cell = 16 * max(1, -(-MIN_CELL // 16))
+    grid = np.asarray(Image.open(tmp_path / "grid.png").convert("L"))
+    top, left = grid.shape[0] - 3 * (cell + GAP), grid.shape[1] - 4 * (cell + GAP)
+    assert top > 0 and left > 0 and (grid[:top] < 128).any() and (grid[top:, :left] < 128).any()
     assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "generate" / "t2" / "nearest.json").is_file()
     assert any("nearest-slice RMS distance" in line for line in lines)
 

@@ -153,3 +153,22 @@ def test_slices_along_the_runs_axis_whatever_the_inputs_spacing(trained, tmp_pat
     pred = nib.load(tmp_path / "out" / entry["prediction"])
     assert pred.shape == (16, 16, 16) and np.allclose(pred.affine, affine)
     assert np.isfinite(pred.get_fdata()).all() and pred.get_fdata().std() > 0
+
+
+def test_run_may_be_a_state_dict_file(trained, tmp_path):
+    import torch
+
+    from phmdiff.checkpoint_io import load_checkpoint, resolve_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    ema = load_checkpoint(resolve_checkpoint(run, "best")).ema_state
+    torch.save(ema, run / "same.pth")
+    torch.save({k: v * 1.5 if v.is_floating_point() else v for k, v in ema.items()}, run / "other.pth")
+    subject = trained / "ph" / "PHANTOM_00001"
+    metas = {name: translate(where, subject, tmp_path / name, progress=False)
+             for name, where in (("folder", run), ("same", run / "same.pth"), ("other", run / "other.pth"))}
+    rel = metas["folder"]["subjects"][0]["prediction"]
+    data = {name: (tmp_path / name / rel).read_bytes() for name in metas}
+    assert data["same"] == data["folder"] != data["other"]
+    assert metas["folder"]["weights"] == "ema" and metas["same"]["weights"] == str((run / "same.pth").resolve())

@@ -74,10 +74,12 @@ def score(meta: dict, out: Path, copy_source: str) -> dict:
         if s.get("std"):
             pred_n, ref_n, (lo, hi) = normalize_pair(candidates["prediction"], ref, mask)
             std = _load(out / s["std"]) / (hi - lo)
-            corr = uncertainty_error_correlation(std, pred_n - ref_n, mask)["pearson"]
-            row["prediction"].update(rms_std=float(np.sqrt(np.mean(std[mask] ** 2))),
-                                     rms_error=float(np.sqrt(np.mean((pred_n - ref_n)[mask] ** 2))),
-                                     std_error_correlation=corr)
+            err = pred_n - ref_n
+            corr = uncertainty_error_correlation(std, err, mask)["pearson"]
+            row["prediction"].update(rms_std=_rms(std[mask]), rms_error=_rms(err[mask]), std_error_correlation=corr)
+            if seg is not None and (seg > 0).any() and (mask & (seg == 0)).any():  # calibration per tissue
+                for region, where in (("tumour", mask & (seg > 0)), ("healthy", mask & (seg == 0))):
+                    row["prediction"][f"error_over_std_{region}"] = _rms(err[where]) / max(_rms(std[where]), 1e-12)
         rows.append(row)
     summary = {}
     for name in rows[0]:
@@ -85,6 +87,10 @@ def score(meta: dict, out: Path, copy_source: str) -> dict:
             keys = [k for k in rows[0][name] if all(k in r.get(name, {}) for r in rows)]
             summary[name] = {k: float(np.mean([r[name][k] for r in rows])) for k in keys}
     return {"subjects": rows, "mean": summary}
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
 
 
 def _tumour_slice(seg: np.ndarray | None, depth: int) -> int:
@@ -207,6 +213,12 @@ def run_demo(out: str | Path = "demo_out", overrides: list[str] | None = None, s
         log(f"  uncertainty: RMS std {p['rms_std']:.3f} against RMS error {p['rms_error']:.3f} "
             f"({p['rms_error'] / max(p['rms_std'], 1e-12):.1f}x), std-error correlation "
             f"{p['std_error_correlation']:.2f} (normalized units, foreground)")
+        per = ", ".join(f"{r['subject']} {r['prediction']['rms_error'] / max(r['prediction']['rms_std'], 1e-12):.1f}x"
+                        f" (r {r['prediction']['std_error_correlation']:.2f})" for r in scores["subjects"])
+        log(f"  error / std per subject (r: correlation): {per}")
+        if "error_over_std_tumour" in p:
+            log(f"  error / std in the tumour {p['error_over_std_tumour']:.1f}x, in healthy tissue "
+                f"{p['error_over_std_healthy']:.1f}x (mean over subjects; 1.0x: the std matches the error)")
     if key in m and m["prediction"].get("lesion_psnr", np.inf) < m[key].get("lesion_psnr", -np.inf):
         log(f"  note: in the lesion the prediction scores below the copy of {copy_source}.")
     log(f"  time {times['total'] / 60:.1f} min; panel {out / 'panel.png'}; NIfTI in {pred_dir}")
@@ -226,7 +238,8 @@ def run_generate_demo(out: str | Path = "demo_gen", overrides: list[str] | None 
 
         torch.set_num_threads(threads)
     from phmdiff.data.datasets import TargetSlices
-    from phmdiff.generate import _pairs, _save_png, generate
+    from phmdiff.generate import _save_png, _seed_text, generate
+    from phmdiff.image_grid import labelled_grid
     from phmdiff.training import run_pipeline
 
     out = Path(out)
@@ -255,11 +268,13 @@ def run_generate_demo(out: str | Path = "demo_gen", overrides: list[str] | None 
         near = json.loads((folder / "nearest.json").read_text())
         train = TargetSlices(cfg.data.prepared, "train", label)
         nearest = np.stack([(train[s["train_slice"]]["target"][0].numpy() + 1) / 2 for s in near["samples"]])
-        rows.append(np.concatenate(list(_pairs(samples, nearest)), axis=1))  # (H, per_label * (2W + 2))
+        rows.append([cell for pair in zip(samples, nearest) for cell in pair])  # sample, its nearest, ...
         real_mean = float(np.mean([(train[i]["target"].numpy().mean() + 1) / 2 for i in range(len(train))]))
         stats[label] = {"sample_mean": float(samples.mean()), "train_mean": real_mean,
                         "nearest_rms_median": meta["nearest_rms_median"]}
-    _save_png(out / "grid.png", np.concatenate(rows, axis=0))
+    seeds = _seed_text(list(range(per_label)))
+    _save_png(out / "grid.png", labelled_grid(rows, [f"{label}\n{seeds}" for label in stats],
+                                              ["sample", "nearest training slice"] * per_label))
     times["generate"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - tic
     result = {"task": "generate", "modalities": stats, "grid": str(out / "grid.png"), "run": str(cfg.run_dir),

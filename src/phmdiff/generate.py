@@ -103,13 +103,6 @@ def nearest_slices(images: np.ndarray, data, chunk: int = 512) -> tuple[np.ndarr
     return best_i.numpy(), (best_d / np.sqrt(x.shape[1])).numpy()
 
 
-def _pairs(samples: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    """Each sample beside its nearest training slice, with a 2-pixel grey gap: (N, H, 2W + 2)."""
-    n, h, w = samples.shape
-    gap = np.full((n, h, 2), 0.5, dtype=samples.dtype)
-    return np.concatenate([samples, gap, nearest.astype(samples.dtype)], axis=2)
-
-
 def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 

@@ -38,6 +38,7 @@ from phmdiff.accounting import (
 )
 from phmdiff.argtypes import COUNT, SEED, finite_float, whole
 from phmdiff.ceiling import oracle_volume
+from phmdiff.checkpoint_io import resolve_weights
 from phmdiff.data import bids
 from phmdiff.data.names import ALIASES, canonical, output_stem
 from phmdiff.data.readers import LAYOUTS, _nifti_stem, check_input_folder, detect_layout, find_subjects
@@ -173,7 +174,8 @@ def _files_of(files: dict) -> list[Path]:
 def translate(run: str | Path, input_path: str | Path, out: str | Path, options: TranslateOptions | None = None,
               log=None, **choices) -> dict:
     """Translate every subject under `input_path` with `options` (or `TranslateOptions(**choices)`, or those with
-    `choices` on top); returns the translate.json content.
+    `choices` on top); returns the translate.json content. `run`: a run folder (its best checkpoint), a checkpoint
+    folder, or a weights file in one (`checkpoint_io.resolve_weights`).
 
     An any-to-any run synthesizes each subject's missing modalities (or only `target`) from the ones it has
     (or only those among `use_sources`), as `plan_subject` decides; each entry of translate.json names its
@@ -194,7 +196,9 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
     # absent is a warning and the run goes on on the CPU.
     device_lines = []
     device = str(run_device(opt.device, "translate", device_lines.append, origin="--device"))
-    trained = load_trained(run, device)
+    choice = resolve_weights(run)  # a run or checkpoint folder (EMA weights), or a weights file in one
+    trained = load_trained(choice.folder, device, ema=choice.ema, state_dict=choice.state_dict)
+    weights = str(choice.state_dict.resolve()) if choice.state_dict else "ema" if choice.ema else "model"
     for line in device_lines:
         say(line)
     sampling = opt.sampling.settings(trained)
@@ -232,7 +236,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
     planned = {(s.id, t): _outputs(out, s.id, t, opt.n_samples, opt.ceiling and t in s.paths,
                                    output_suffix(s.paths[used[0]]), s.layout)
                for s in subjects for t, used in plans[s.id]}
-    record = _settings_record(trained, sampling, opt)
+    record = _settings_record(trained, sampling, opt, weights)
     kept = _finished_before(out, earlier, record, listed_target) if opt.resume else {}
     if not (opt.overwrite or opt.resume):  # refuse before any work, so nothing is half replaced
         for files in planned.values():
@@ -257,7 +261,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
         made = [run_target] if run_target else sorted({e.get("target") for e in entries}) or slots[:1]
         kinds = {"ct" if t in base.ct_modalities else "mr" for t in made}
         meta = {"target": listed_target, "sources": listed_sources, "modality_kind": kinds.pop() if len(kinds) == 1
-                else "mixed", "checkpoint": str(trained.checkpoint), "sampler": sampling.sampler,
+                else "mixed", "checkpoint": str(trained.checkpoint), "weights": weights, "sampler": sampling.sampler,
                 "steps": sampling.num_steps, "fine_steps": sampling.fine_num_steps,
                 "sigma_start": sampling.sigma_start, "churn": sampling.churn, "guidance": sampling.guidance,
                 "through_plane_filter": {"sigma": opt.z_sigma, "h": opt.z_h}, "settings": record,
@@ -326,11 +330,12 @@ def _failure(exc: Exception) -> str:
     return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
 
 
-def _settings_record(trained, sampling, opt: TranslateOptions) -> dict:
-    """What decides the outputs' values: a --continue must use the same, or its subjects would not match."""
-    return {"checkpoint": str(trained.checkpoint), **sampling.to_dict(), "seed": opt.seed, "n_samples": opt.n_samples,
-            "precision": opt.precision, "z_sigma": opt.z_sigma, "z_h": opt.z_h, "resample": opt.resample,
-            "ceiling": opt.ceiling}
+def _settings_record(trained, sampling, opt: TranslateOptions, weights: str = "ema") -> dict:
+    """What decides the outputs' values: a --continue must use the same, or its subjects would not match.
+    `weights`: "ema" (the default, left out of the record), "model" or a state dict file."""
+    return {"checkpoint": str(trained.checkpoint), **({"weights": weights} if weights != "ema" else {}),
+            **sampling.to_dict(), "seed": opt.seed, "n_samples": opt.n_samples, "precision": opt.precision,
+            "z_sigma": opt.z_sigma, "z_h": opt.z_h, "resample": opt.resample, "ceiling": opt.ceiling}
 
 
 def _finished_before(out: Path, earlier: list[dict], record: dict, target) -> dict:
@@ -479,7 +484,9 @@ def _earlier_entries(out: Path, target: str, sources: list[str], overwrite: bool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run folder (its best checkpoint) or a checkpoint folder")
+    parser.add_argument("--run", required=True, help="run folder (its best checkpoint), checkpoint folder, or a "
+                        "weights file: a checkpoint's model.safetensors / ema.safetensors, or a state dict (.pth, .pt) "
+                        "in a run or checkpoint folder")
     parser.add_argument("--input", required=True, help="a subject folder or a folder of subjects")
     parser.add_argument("--out", required=True, help="output folder for NIfTI volumes and translate.json")
     parser.add_argument("--n-samples", type=whole(1, 1000), default=1, help="samples per subject: mean and std volumes")
