@@ -34,8 +34,7 @@ def tumour_slices(trained, cache: str, root: str, min_voxels: int):
     """Test items of the latent cache with a tumour: (source, target, avail) stacked and the tumour mask."""
     from phmdiff.data.latent_cache import LatentPairs
 
-    ident = trained.identity
-    data = LatentPairs(cache, "test", ident["sources"], ident["target"])
+    data = LatentPairs(cache, "test", list(trained.plan.sources), trained.plan.target)
     segs, items = {}, []
     for i in range(len(data)):
         item = data[i]
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
     masks = [tumour]
     for _ in range(1, levels):
         masks.append(torch.nn.functional.avg_pool2d(masks[-1].float(), 2) > 0.5)
-    label = torch.full((len(tgt),), trained.label_of(trained.identity["target"]))
+    label = torch.full((len(tgt),), trained.target_label)
     g = torch.Generator().manual_seed(0)
     rows = []
     for level in range(levels):

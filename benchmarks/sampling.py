@@ -93,7 +93,7 @@ def curve(trained, counter: CountingDenoiser, source: torch.Tensor, target: np.n
     from phmdiff.inference import SamplingSettings, decode_target, encode_sources, sample_latents
 
     cfg, dev = trained.cfg, trained.device
-    label = trained.identity["data"]["modalities"].index(trained.identity["target"])
+    label = trained.target_label
     def draw(settings, seed_list):
         pred = []
         for lo in range(0, source.shape[0], batch):
@@ -167,8 +167,8 @@ def main(argv=None) -> int:
     from phmdiff.pipeline import subject_seed
 
     trained = load_trained(work / "run", device="cpu")
-    ident = trained.identity
-    data = PairedSlices(ident["data"]["prepared_dir"], "test", ident["sources"], ident["target"])
+    plan = trained.plan
+    data = PairedSlices(plan.data["prepared_dir"], "test", list(plan.sources), plan.target)
     n = len(data) if args.max_slices is None and not args.quick else min(len(data), args.max_slices or 8)
     items = [data[i] for i in range(n)]
     source = torch.stack([it["source"] for it in items])  # (n, n_src, H, W) in [-1, 1]

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     threads = set_threads(args.threads)
 
     from phmdiff.consistency import joint_bilateral_z
-    from phmdiff.data.volume import NormParams, VolumeSettings, load_subject_volumes, slices_to_volume
+    from phmdiff.data.volume import load_subject_volumes, slices_to_volume
     from phmdiff.eval.metrics import through_plane_scores
     from phmdiff.eval.protocols import evaluate_subject, foreground_mask
     from phmdiff.inference import load_trained, plane_multiple
@@ -42,9 +42,9 @@ def main(argv=None) -> int:
     from phmdiff.translate import find_input_subjects
 
     trained = load_trained(args.run, "cpu")
-    ident = trained.identity
-    sources, target = list(ident["sources"]), ident["target"]
-    settings = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": sources})
+    plan = trained.plan
+    sources, target = list(plan.sources), plan.target
+    settings = plan.volume_settings(sources)
     rows = []
     for sub in find_input_subjects(args.input, None, sources):
         if sub.id not in args.subjects:
@@ -52,8 +52,7 @@ def main(argv=None) -> int:
         volumes, affine, _ = load_subject_volumes(sub, [*sources, target])
         ref = volumes.pop(target)
         slices, spec, pads = plane_slices(volumes, affine, settings, plane_multiple(trained.cfg))
-        norm = target_norm_for(settings, target, sources, spec.norm, NormParams(**ident["target_norm"]),
-                               ident.get("target_gain"))
+        norm = target_norm_for(settings, target, sources, spec.norm, *plan.target_scale(target, sources))
         src = slices[:, spec.context :: 2 * spec.context + 1]
         seeds = [[subject_seed(0, sub.id, j, int(i)) for i in spec.indices] for j in range(args.samples)]
         preds = translate_samples(trained, src, seeds, trained.settings())

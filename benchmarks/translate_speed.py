@@ -86,7 +86,7 @@ def child(spec: dict) -> dict:
     trained = _trained(spec["config"], spec["overrides"])
     settings = trained.settings()
     n, size, samples = spec["slices"], spec["plane"], spec["samples"]
-    src = np.random.default_rng(0).random((n, len(trained.identity["sources"]), size, size), dtype=np.float32)
+    src = np.random.default_rng(0).random((n, len(trained.plan.sources), size, size), dtype=np.float32)
     train_plane = trained.cfg.data.resolution
     if spec["variant"] == "main":  # main's translate: the plane padded or centre-cropped to the training size
         lo = max((size - train_plane) // 2, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -123,7 +124,7 @@ def test_any_to_any_run_trains_and_resumes_exactly(anyto, tmp_path):
 def test_plan_subject_chooses_targets_and_sources_or_says_why_not():
     from phmdiff.translate import SkipSubject, plan_subject
 
-    ident = {"any_to_any": True, "sources": MODS, "target": None}
+    ident = SimpleNamespace(any_to_any=True, sources=tuple(MODS), target=None)  # the RunPlan fields it reads
     assert plan_subject(ident, {"t1", "t2", "seg"}) == [("t1ce", ["t1", "t2"]), ("flair", ["t1", "t2"])]
     assert plan_subject(ident, set(MODS), target="flair", sources=["t1", "t2"]) == [("flair", ["t1", "t2"])]
     assert plan_subject(ident, {"t1", "t2"}, target="t2") == [("t2", ["t1"])]  # never its own source
@@ -133,7 +134,7 @@ def test_plan_subject_chooses_targets_and_sources_or_says_why_not():
         plan_subject(ident, {"seg"}, target="flair")
     with pytest.raises(SkipSubject, match=r"among \['t2'\]"):
         plan_subject(ident, {"t1", "flair"}, target="t1ce", sources=["t2"])
-    single = {"sources": ["t1", "t2"], "target": "flair"}
+    single = SimpleNamespace(any_to_any=False, sources=("t1", "t2"), target="flair")
     assert plan_subject(single, {"t1", "t2", "flair"}) == [("flair", ["t1", "t2"])]  # as before any-to-any
     with pytest.raises(SkipSubject, match="missing source modality t2"):
         plan_subject(single, {"t1"})

@@ -45,8 +45,8 @@ def test_generation_run_trains_on_both_modalities_and_resumes(gen_run):
     from phmdiff.training.loop import train
 
     ckpt = load_trained(gen_run / "run", "cpu")
-    assert ckpt.identity["sources"] == [] and ckpt.generated == ["t1", "flair"]
-    assert ckpt.null_label == len(ckpt.identity["data"]["modalities"]) == 2
+    assert ckpt.plan.sources == () and ckpt.generated == ["t1", "flair"]
+    assert ckpt.null_label == len(ckpt.plan.modalities) == 2
     shutil.copytree(gen_run / "run", gen_run / "resumed")
     cfg = tiny_config(gen_run, *GEN, "train.max_num_steps=6", run="resumed")
     assert train(cfg, resume="auto", progress=False)["step"] == 6
@@ -90,7 +90,7 @@ def test_samples_depend_on_their_seed_and_label_only_and_the_label_reaches_the_n
         return sample_latents(trained.denoiser, torch.zeros(n, 0, m.in_size, m.in_size), torch.zeros(n, 0),
                               torch.tensor(labels), seeds, m, s, trained.null_label)
 
-    assert trained.identity["data"]["modalities"] == ["t1", "flair"]  # labels 0 and 1; 2 is the null label
+    assert trained.plan.modalities == ("t1", "flair")  # labels 0 and 1; 2 is the null label
     mixed = draw([0, 1, 2, 0], [5, 6, 7, 8])  # a batch of mixed labels
     alone = draw([1], [6])
     torch.testing.assert_close(mixed[1:2], alone, atol=1e-5, rtol=0)

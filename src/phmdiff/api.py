@@ -24,7 +24,7 @@ from phmdiff.data.itk_io import ItkInfo
 from phmdiff.data.names import canonical
 from phmdiff.eval.protocols import evaluate_subject
 from phmdiff.generate import sample_images
-from phmdiff.inference import TrainedRun, load_trained, modality_label
+from phmdiff.inference import TrainedRun, load_trained
 from phmdiff.pipeline import Z_H, Z_SIGMA, VolumeOptions, VolumeTranslator
 from phmdiff.sampling_args import SamplingChoices
 from phmdiff.translate import SkipSubject, plan_subject
@@ -115,7 +115,7 @@ class Translator:
 
     @property
     def sources(self) -> list[str]:
-        return list(self.trained.identity["sources"])
+        return list(self.trained.plan.sources)
 
     def translate(self, images: dict, target: str | None = None, n_samples: int = 1, seed: int = 0,
                   affine=None, spacing=None, name: str = "volume", batch_size: int = 16, precision: str = "fp32",
@@ -125,7 +125,7 @@ class Translator:
         `name` and `seed` seed the samples as `phmdiff translate` seeds a subject of that id."""
         given = {canonical(m): as_image(im, affine, spacing, f"image '{m}'") for m, im in images.items()}
         try:
-            plan = plan_subject(self.trained.identity, given, canonical(target) if target else None)
+            plan = plan_subject(self.trained.plan, given, canonical(target) if target else None)
         except SkipSubject as exc:
             raise ValueError(f"cannot translate these images: {exc}.") from None
         if len(plan) != 1:
@@ -146,10 +146,10 @@ class Translator:
                  precision: str = "fp32") -> np.ndarray:
         """One slice per seed of modality `label` (default: the run's target), without sources: (N, H, W) in
         normalized units (about [0, 1]; `phmdiff generate` clips them for its PNGs), seeded per slice."""
-        label = canonical(label) if label else self.trained.identity.get("target")
+        label = canonical(label) if label else self.trained.plan.target
         if label not in self.trained.generated:
             raise ValueError(f"label {label}: this run generates {', '.join(self.trained.generated)} only.")
-        index = modality_label(self.trained.identity["data"]["modalities"], label)
+        index = self.trained.label_of(label)
         return sample_images(self.trained, [int(s) for s in seeds], self.sampling, index, batch_size, precision)
 
 

@@ -25,7 +25,7 @@ from phmdiff.data.names import canonical
 from phmdiff.devices import run_device
 from phmdiff.fsutil import atomic_path, atomic_write_text, check_out_dir, check_writable_dir, publish_dir
 from phmdiff.image_grid import labelled_grid
-from phmdiff.inference import decode_target, encode_sources, load_trained, modality_label
+from phmdiff.inference import decode_target, encode_sources, load_trained
 from phmdiff.options import add_device, add_overwrite
 from phmdiff.sampling_args import PRECISIONS, SamplingChoices, add_sampling_arguments
 
@@ -115,8 +115,8 @@ def sample_images(trained, seeds: list[int], settings, label_index: int, batch_s
                   precision: str = "fp32", sources=None) -> np.ndarray:
     """One slice (N, H, W) in [0, 1] per seed, of the modality with label `label_index`: without sources (the
     null condition), or conditioned on the prepared split `sources` (seed s uses slice s mod n)."""
-    cfg, ident, dev = trained.cfg, trained.identity, trained.device
-    n_src, c, size = len(ident["sources"]), cfg.model.in_channels, cfg.model.in_size
+    cfg, dev = trained.cfg, trained.device
+    n_src, c, size = len(trained.plan.sources), cfg.model.in_channels, cfg.model.in_size
     images = []
     for lo in range(0, len(seeds), batch_size):
         chunk = seeds[lo : lo + batch_size]
@@ -167,16 +167,16 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     if churn is None and trained.cfg.eval.churn > 0 and settings.churn == 0:
         print(f"generate: --sampler {settings.sampler} samples deterministically; the run's eval.churn "
               f"{trained.cfg.eval.churn:g} is not used.", file=sys.stderr)
-    ident = trained.identity
-    n_src = len(ident["sources"])
-    label = canonical(label) if label else ident["target"]
+    plan = trained.plan
+    n_src = len(plan.sources)
+    label = canonical(label) if label else plan.target
     if label is None:  # an any-to-any run has no one target
         raise ValueError(f"this run synthesizes any of {', '.join(trained.generated)}; choose one with --label.")
     if label not in trained.generated:
         raise ValueError(f"--label {label}: this run generates {', '.join(trained.generated)} only.")
-    label_index = modality_label(ident["data"]["modalities"], label)
+    label_index = trained.label_of(label)
     sources = None
-    if condition != "none" and ident.get("any_to_any"):
+    if condition != "none" and plan.any_to_any:
         raise ValueError(f"--condition {condition}: an any-to-any run is conditioned by phmdiff translate (--target, "
                          "--sources); generate samples it without sources.")
     if condition != "none" and not n_src:
@@ -184,7 +184,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
     if condition != "none":
         from phmdiff.data.datasets import PairedSlices
 
-        sources = PairedSlices(ident["data"]["prepared_dir"], condition, ident["sources"], ident["target"])
+        sources = PairedSlices(plan.data["prepared_dir"], condition, list(plan.sources), plan.target)
         if len(sources) == 0:
             raise ValueError(f"the {condition} split has no slices to condition on.")
     images = sample_images(trained, seeds, settings, label_index, batch_size, precision, sources)  # (N, H, W)
@@ -195,7 +195,7 @@ def generate(run, out, seeds: list[int], steps: int | None = None, sampler: str 
             "sigma_start": settings.sigma_start, "precision": precision}
     near_images, near = None, {"skipped": "--no-nearest"}
     if nearest:
-        data, reason = _training_slices(ident["data"]["prepared_dir"], label)
+        data, reason = _training_slices(plan.data["prepared_dir"], label)
         if data is None or len(data) == 0:
             near = {"skipped": reason or "the training split has no slices"}
             print(f"generate: {near['skipped']}; the grid shows the samples alone.", file=sys.stderr)

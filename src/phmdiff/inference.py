@@ -145,11 +145,6 @@ class TrainedRun:
     std_scale: float | None = None  # the checkpoint's validation std calibration (training.loop.validate)
 
     @property
-    def identity(self) -> dict:
-        """The run's untyped identity dict of before the plan (`RunPlan.identity`), for code not yet moved."""
-        return self.plan.identity()
-
-    @property
     def latent_scale(self) -> float:
         return self.plan.latent_scale
 

@@ -99,14 +99,6 @@ def resample_to(volumes: dict, plan: sp.Resampling | None) -> tuple[dict, np.nda
 
 # -- normalize: the target's intensity map ---------------------------------------------------------------------
 
-def target_scale(identity: dict, target: str, sources: list[str]):
-    """The target's training intensity scale and its gains over `sources` (`prepare.gain_ratios`)."""
-    if not identity.get("any_to_any"):
-        return NormParams(**identity["target_norm"]), identity.get("target_gain")
-    gains = (identity.get("target_gains") or {}).get(target)
-    return NormParams(**identity["target_norms"][target]), {s: gains[s] for s in sources} if gains else None
-
-
 def target_norm_for(settings, target: str, sources: list[str], source_norms: dict, reference, gain) -> NormParams:
     """The synthesized target's intensity map for one subject, from its own sources' normalization.
 
@@ -140,7 +132,7 @@ def translate_samples(trained: TrainedRun, src: np.ndarray, seeds: list[list[int
     if precision not in PRECISIONS:
         raise ValueError(f"precision is {precision!r}; expected one of {', '.join(PRECISIONS)}.")
     dev, n_samples = trained.device, len(seeds)
-    slots = list(trained.identity["sources"])  # canonical names (`inference.canonical_identity`)
+    slots = list(trained.plan.sources)  # canonical names (`plan.migrate`)
     pick = [slots.index(m) for m in (slots if sources is None else sources)]  # slot of each given source
     avail = torch.zeros(len(slots), device=dev)
     avail[pick] = 1.0
@@ -302,7 +294,7 @@ class VolumeTranslator:
         del volumes
         k = 2 * spec.context + 1
         norm = target_norm_for(grid.settings, target, sources, spec.norm,
-                               *target_scale(self.trained.identity, target, sources))
+                               *self.trained.plan.target_scale(target, sources))
         src = slices[:, spec.context :: k]  # centre slice of each source (n, n_src, H, W)
         seeds = [[subject_seed(o.seed, name, j, int(i)) for i in spec.indices] for j in range(o.n_samples)]
         preds = translate_samples(self.trained, src, seeds, self.sampling, o.batch_size, o.precision, target, sources)

@@ -108,7 +108,7 @@ class RunPlan:
             raise ValueError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
 
     def identity(self) -> dict:
-        """The untyped dict runs carried before the plan (`TrainedRun.identity`), for code not yet moved to it."""
+        """The untyped dict runs carried before the plan (meta["identity"]), the layout `migrate` reads."""
         out = {"data": {**{k: self.data.get(k) for k in DATA_KEYS if k != "cache_dir"},
                         "latent_scale": self.latent_scale, "modalities": list(self.modalities)},
                "cache_dir": self.data.get("cache_dir"), "sources": list(self.sources), "layout": self.layout,

@@ -42,7 +42,6 @@ from phmdiff.checkpoint_io import resolve_weights
 from phmdiff.data import bids
 from phmdiff.data.names import ALIASES, canonical, output_stem
 from phmdiff.data.readers import LAYOUTS, _nifti_stem, check_input_folder, detect_layout, find_subjects
-from phmdiff.data.volume import VolumeSettings
 from phmdiff.devices import run_device
 from phmdiff.fingerprint import AXIS_NAMES
 from phmdiff.finite import check_finite_numbers
@@ -96,7 +95,7 @@ class SkipSubject(ValueError):
         self.failed = failed
 
 
-def plan_subject(identity: dict, present, target: str | None = None,
+def plan_subject(plan, present, target: str | None = None,
                  sources: list[str] | None = None) -> list[tuple[str, list[str]]]:
     """Which target(s) to synthesize for one subject, each with the sources it is made from.
 
@@ -104,24 +103,25 @@ def plan_subject(identity: dict, present, target: str | None = None,
     run the subject lacks (or only `target`, present or not, which lets a real one be scored) from exactly the
     run's modalities the subject has, optionally only those among `sources`. Raises SkipSubject with the reason
     when there is nothing to make or nothing to make it from. Names are canonical (`phmdiff.data.names`).
+    `plan`: the run's `RunPlan` (its `sources`, `target` and `any_to_any`).
     """
-    slots, present = list(identity["sources"]), set(present)
-    if not identity.get("any_to_any"):
+    slots, present = list(plan.sources), set(present)
+    if not plan.any_to_any:
         missing = [m for m in slots if m not in present]
         if missing:
             raise SkipSubject(f"missing source modality {', '.join(missing)} (the model needs {', '.join(slots)})")
-        return [(identity["target"], slots)]
+        return [(plan.target, slots)]
     usable = [m for m in slots if m in present and (sources is None or m in sources)]
     targets = [target] if target is not None else [m for m in slots if m not in present]
     if not targets:
         raise SkipSubject(f"has every modality of the run ({', '.join(slots)}); nothing to synthesize "
                           "(pass --target to re-synthesize one)", failed=False)
-    plan = [(t, [m for m in usable if m != t]) for t in targets]
-    for t, used in plan:
+    chosen = [(t, [m for m in usable if m != t]) for t in targets]
+    for t, used in chosen:
         if not used:
             wanted = f" among {sources}" if sources is not None else ""
             raise SkipSubject(f"has none of the run's other modalities{wanted} to synthesize {t} from")
-    return plan
+    return chosen
 
 
 def find_input_subjects(path: str | Path, layout: str | None, sources: list[str], any_to_any: bool = False):
@@ -202,27 +202,27 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
     for line in device_lines:
         say(line)
     sampling = opt.sampling.settings(trained)
-    ident = trained.identity
-    any_to_any = bool(ident.get("any_to_any"))
-    slots = list(ident["sources"])  # the run's names are canonical (`inference.canonical_identity`)
+    run_plan = trained.plan
+    any_to_any = run_plan.any_to_any
+    slots = list(run_plan.sources)  # the run's names are canonical (`plan.migrate`)
     if not slots:
         raise ValueError(f"{trained.checkpoint}: this is a generation run (no source modalities); sample it with "
                          "phmdiff generate.")
-    run_target = ident.get("target")
+    run_target = run_plan.target
     target = canonical(opt.target) if opt.target else None
     use_sources = [canonical(m) for m in opt.use_sources] if opt.use_sources else None
-    _check_direction_choice(ident, target, use_sources)
-    check_finite_numbers({k: ident.get(k) for k in ("target_norm", "target_gain", "target_norms", "target_gains")},
-                         "identity", trained.checkpoint / "meta.json")
+    _check_direction_choice(run_plan, target, use_sources)
+    check_finite_numbers({"target_norms": {m: asdict(n) for m, n in run_plan.target_norms.items()},
+                          "target_gains": run_plan.target_gains}, "plan", trained.checkpoint / "meta.json")
     for name in [run_target or slots[0], *slots]:  # they become file names: none may lead outside --out
         safe_name(name, "modality name", trained.checkpoint / "meta.json")
-    subjects = find_input_subjects(input_path, ident.get("layout"), slots, any_to_any)
-    base = VolumeSettings.from_dict({**ident["volume_settings"], "modalities": slots})
+    subjects = find_input_subjects(input_path, run_plan.layout, slots, any_to_any)
+    base = run_plan.volume_settings(slots)
     plans, skipped, complete = {}, {}, set()
     for sub in subjects:
         try:
             _check_subject_name(sub.id)
-            plans[sub.id] = plan_subject(ident, sub.paths, target, use_sources)
+            plans[sub.id] = plan_subject(run_plan, sub.paths, target, use_sources)
         except SkipSubject as exc:
             skipped[sub.id] = _with_problem(sub, str(exc)) if exc.failed else str(exc)
             if not exc.failed:
@@ -447,15 +447,15 @@ def _std_sentence(scale: float | None) -> str:
             "error on the run's validation slices (std_scale in translate.json).")
 
 
-def _check_direction_choice(ident: dict, target: str | None, use_sources: list[str] | None) -> None:
+def _check_direction_choice(plan, target: str | None, use_sources: list[str] | None) -> None:
     """--target and --sources name modalities of an any-to-any run; a single-direction run takes only its own."""
-    slots = list(ident["sources"])
+    slots = list(plan.sources)
     if target and use_sources and target in use_sources:
         raise ValueError(f"--target {target} is also listed in --sources {' '.join(use_sources)}; the target is the "
                          "modality to synthesize: list only the modalities it is made from.")
-    if not ident.get("any_to_any"):
-        if target not in (None, ident["target"]) or use_sources not in (None, slots):
-            raise ValueError(f"this run translates {slots} -> {ident['target']} only; --target and --sources "
+    if not plan.any_to_any:
+        if target not in (None, plan.target) or use_sources not in (None, slots):
+            raise ValueError(f"this run translates {slots} -> {plan.target} only; --target and --sources "
                              "choose among the modalities of an any-to-any run.")
         return
     for name in [*([target] if target else []), *(use_sources or [])]:
