@@ -153,6 +153,13 @@ def test_slices_along_the_runs_axis_whatever_the_inputs_spacing(trained, tmp_pat
     pred = nib.load(tmp_path / "out" / entry["prediction"])
     assert pred.shape == (16, 16, 16) and np.allclose(pred.affine, affine)
     assert np.isfinite(pred.get_fdata()).all() and pred.get_fdata().std() > 0
+    # --axis overrides the run's axis, with a sentence that the model sees planes it was not trained on
+    said.clear()
+    meta = translate(trained / "run", sub, tmp_path / "axis", progress=False, resample=False, axis=other,
+                     log=said.append)
+    assert meta["subjects"][0]["slice_axis"] == AXIS_NAMES[other]
+    assert any(f"--axis {other}" in m and "not trained on" in m for m in said), said
+    assert meta["settings"]["axis"] == other
 
 
 def test_run_may_be_a_state_dict_file(trained, tmp_path):

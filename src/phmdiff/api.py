@@ -119,10 +119,12 @@ class Translator:
 
     def translate(self, images: dict, target: str | None = None, n_samples: int = 1, seed: int = 0,
                   affine=None, spacing=None, name: str = "volume", batch_size: int = 16, precision: str = "fp32",
-                  resample: bool = True, z_sigma: float = Z_SIGMA, z_h: float = Z_H) -> Translation:
+                  resample: bool = True, z_sigma: float = Z_SIGMA, z_h: float = Z_H,
+                  axis: int | None = None) -> Translation:
         """Synthesize `target` (default: the run's target; an any-to-any run: the one modality missing) from the
         modalities in `images` ({name: image}, one shared grid; numpy arrays take `affine` or `spacing`).
-        `name` and `seed` seed the samples as `phmdiff translate` seeds a subject of that id."""
+        `name` and `seed` seed the samples as `phmdiff translate` seeds a subject of that id; `axis` (RAS 0, 1, 2)
+        overrides the slice axis the run was trained on, as `translate --axis` does."""
         given = {canonical(m): as_image(im, affine, spacing, f"image '{m}'") for m, im in images.items()}
         try:
             plan = plan_subject(self.trained.plan, given, canonical(target) if target else None)
@@ -136,7 +138,7 @@ class Translator:
             if given[m].array.shape != first.array.shape or not np.allclose(given[m].affine, first.affine, atol=1e-3):
                 raise ValueError(f"image '{m}' is not on the grid of image '{used[0]}'; the sources must share one "
                                  "voxel grid (co-registered, same shape and affine).")
-        options = VolumeOptions(n_samples, seed, batch_size, precision, z_sigma, z_h, resample)
+        options = VolumeOptions(n_samples, seed, batch_size, precision, z_sigma, z_h, resample, axis)
         translator = VolumeTranslator(self.trained, self.sampling, options, self.say)
         pred = translator.predict({m: given[m].array for m in used}, first.affine, target, used, name)
         return Translation(first.wrap(pred.mean), first.wrap(pred.std), [first.wrap(s) for s in pred.samples],

@@ -218,8 +218,11 @@ class VolumeOptions:
     z_sigma: float = Z_SIGMA
     z_h: float = Z_H
     resample: bool = True
+    axis: int | None = None  # the RAS axis to slice along (0 sagittal, 1 coronal, 2 axial); None: the run's
 
     def __post_init__(self) -> None:
+        if self.axis not in (None, 0, 1, 2):
+            raise ValueError(f"--axis is {self.axis!r}; expected 0 (sagittal), 1 (coronal) or 2 (axial).")
         if self.n_samples < 1:
             raise ValueError(f"--n-samples is {self.n_samples}; expected 1 or more.")
         if self.seed < 0:
@@ -254,6 +257,15 @@ class Prediction:
         return spread if self.std_scale is None else spread * np.float32(self.std_scale)
 
 
+def training_axis(plan) -> int | None:
+    """The RAS axis the run's training data was sliced along: its settings' fixed axis, or the one prepare
+    recorded for an `auto` run (None: mixed or not recorded)."""
+    if plan.volume.axis != "auto":
+        return int(plan.volume.axis)
+    record = plan.slice_axis
+    return int(record["axis"]) if isinstance(record, dict) and record.get("axis") in (0, 1, 2) else None
+
+
 @dataclass
 class VolumeTranslator:
     """A loaded run, its sampling settings and the per-volume options: `predict` runs the chain on volumes held in
@@ -267,14 +279,14 @@ class VolumeTranslator:
     read = staticmethod(read_volumes)
 
     def settings(self, sources: list[str]) -> VolumeSettings:
-        """The run's per-volume settings for a subject translated from `sources`. An `auto` slice axis becomes the
-        axis prepare sliced the training data along, when it recorded one: the model knows that plane's anatomy,
-        whatever the input's own coarsest spacing."""
+        """The run's per-volume settings for a subject translated from `sources`. The slice axis: `options.axis`
+        when given, else the run's; an `auto` one becomes the axis prepare sliced the training data along, when it
+        recorded one: the model knows that plane's anatomy, whatever the input's own coarsest spacing."""
         settings = self.trained.plan.volume_settings(sources)
-        record = self.trained.plan.slice_axis
-        if settings.axis == "auto" and isinstance(record, dict) and record.get("axis") in (0, 1, 2):
-            settings = replace(settings, axis=int(record["axis"]))
-        return settings
+        if self.options.axis is not None:
+            return replace(settings, axis=self.options.axis)
+        trained = training_axis(self.trained.plan)
+        return settings if trained is None else replace(settings, axis=trained)
 
     def predict(self, volumes: dict, affine, target: str, sources: list[str], name: str,
                 on_sample: Callable[[int], None] | None = None) -> Prediction:
@@ -285,7 +297,7 @@ class VolumeTranslator:
         o = self.options
         settings = self.settings(sources)
         own = sp.slice_plane(affine)[0]
-        if settings.axis != "auto" and own != settings.axis:
+        if o.axis is None and settings.axis != "auto" and own != settings.axis:
             self.say(f"translate: {name}: sliced along the {AXIS_NAMES[settings.axis]} axis, as the run's training "
                      f"data was, although this input's coarsest spacing is along the {AXIS_NAMES[own]} axis.")
         volumes, affine, grid = to_training_grid({m: volumes[m] for m in sources}, affine, settings, o.resample,

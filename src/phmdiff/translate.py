@@ -66,6 +66,7 @@ from phmdiff.pipeline import (
     output_dtype,
     output_suffix,
     target_norm_for,  # noqa: F401 - imported from here by callers older than pipeline.py
+    training_axis,
     write_volume,
 )
 from phmdiff.sampling_args import SamplingChoices, add_sampling_arguments
@@ -248,6 +249,11 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
         say("translate: note: this run records no training voxel spacing (its data was prepared before phmdiff "
             "recorded it); the inputs' spacing is not checked.")
     translator = VolumeTranslator(trained, sampling, opt, say)
+    if opt.axis is not None:
+        said = training_axis(run_plan)
+        say(f"translate: --axis {opt.axis}: every input is sliced along the {AXIS_NAMES[opt.axis]} axis" + (
+            "" if said in (None, opt.axis) else f", where the run was trained on {AXIS_NAMES[said]} slices: the model "
+            "sees planes it was not trained on") + ".")
     if opt.n_samples > 1:
         say(_std_sentence(trained.std_scale))
     work = [(s, t, used) for s in subjects for t, used in plans[s.id] if (s.id, t) not in kept]
@@ -335,7 +341,8 @@ def _settings_record(trained, sampling, opt: TranslateOptions, weights: str = "e
     `weights`: "ema" (the default, left out of the record), "model" or a state dict file."""
     return {"checkpoint": str(trained.checkpoint), **({"weights": weights} if weights != "ema" else {}),
             **sampling.to_dict(), "seed": opt.seed, "n_samples": opt.n_samples, "precision": opt.precision,
-            "z_sigma": opt.z_sigma, "z_h": opt.z_h, "resample": opt.resample, "ceiling": opt.ceiling}
+            "z_sigma": opt.z_sigma, "z_h": opt.z_h, "resample": opt.resample, "ceiling": opt.ceiling,
+            **({"axis": opt.axis} if opt.axis is not None else {})}
 
 
 def _finished_before(out: Path, earlier: list[dict], record: dict, target) -> dict:
@@ -507,6 +514,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress(parser, "one line per subject instead")
     parser.add_argument("--no-resample", action="store_true",
                         help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+                        help="RAS axis to slice every input along: 0 sagittal, 1 coronal, 2 axial (default: the axis "
+                             "the run's training data was sliced along)")
     add_sampling_arguments(parser)
     parser.add_argument("--target", default=None,
                         help="any-to-any runs: synthesize only this modality (default: each one a subject lacks)")
