@@ -514,7 +514,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress(parser, "one line per subject instead")
     parser.add_argument("--no-resample", action="store_true",
                         help="keep each input's in-plane spacing (default: resample to the training spacing and back)")
-    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+    parser.add_argument("--axis", type=whole(0, 2), default=None,
                         help="RAS axis to slice every input along: 0 sagittal, 1 coronal, 2 axial (default: the axis "
                              "the run's training data was sliced along)")
     add_sampling_arguments(parser)
