@@ -257,15 +257,6 @@ class Prediction:
         return spread if self.std_scale is None else spread * np.float32(self.std_scale)
 
 
-def training_axis(plan) -> int | None:
-    """The RAS axis the run's training data was sliced along: its settings' fixed axis, or the one prepare
-    recorded for an `auto` run (None: mixed or not recorded)."""
-    if plan.volume.axis != "auto":
-        return int(plan.volume.axis)
-    record = plan.slice_axis
-    return int(record["axis"]) if isinstance(record, dict) and record.get("axis") in (0, 1, 2) else None
-
-
 @dataclass
 class VolumeTranslator:
     """A loaded run, its sampling settings and the per-volume options: `predict` runs the chain on volumes held in
@@ -285,7 +276,7 @@ class VolumeTranslator:
         settings = self.trained.plan.volume_settings(sources)
         if self.options.axis is not None:
             return replace(settings, axis=self.options.axis)
-        trained = training_axis(self.trained.plan)
+        trained = self.trained.plan.training_axis
         return settings if trained is None else replace(settings, axis=trained)
 
     def predict(self, volumes: dict, affine, target: str, sources: list[str], name: str,

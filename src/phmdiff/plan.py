@@ -65,6 +65,15 @@ class RunPlan:
         """`modality`'s intensity scheme (the volume settings' answer for a modality the run was not prepared with)."""
         return self.intensity.get(modality) or self.volume.scheme(modality)
 
+    @property
+    def training_axis(self) -> int | None:
+        """The RAS axis the training data was sliced along: the volume settings' fixed axis, or the one prepare
+        recorded for an `auto` run (None: mixed or not recorded)."""
+        if self.volume.axis != "auto":
+            return int(self.volume.axis)
+        record = self.slice_axis
+        return int(record["axis"]) if isinstance(record, dict) and record.get("axis") in (0, 1, 2) else None
+
     def volume_settings(self, modalities: list[str] | None = None) -> VolumeSettings:
         """The training volume settings, for `modalities` (default: the source slots)."""
         return replace(self.volume, modalities=list(self.sources if modalities is None else modalities))

@@ -66,7 +66,6 @@ from phmdiff.pipeline import (
     output_dtype,
     output_suffix,
     target_norm_for,  # noqa: F401 - imported from here by callers older than pipeline.py
-    training_axis,
     write_volume,
 )
 from phmdiff.sampling_args import SamplingChoices, add_sampling_arguments
@@ -250,7 +249,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
             "recorded it); the inputs' spacing is not checked.")
     translator = VolumeTranslator(trained, sampling, opt, say)
     if opt.axis is not None:
-        said = training_axis(run_plan)
+        said = run_plan.training_axis
         say(f"translate: --axis {opt.axis}: every input is sliced along the {AXIS_NAMES[opt.axis]} axis" + (
             "" if said in (None, opt.axis) else f", where the run was trained on {AXIS_NAMES[said]} slices: the model "
             "sees planes it was not trained on") + ".")

@@ -344,8 +344,8 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
     picks = np.unique(np.linspace(0, len(val) - 1, min(cfg.eval.num_val_slices, len(val))).round().astype(int))
     mine = picks[rank::world]  # validation is split across ranks
     n_samples = max(int(cfg.eval.n_samples), 1)
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # psnr, ssim, slices, error^2, std^2 (foreground)
-    pixels = torch.zeros(1, dtype=torch.float64, device=device)
+    # psnr, ssim, slices; then over the foreground: error^2, std^2, pixels
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
     denoiser.eval()
     settings = SamplingSettings.resolve(cfg.eval)
     panel = None
@@ -365,19 +365,16 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
             sums[:3] += torch.tensor([psnr(p, r, data_range=1.0), ssim(p, r, data_range=1.0), 1.0],
                                      dtype=torch.float64, device=device)
         if n_samples > 1:
-            err2, std2, count = calibration_sums(preds, ref, src.cpu())
-            sums[3] += err2
-            sums[4] += std2
-            pixels += count
+            sums[3:] += torch.tensor(calibration_sums(preds, ref, src.cpu()), dtype=torch.float64, device=device)
         if panel is None:
             panel = torch.cat([(src[:4, 0:1].cpu() + 1) / 2, ref[:4], pred[:4], (pred[:4] - ref[:4]).abs()], dim=3)
-    sums, pixels = accelerator.reduce(sums, "sum"), accelerator.reduce(pixels, "sum")
+    sums = accelerator.reduce(sums, "sum")
     if writer is not None and panel is not None:
         writer.add_images("val/source|target|prediction|error", panel.clamp(0, 1), step)
     n = max(float(sums[2]), 1.0)
     out = {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n, "n": int(sums[2]), "n_samples": n_samples}
-    if n_samples > 1 and float(pixels[0]) > 0 and float(sums[4]) > 0:
-        rms_error, rms_std = math.sqrt(float(sums[3] / pixels[0])), math.sqrt(float(sums[4] / pixels[0]))
+    if n_samples > 1 and float(sums[5]) > 0 and float(sums[4]) > 0:
+        rms_error, rms_std = math.sqrt(float(sums[3] / sums[5])), math.sqrt(float(sums[4] / sums[5]))
         out.update(rms_error=rms_error, rms_std=rms_std, std_scale=rms_error / rms_std)
     return out
 
