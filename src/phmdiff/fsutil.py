@@ -41,30 +41,26 @@ def _fsync_dir(path: Path) -> None:
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`.
 
-    The temporary name keeps the final suffix (e.g. `.nii.gz`) so libraries that
-    choose a format by extension write the right one. On any exception the
-    temporary file is removed and `path` is untouched.
+    The temporary file lies in a hidden stage folder beside `path` that holds its owner record (see
+    `_new_stage`), so the litter of a killed writer is provably its own and the next write of `path`
+    removes it. The temporary name keeps the final suffix (e.g. `.nii.gz`) so libraries that choose a
+    format by extension write the right one. On any exception the stage is removed and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, _umask_mode(0o666))
+    stage = _stage_beside(path, folder=False)
+    tmp = stage / f"file{suffix}"
     try:
+        tmp.touch(mode=0o666)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        if exc.filename is None and exc.errno:  # a failed write (e.g. a full disk) names no file: name the output
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
+        raise _named(exc, path, stage) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -123,16 +119,18 @@ def _stage_pattern(path: Path, suffix: str = "tmp") -> str:
     return f".{glob.escape(path.name)}.phmdiff-*.{suffix}"
 
 
-def _new_stage(path: Path) -> Path:
-    """A new hidden folder `.NAME.phmdiff-TOKEN.tmp` beside `path` holding its owner record; work goes in `out/`."""
+def _new_stage(path: Path, folder: bool = True) -> Path:
+    """A new hidden folder `.NAME.phmdiff-TOKEN.tmp` beside `path` holding its owner record; a folder's work
+    goes in `out/` (`folder`), a file's beside the record."""
     token = secrets.token_hex(8)
     stage = path.with_name(f".{path.name}.phmdiff-{token}.tmp")
     new = stage.with_name(f".{path.name}.phmdiff-{token}.new")  # renamed to `stage` once its record is inside,
     new.mkdir(mode=0o700)  # so a `.tmp` stage always holds its owner record, whenever a kill lands
     record = {"token": token, "pid": os.getpid(), "start": pid_start(os.getpid())}
     (new / OWNER).write_text(json.dumps(record))
-    (new / "out").mkdir()
-    os.chmod(new / "out", _umask_mode(0o777))
+    if folder:
+        (new / "out").mkdir()
+        os.chmod(new / "out", _umask_mode(0o777))
     os.rename(new, stage)
     return stage
 
@@ -227,11 +225,11 @@ def _named(exc: OSError, path: Path, tmp: Path) -> OSError:
     return exc
 
 
-def _stage_beside(path: Path) -> Path:
+def _stage_beside(path: Path, folder: bool = True) -> Path:
     """A new stage folder beside `path`, after removing those of dead runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_dead_temps(path)
-    return _new_stage(path)
+    return _new_stage(path, folder)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
@@ -336,6 +334,8 @@ def check_out_dir(out: str | os.PathLike, command: str, overwrite: bool = False)
     unless `overwrite` (then files of others are still kept: only this command's names are replaced)."""
     out = Path(out)
     clean_dead_temps(out)
+    if out.is_dir() and not out.is_symlink():
+        clean_dead_stages_in(out)  # the temp files of killed writers, provably theirs
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: output path is a file; expected a folder for phmdiff {command}.")
     if out.is_dir() and not overwrite and _claims(out, command) is None:

@@ -172,6 +172,31 @@ def test_a_killed_writers_stage_is_removed_and_a_torn_swap_completed(tmp_path):
     assert (out / "a").read_text() == "1" and not stages[0].exists()
 
 
+def test_a_file_writer_killed_mid_write_leaves_a_stage_that_the_next_run_removes(tmp_path):
+    """A single-file atomic write killed by SIGKILL leaves only a hidden stage with its owner record; the next
+    write of that file, and the next command into that folder, remove it (and keep the user's files)."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    script = ("import os, signal, sys\nfrom phmdiff.fsutil import atomic_path\n"
+              "with atomic_path(sys.argv[1]) as tmp:\n"
+              "    tmp.write_text('half')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    for name in ("evaluation.json", "scores.csv"):
+        proc = subprocess.run([sys.executable, "-c", script, str(out / name)], env={**os.environ}, timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+    stages = sorted(out.glob(".*.phmdiff-*.tmp"))
+    assert len(stages) == 2 and all((s / OWNER).is_file() for s in stages)
+    assert not (out / "evaluation.json").exists()
+    from phmdiff.fsutil import atomic_write_text
+    atomic_write_text(out / "evaluation.json", "{}")  # the next write of the same file removes its litter
+    assert (out / "evaluation.json").read_text() == "{}" and not stages[0].exists() and stages[1].exists()
+    with pytest.raises(ValueError, match="did not write"):
+        check_out_dir(out, "evaluate")  # refused for the user's files, after removing the dead stages
+    assert not stages[1].exists()
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "notes.txt"]
+
+
 def test_a_live_writers_stage_is_kept_and_a_reused_pid_is_seen(tmp_path):
     out = tmp_path / "cache"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
