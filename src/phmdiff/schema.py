@@ -190,7 +190,7 @@ def _subject_entry(s, path, key: str) -> dict:
     s = _dict(s, path, key)
     _str(s.get("subject"), path, f"{key}.subject")
     _str(s.get("prediction"), path, f"{key}.prediction")
-    for k in ("std", "ceiling", "reference", "mask", "seg", "target"):
+    for k in ("std", "ceiling", "reference", "mask", "seg", "target", "slice_axis"):
         _str(s.get(k), path, f"{key}.{k}", optional=True)
     _strs(s.get("samples") or [], path, f"{key}.samples")
     images = s.get("source_images")

@@ -1,6 +1,8 @@
 """3D consistency metrics (`metrics.view_scores`, `gradient_error`, `through_plane_scores`) against direct numpy
 and scikit-image computations, and their columns in `phmdiff evaluate`."""
 
+import csv
+import io
 import json
 
 import nibabel as nib
@@ -65,3 +67,40 @@ def test_evaluate_writes_the_through_plane_columns(tmp_path):
     assert {"psnr_through", "ssim_through", "grad_error_through", "grad_error_inplane"} <= set(header)
     summary = json.loads((out / "summary.json").read_text())["protocols"]["volume"]
     assert summary["grad_error_through"]["mean"] > 0 and summary["psnr_through"]["mean"] > 10
+
+
+@pytest.mark.parametrize("named,codes,expected", [
+    ("axial (S-I)", ("S", "A", "R"), 0), ("axial (S-I)", ("L", "P", "S"), 2), ("coronal (A-P)", ("L", "I", "P"), 2),
+    ("sagittal (R-L)", ("A", "L", "S"), 1), (None, ("S", "A", "R"), -1)])
+def test_the_slice_axis_follows_the_files_orientation(named, codes, expected):
+    from phmdiff.eval.evaluate import array_axis
+
+    affine = np.eye(4)
+    affine[:3, :3] = 0
+    for i, c in enumerate(codes):  # voxel axis i runs along world axis "RAS"/"LPI".index(c), + for R, A, S
+        affine["RLAPSI".index(c) // 2, i] = 1.0 if c in "RAS" else -1.0
+    assert nib.aff2axcodes(affine) == codes
+    assert array_axis(None, named, affine) == expected
+    assert array_axis(1, named, affine) == 1  # --slice-axis wins
+
+
+def test_evaluate_slices_a_translate_folder_along_translates_axis(tmp_path):
+    """translate.json names the anatomical axis; in a file stored S-A-R, axial slices run along array axis 0,
+    so a per-slice offset there is a through-plane error, not an in-plane one."""
+    _, ref, _ = _volumes(4, (12, 20, 20))
+    stripes = ref + 0.1 * (np.arange(ref.shape[0]) % 2)[:, None, None]
+    affine = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)  # axis 0 runs S
+    for name, v in (("pred.nii.gz", stripes), ("ref.nii.gz", ref)):
+        nib.save(nib.Nifti1Image((v * 100 + 10).astype(np.float32), affine), tmp_path / name)
+    subject = {"subject": "s1", "prediction": "pred.nii.gz", "reference": str(tmp_path / "ref.nii.gz"),
+               "slice_axis": "axial (S-I)"}
+    (tmp_path / "translate.json").write_text(json.dumps({"target": "flair", "modality_kind": "mr",
+                                                         "subjects": [subject]}))
+    rows = {}
+    for axis in (None, "0", "2"):
+        out = tmp_path / f"ev{axis}"
+        extra = [] if axis is None else ["--slice-axis", axis]
+        assert cli.main(["evaluate", str(tmp_path), "--out", str(out), *extra]) == 0
+        rows[axis] = next(csv.DictReader(io.StringIO((out / "per_subject.csv").read_text())))
+    assert rows[None]["grad_error_through"] == rows["0"]["grad_error_through"] != rows["2"]["grad_error_through"]
+    assert float(rows[None]["grad_error_inplane"]) < 1e-6 < float(rows["2"]["grad_error_inplane"])

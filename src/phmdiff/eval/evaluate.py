@@ -89,7 +89,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--modality", choices=("mr", "ct"), default=None,
                         help="mr or ct (HU); default: the modality translate.json records, else mr")
     parser.add_argument("--target", help="modality name to pick in subject folders, e.g. flair")
-    parser.add_argument("--slice-axis", type=whole(-3, 2), default=-1, help="axis of the slices (default: last)")
+    parser.add_argument("--slice-axis", type=whole(-3, 2), default=None,
+                        help="array axis of the slices (default: the anatomical axis translate sliced along, as "
+                             "translate.json records it, found in each file's orientation; else the last)")
     parser.add_argument("--inception", help="TorchScript Inception feature extractor file for FID/KID")
     parser.add_argument("--out", default=None, help="output folder (default: PRED/evaluation or ./evaluation)")
     parser.add_argument("--overwrite", action="store_true",
@@ -207,6 +209,20 @@ def load_volume(path, like=None, what: str = "volume") -> tuple[np.ndarray, np.n
     return data, img.affine
 
 
+_AXIS_CODES = {"sagittal": "RL", "coronal": "AP", "axial": "SI"}  # translate.json's axis names -> nibabel codes
+
+
+def array_axis(slice_axis: int | None, named: str | None, affine) -> int:
+    """The array axis of the slices: `slice_axis` when given; else the axis of this file that runs along the
+    anatomical direction translate sliced (`named`, e.g. "axial (S-I)"), whatever the file's orientation;
+    else the last."""
+    if slice_axis is not None:
+        return slice_axis
+    wanted = _AXIS_CODES.get(str(named).split(" ")[0]) if named else None
+    codes = nib.aff2axcodes(affine) if wanted else ()
+    return next((i for i, c in enumerate(codes) if c is not None and c in wanted), -1)
+
+
 def _protocols(values) -> list[str]:
     chosen = []
     for v in values or ["volume"]:
@@ -271,22 +287,24 @@ def _scores(vol, ref, mask, seg, protocol: str, modality: str, slice_axis: int) 
     return out
 
 
-def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_axis: int = -1) -> tuple:
+def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_axis: int | None = None) -> tuple:
     """Per-subject rows, per-slice rows and the summary for every subject and protocol (the summary's
-    "baseline_sources": protocol -> region -> source; "below_baseline": where the prediction scores below)."""
+    "baseline_sources": protocol -> region -> source; "below_baseline": where the prediction scores below).
+    `slice_axis` None: each subject's from `array_axis`."""
     subject_rows, slice_rows = [], []
     copy_scores: dict[str, list[dict]] = {p: [] for p in protocols}  # protocol -> per subject {source: scores}
     for s in subjects:
         ref, affine = load_volume(s["reference"], what="reference")
         like = (ref.shape, affine)
         pred, _ = load_volume(s["prediction"], like, "prediction")
+        axis = array_axis(slice_axis, s.get("slice_axis"), affine)
         mask = load_volume(s["mask"], like, "mask")[0] > 0 if s.get("mask") else None
         seg = check_labels(load_volume(s["seg"], like, "segmentation")[0], s["seg"]) if s.get("seg") else None
         ceilings = ceiling_volumes(s, like)
         copies = _copies(s, ref, like, mask, modality)
         for protocol in protocols:
             res = evaluate_subject(pred, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
-                                   slice_axis=slice_axis)
+                                   slice_axis=axis)
             slice_rows += [{"subject": s["subject"], "protocol": protocol, **r} for r in res.pop("slices")]
             row = {"subject": s["subject"], **res}
             if PROTOCOL_SPECS[protocol].volume_extras:
@@ -294,18 +312,18 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
             if PROTOCOL_SPECS[protocol].volume_extras and ref.ndim == 3:
                 lo, hi = res["norm_low"], res["norm_high"]
                 fg = foreground_mask(ref, modality) if mask is None else mask
-                row.update(through_plane_scores((pred - lo) / (hi - lo), (ref - lo) / (hi - lo), 1.0, slice_axis, fg))
+                row.update(through_plane_scores((pred - lo) / (hi - lo), (ref - lo) / (hi - lo), 1.0, axis, fg))
             for name, vol in ceilings.items():
                 top = evaluate_subject(vol, ref, mask=mask, seg=seg, protocol=protocol, modality=modality,
-                                       slice_axis=slice_axis)
+                                       slice_axis=axis)
                 row.update({f"{name}_{m}": top[m] for m in CEILING_METRICS if m in top})
             if copies:
-                copy_scores[protocol].append({name: _scores(vol, ref, mask, seg, protocol, modality, slice_axis)
+                copy_scores[protocol].append({name: _scores(vol, ref, mask, seg, protocol, modality, axis)
                                               for name, vol in copies.items()})
                 row["_copies"] = copy_scores[protocol][-1]
             if PROTOCOL_SPECS[protocol].volume_extras and len(s.get("samples") or []) >= 2:
                 samples = [load_volume(p, like, "sample")[0] for p in s["samples"]]
-                row.update(evaluate_ensemble(samples, ref, mask=mask, modality=modality, slice_axis=slice_axis))
+                row.update(evaluate_ensemble(samples, ref, mask=mask, modality=modality, slice_axis=axis))
             subject_rows.append(row)
     chosen = {p: choose_sources(copy_scores[p]) for p in protocols if copy_scores[p]}
     for row in subject_rows:  # each region's baseline from the source that is best there over all subjects
@@ -324,7 +342,7 @@ def evaluate(subjects: list[dict], modality: str, protocols: list[str], slice_ax
     return subject_rows, slice_rows, summary
 
 
-def distribution(subjects: list[dict], modality: str, slice_axis: int = -1, inception=None) -> dict:
+def distribution(subjects: list[dict], modality: str, slice_axis: int | None = None, inception=None) -> dict:
     """MS-SWD (and FID/KID with an extractor) between predicted and reference foreground slices, pooled."""
     from phmdiff.eval.distribution import fid_kid, ms_swd  # torch: imported only once inputs passed their checks
     pred_slices, ref_slices = [], []
@@ -336,9 +354,10 @@ def distribution(subjects: list[dict], modality: str, slice_axis: int = -1, ince
         mask = load_volume(s["mask"], (ref.shape, affine), "mask")[0] > 0 if s.get("mask") else None
         mask = foreground_mask(ref, modality) if mask is None else mask
         pred_n, ref_n, _ = normalize_pair(pred, ref, mask, modality)
-        keep = np.moveaxis(mask, slice_axis, 0).any(axis=(1, 2))
-        pred_slices += list(np.clip(np.moveaxis(pred_n, slice_axis, 0)[keep], 0, 1))
-        ref_slices += list(np.clip(np.moveaxis(ref_n, slice_axis, 0)[keep], 0, 1))
+        axis = array_axis(slice_axis, s.get("slice_axis"), affine)
+        keep = np.moveaxis(mask, axis, 0).any(axis=(1, 2))
+        pred_slices += list(np.clip(np.moveaxis(pred_n, axis, 0)[keep], 0, 1))
+        ref_slices += list(np.clip(np.moveaxis(ref_n, axis, 0)[keep], 0, 1))
     if len({x.shape for x in ref_slices}) != 1:
         return {"note": "MS-SWD skipped: no 3D subject, or slices of different sizes across subjects."}
     out = {"n_slices": len(ref_slices), **ms_swd(np.stack(pred_slices), np.stack(ref_slices))}
@@ -427,8 +446,9 @@ def run(args) -> int:
     flags = below_baseline(summary, {p: st.get("baseline_sources", {}) for p, st in summary.items()})
     summary_json = {"modality": modality, "protocols": summary, "below_baseline": flags,
                     "distribution": distribution(subjects, modality, args.slice_axis, args.inception)}
-    inputs = {"modality": modality, "protocols": protocols, "slice_axis": args.slice_axis, "subjects": subjects,
-              "provenance": provenance(args, subjects, modality)}
+    inputs = {"modality": modality, "protocols": protocols, "subjects": subjects,
+              "provenance": provenance(args, subjects, modality),
+              **({"slice_axis": args.slice_axis} if args.slice_axis is not None else {})}
     with publish_dir(out, "evaluate", getattr(args, "overwrite", False)) as tmp:  # the four files as one unit
         atomic_write_text(tmp / "per_subject.csv", _csv(subject_rows, SUBJECT_COLUMNS + tuple(extra)))
         atomic_write_text(tmp / "per_slice.csv", _csv(slice_rows, ("subject", "protocol", "slice", "psnr", "ssim",
