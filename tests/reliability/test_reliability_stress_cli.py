@@ -123,3 +123,44 @@ def test_fuzzed_options_end_in_0_1_2_and_touch_nothing_outside_out(world, tmp_pa
     assert fx.files_of(root / "victim") == victim_before
     outside = {p.name for p in work.iterdir()} - {"tr", "out", "cwd"}
     assert not outside, outside
+
+
+# Whole translate and generate runs on the shared tiny run. Their values are the crafted ones (non-finite, huge,
+# negative, wrong type, text) and small whole numbers: a valid but large count would only make the run long.
+RUN_VALUES = BAD | st.sampled_from(["1", "2", "3"]) | st.text(max_size=6)
+
+
+def _finite_outputs(out: Path) -> None:
+    """Every volume and JSON a run published holds only finite numbers."""
+    for path in out.rglob("*.nii.gz"):
+        assert np.isfinite(np.asarray(nib.load(str(path)).dataobj)).all(), path
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path}: {c}"))
+
+
+@RUN
+@given(command=st.sampled_from(["translate", "generate"]),
+       picks=st.lists(st.tuples(st.integers(0, 10**6), RUN_VALUES), min_size=1, max_size=2))
+def test_fuzzed_translate_and_generate_runs_end_in_0_1_2_with_finite_outputs(world, tmp_path_factory, capsys,
+                                                                             command, picks):
+    root, victim_before = world
+    data, run = fx.shared(tmp_path_factory), fx.trained_run(tmp_path_factory)
+    work = tmp_path_factory.mktemp("run")
+    base = {"translate": ["--input", str(data / "phantom" / "PHANTOM_00001"), "--n-samples", "2", "--no-progress"],
+            "generate": ["--seeds", "0-1"]}[command]  # each exits 0 as it stands
+    argv = [command, "--run", str(run), "--out", str(work / "out"), *base, "--steps", "2", "--device", "cpu"]
+    options = [a for a in _options(command) if "--device" not in a.option_strings]
+    for which, value in picks:
+        argv += _args(options[which % len(options)], value)
+    (work / "cwd").mkdir()
+    try:
+        with contextlib.chdir(work / "cwd"):
+            code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code in (0, 1, 2) and "Traceback" not in err, (argv, err)
+    assert fx.files_of(root / "victim") == victim_before
+    assert not {p.name for p in work.iterdir()} - {"out", "cwd"}
+    for out in (work / "out", work / "cwd"):
+        _finite_outputs(out)
