@@ -106,7 +106,8 @@ def markdown(results_dir: Path, figures_root: Path | None = None) -> str:
     figures = render_quality.learning_curves(results_dir, figures_root) if figures_root else {}
     lines = []
     extra = sorted(p.stem for p in Path(results_dir).glob("quality_*.json") if p.stem not in RESULTS)
-    names = [*RESULTS[:3], *extra, *RESULTS[3:]]
+    names = [*RESULTS[:2], *extra, *RESULTS[2:]]
+    drawn: set[str] = set()  # each task's learning curve once, under its first table
     for name in names:
         path = results_dir / f"{name}.json"
         if not path.exists():
@@ -147,7 +148,8 @@ def markdown(results_dir: Path, figures_root: Path | None = None) -> str:
                       f"{x['slices_per_s']:.2f} |" for x in r["sampling"]]
             lines += ["", f"GPU: {r['gpu_section']}.", ""] + _gpu_check(results_dir)
         elif name.startswith("quality") and render_quality.is_protocol(r):
-            lines += render_quality.quality_lines(r, cmd, figures)
+            lines += render_quality.quality_lines(r, cmd, {t: f for t, f in figures.items() if t not in drawn})
+            drawn |= {t["task"] for t in r["tasks"]}
         elif name == "ablation" and render_quality.is_protocol(r):
             lines += render_quality.ablation_lines(r, cmd)
         elif name.startswith("quality"):
