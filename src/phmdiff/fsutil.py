@@ -42,13 +42,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """Yield a temporary path beside `path`; on success it is renamed onto `path`.
 
     The temporary file lies in a hidden stage folder beside `path` that holds its owner record (see
-    `_new_stage`), so the litter of a killed writer is provably its own and the next write of `path`
-    removes it. The temporary name keeps the final suffix (e.g. `.nii.gz`) so libraries that choose a
-    format by extension write the right one. On any exception the stage is removed and `path` is untouched.
+    `_new_stage`), so the litter of a killed writer is provably its own: the commands remove it from their
+    folders (`clean_dead_stages_in`; not here: a scan per write would cost a folder listing per file). The
+    temporary name keeps the final suffix (e.g. `.nii.gz`) so libraries that choose a format by extension
+    write the right one. On any exception the stage is removed and `path` is untouched.
     """
     path = Path(path)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
-    stage = _stage_beside(path, folder=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = _new_stage(path, folder=False)
     tmp = stage / f"file{suffix}"
     try:
         tmp.touch(mode=0o666)
@@ -225,11 +227,11 @@ def _named(exc: OSError, path: Path, tmp: Path) -> OSError:
     return exc
 
 
-def _stage_beside(path: Path, folder: bool = True) -> Path:
+def _stage_beside(path: Path) -> Path:
     """A new stage folder beside `path`, after removing those of dead runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_dead_temps(path)
-    return _new_stage(path, folder)
+    return _new_stage(path)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:

@@ -94,4 +94,6 @@ def test_sigkill_at_a_random_moment_of_a_real_training_run_then_resume(tmp_path_
     code, err = fx.finish(fx.popen(["train", "--config", config, *common]))
     assert code == 0, err[-2000:]
     assert load_checkpoint(find_latest(run)).step == steps
+    litter = [p for folder in (run, checkpoints_dir(run)) for p in folder.glob(".*.phmdiff-*")]
+    assert not litter, litter  # what a kill left mid-write, removed by the run that resumed
     print(f"\nreliability: {kills} kill(s) of a real training run survived")

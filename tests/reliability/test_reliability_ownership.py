@@ -174,7 +174,7 @@ def test_a_killed_writers_stage_is_removed_and_a_torn_swap_completed(tmp_path):
 
 def test_a_file_writer_killed_mid_write_leaves_a_stage_that_the_next_run_removes(tmp_path):
     """A single-file atomic write killed by SIGKILL leaves only a hidden stage with its owner record; the next
-    write of that file, and the next command into that folder, remove it (and keep the user's files)."""
+    command into that folder removes it (and keeps the user's files)."""
     out = tmp_path / "results"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
@@ -187,14 +187,26 @@ def test_a_file_writer_killed_mid_write_leaves_a_stage_that_the_next_run_removes
         assert proc.returncode == -signal.SIGKILL
     stages = sorted(out.glob(".*.phmdiff-*.tmp"))
     assert len(stages) == 2 and all((s / OWNER).is_file() for s in stages)
-    assert not (out / "evaluation.json").exists()
-    from phmdiff.fsutil import atomic_write_text
-    atomic_write_text(out / "evaluation.json", "{}")  # the next write of the same file removes its litter
-    assert (out / "evaluation.json").read_text() == "{}" and not stages[0].exists() and stages[1].exists()
+    assert sorted(p.name for p in out.iterdir() if p not in stages) == ["notes.txt"]
     with pytest.raises(ValueError, match="did not write"):
-        check_out_dir(out, "evaluate")  # refused for the user's files, after removing the dead stages
-    assert not stages[1].exists()
-    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "notes.txt"]
+        check_out_dir(out, "evaluate")  # refused for the user's file, after removing the dead stages
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_resumed_training_removes_the_temp_of_a_write_killed_in_its_run_folder(tmp_path_factory, tmp_path):
+    data = fx.shared(tmp_path_factory)
+    run = tmp_path / "run"
+    config = fx.write_config(data, run)
+    fx.in_process("train", "--config", str(config), "--no-progress", "train.max_num_steps=1")
+    script = ("import os, signal, sys\nfrom phmdiff.fsutil import atomic_path\n"
+              "with atomic_path(sys.argv[1]) as tmp:\n"
+              "    tmp.write_text('step,loss\\n1,')\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(run / "log.csv")], env={**os.environ}, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    stage = next(run.glob(".log.csv.phmdiff-*.tmp"))
+    fx.in_process("train", "--config", str(config), "--no-progress", "train.max_num_steps=2")
+    assert not stage.exists() and not list(run.glob(".*.phmdiff-*"))
 
 
 def test_a_live_writers_stage_is_kept_and_a_reused_pid_is_seen(tmp_path):

@@ -27,7 +27,7 @@ from phmdiff.data.prepare import load_manifest
 from phmdiff.devices import run_device
 from phmdiff.eval.metrics import psnr, ssim
 from phmdiff.factory import build_denoiser, build_objective
-from phmdiff.fsutil import atomic_write_text
+from phmdiff.fsutil import atomic_write_text, clean_dead_stages_in
 from phmdiff.inference import (
     SamplingSettings,
     decode_target,
@@ -151,6 +151,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     run_dir = cfg.run_dir
     lock = RunLock(run_dir).acquire() if is_main else None
+    if is_main:
+        clean_dead_stages_in(run_dir)  # the temp files of a killed run's writes (log.csv, plan), provably its own
     writer = None
     stop = StopSignals()
     try:
