@@ -50,7 +50,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = _new_stage(path, folder=False)
+    try:
+        stage = _new_stage(path, folder=False)
+    except OSError as exc:  # e.g. a read-only folder: name the output, not the hidden stage
+        raise OSError(exc.errno or errno.EIO, f"{exc.strerror or exc}; nothing was written", str(path)) from None
     tmp = stage / f"file{suffix}"
     try:
         tmp.touch(mode=0o666)
@@ -117,18 +120,21 @@ OWNER = ".phmdiff-owner.json"  # inside a stage folder: who made it (pid, start 
 _STAGE = re.compile(r"\.phmdiff-([0-9a-f]{16})\.(?:tmp|new)\Z")
 
 
+_SHORT = 120  # a stage's name carries at most this much of its output's name: a 255-byte name has room
+
+
 def _stage_pattern(path: Path, suffix: str = "tmp") -> str:
-    return f".{glob.escape(path.name)}.phmdiff-*.{suffix}"
+    return f".{glob.escape(path.name[:_SHORT])}.phmdiff-*.{suffix}"
 
 
 def _new_stage(path: Path, folder: bool = True) -> Path:
     """A new hidden folder `.NAME.phmdiff-TOKEN.tmp` beside `path` holding its owner record; a folder's work
     goes in `out/` (`folder`), a file's beside the record."""
     token = secrets.token_hex(8)
-    stage = path.with_name(f".{path.name}.phmdiff-{token}.tmp")
-    new = stage.with_name(f".{path.name}.phmdiff-{token}.new")  # renamed to `stage` once its record is inside,
-    new.mkdir(mode=0o700)  # so a `.tmp` stage always holds its owner record, whenever a kill lands
-    record = {"token": token, "pid": os.getpid(), "start": pid_start(os.getpid())}
+    stage = path.with_name(f".{path.name[:_SHORT]}.phmdiff-{token}.tmp")
+    new = stage.with_name(f".{path.name[:_SHORT]}.phmdiff-{token}.new")  # renamed to `stage` once its record
+    new.mkdir(mode=0o700)  # is inside, so a `.tmp` stage always holds its owner record, whenever a kill lands
+    record = {"token": token, "pid": os.getpid(), "start": pid_start(os.getpid()), "name": path.name}
     (new / OWNER).write_text(json.dumps(record))
     if folder:
         (new / "out").mkdir()
@@ -137,8 +143,8 @@ def _new_stage(path: Path, folder: bool = True) -> Path:
     return stage
 
 
-def _dead_stage(stage: Path) -> bool:
-    """True only when `stage` is provably a stage folder of a process that is gone.
+def _dead_stage(stage: Path) -> dict | None:
+    """The owner record of `stage` only when it is provably a stage folder of a process that is gone.
 
     A real folder (not a link), whose name carries a token, holding a plain owner record with that same
     token, whose process no longer exists (or the pid now names another process, by its start time).
@@ -146,22 +152,23 @@ def _dead_stage(stage: Path) -> bool:
     """
     match = _STAGE.search(stage.name)
     if match is None or stage.is_symlink() or not stage.is_dir():
-        return False
+        return None
     record_path = stage / OWNER
     try:
         if record_path.is_symlink() or not record_path.is_file():
-            return False
+            return None
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
     if not isinstance(record, dict) or record.get("token") != match.group(1):
-        return False
+        return None
     pid, start = record.get("pid"), record.get("start")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
+        return None
     if not pid_alive(pid):
-        return True
-    return start is not None and pid_start(pid) not in (None, start)  # the pid was reused by another process
+        return record
+    reused = start is not None and pid_start(pid) not in (None, start)  # the pid now names another process
+    return record if reused else None
 
 
 def clean_dead_temps(path: str | os.PathLike) -> list[Path]:
@@ -176,12 +183,17 @@ def clean_dead_temps(path: str | os.PathLike) -> list[Path]:
         return removed
     stages = [*path.parent.glob(_stage_pattern(path)), *path.parent.glob(_stage_pattern(path, "new"))]
     for stage in stages:
-        if not _dead_stage(stage):
+        record = _dead_stage(stage)
+        if record is None:
             continue
+        name = record.get("name")  # the output's whole name, where the stage's own is cut at _SHORT
+        plain = isinstance(name, str) and name[:_SHORT] == path.name[:_SHORT] and name not in (".", "..") \
+            and "/" not in name and "\0" not in name
+        target = path.parent / name if plain else path
         previous = stage / "previous"
         torn = stage.name.endswith(".tmp") and previous.is_dir() and not previous.is_symlink()
-        if torn and not os.path.lexists(path):
-            os.replace(previous, path)  # killed between the two renames of a swap: the previous output comes back
+        if torn and not os.path.lexists(target):
+            os.replace(previous, target)  # killed between the two renames of a swap: the previous output is back
         shutil.rmtree(stage, ignore_errors=True)
         removed.append(stage)
     return removed

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import rel_fixture as fx  # noqa: E402
 
 from phmdiff.cli import main  # noqa: E402
-from phmdiff.fsutil import OWNER, atomic_dir, check_out_dir, clean_dead_temps, publish_dir  # noqa: E402
+from phmdiff.fsutil import OWNER, atomic_dir, atomic_path, check_out_dir, clean_dead_temps, publish_dir  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -155,8 +155,9 @@ def test_user_folders_named_like_temps_are_never_touched(tmp_path):
     assert {p: fx.files_of(p) for p in made if p.exists()} == before
 
 
-def test_a_killed_writers_stage_is_removed_and_a_torn_swap_completed(tmp_path):
-    out = tmp_path / "cache"
+@pytest.mark.parametrize("name", ["cache", "c" * 240])  # a name near the 255-byte limit has a stage too
+def test_a_killed_writers_stage_is_removed_and_a_torn_swap_completed(tmp_path, name):
+    out = tmp_path / name
     with atomic_dir(out) as tmp:
         (tmp / "a").write_text("1")
     script = ("import os, signal, sys\nfrom phmdiff.fsutil import atomic_dir\n"
@@ -166,10 +167,13 @@ def test_a_killed_writers_stage_is_removed_and_a_torn_swap_completed(tmp_path):
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", script, str(out)], env={**os.environ}, timeout=60)
     assert proc.returncode == -signal.SIGKILL and not out.exists()
-    stages = list(tmp_path.glob(".cache.phmdiff-*.tmp"))
+    stages = list(tmp_path.glob(".*.phmdiff-*.tmp"))
     assert len(stages) == 1
     assert clean_dead_temps(out) == stages
     assert (out / "a").read_text() == "1" and not stages[0].exists()
+    with atomic_path(tmp_path / f"{name}.json") as tmp:  # a file of such a name too
+        tmp.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, f"{name}.json"])
 
 
 def test_a_file_writer_killed_mid_write_leaves_a_stage_that_the_next_run_removes(tmp_path):
