@@ -135,7 +135,8 @@ def _finite_outputs(out: Path) -> None:
     for path in out.rglob("*.nii.gz"):
         assert np.isfinite(np.asarray(nib.load(str(path)).dataobj)).all(), path
     for path in out.rglob("*.json"):
-        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path}: {c}"))
+        text = path.read_text()
+        json.loads(text, parse_constant=lambda c, where=path: pytest.fail(f"{where}: {c}"))
 
 
 @RUN
