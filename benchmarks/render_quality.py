@@ -4,6 +4,7 @@ rendered from the result JSON only (run_all.py calls these)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 FIGURES = Path("docs") / "images"
@@ -19,6 +20,8 @@ def is_protocol(results: dict) -> bool:
 def _ci(c: dict | None, unit: str = "") -> str:
     if not c or c.get("n_pairs", 0) == 0:
         return ""
+    if not all(map(math.isfinite, c["ci"])):  # one group (a pooled score over 1 seed): no spread to resample
+        return f"{c['mean']:+.2f}{unit} (one group: no interval)"
     text = f"{c['mean']:+.2f}{unit} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] {c['verdict']}"
     if "target" in c:
         text += f"; target >= {c['target']:+.2f}: {'met' if c['target_met'] else '**missed**'}"
