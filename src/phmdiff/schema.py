@@ -243,6 +243,7 @@ def check_evaluation_json(meta, path) -> dict:
         raise _fail(path, "subjects", "a list", subjects)
     for i, s in enumerate(subjects):
         _subject_entry(s, path, f"subjects[{i}]")
+        _str(s.get("reference"), path, f"subjects[{i}].reference")  # evaluate lists only scored subjects
     _plain(_dict(meta.get("provenance", {}), path, "provenance"), path, "provenance")
     return meta
 

@@ -121,6 +121,7 @@ CRAFTED_SUMMARY = [lambda m: {}, lambda m: {**m, "protocols": []}, lambda m: {**
                    lambda m: _replace(m, ("protocols", "volume"), 7)]
 CRAFTED_EVALUATION = [lambda m: {**m, "subjects": [1]}, lambda m: {**m, "subjects": {}},
                       lambda m: _replace(m, ("subjects", 0, "subject"), None),
+                      lambda m: _replace(m, ("subjects", 0, "reference"), None),
                       lambda m: _replace(m, ("provenance",), "x"), lambda m: _replace(m, ("slice_axis",), 9)]
 
 
