@@ -348,8 +348,8 @@ def check_out_dir(out: str | os.PathLike, command: str, overwrite: bool = False)
     unless `overwrite` (then files of others are still kept: only this command's names are replaced)."""
     out = Path(out)
     clean_dead_temps(out)
-    if out.is_dir() and not out.is_symlink():
-        clean_dead_stages_in(out)  # the temp files of killed writers, provably theirs
+    if out.is_dir():  # `out` itself is the user's choice (a link to a folder is fine, as in `check_inside`)
+        clean_dead_stages_in(out)  # the staged files and subjects of killed writers, provably theirs
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: output path is a file; expected a folder for phmdiff {command}.")
     if out.is_dir() and not overwrite and _claims(out, command) is None:

@@ -51,7 +51,6 @@ from phmdiff.fsutil import (
     check_out_dir,
     check_writable_dir,
     claim_out_dir,
-    clean_dead_stages_in,
     safe_name,
 )
 from phmdiff.inference import load_trained
@@ -228,8 +227,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
             if not exc.failed:
                 complete.add(sub.id)
     subjects = [s for s in subjects if s.id in plans]
-    out = check_writable_dir(check_out_dir(out, "translate", opt.overwrite or opt.resume))
-    clean_dead_stages_in(out)  # the staged subjects of runs that were killed
+    out = check_writable_dir(check_out_dir(out, "translate", opt.overwrite or opt.resume))  # and dead stages gone
     listed_target, listed_sources = (target, slots) if any_to_any else (run_target, slots)
     earlier = _earlier_entries(out, listed_target, listed_sources, opt.overwrite)
     claim_out_dir(out, "translate", ["translate.json", *[s.id for s in subjects]])  # a killed run's out stays ours
