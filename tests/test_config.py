@@ -62,6 +62,8 @@ def test_original_dit_name_maps_to_ours():
         ("model.use_decoder=maybe", "expected true or false"),
         ("train.amp=fp8", "expected one of bf16, fp16, no"),
         ("model.precond=flow", "'model.precond'"),
+        ("model.denoise_loss_on=masked", "expected one of visible, all"),
+        ("model.level_schedule=coarse", "expected one of random, cycle"),
         ("model.mask_ratio=1.5", "in [0, 1)"),
         ("train.lr=-1", "'train.lr'"),
         ("train.lr=nan", "'train.lr'"),

@@ -137,7 +137,8 @@ def test_pyramid_loss_of_each_formulation_is_finite_and_reaches_the_weights(prec
 
 
 def test_ddpm_masked_loss_counts_the_visible_tokens_only():
-    """With every masked token answered by its target, the DDPM loss equals the mean error over visible tokens."""
+    """With every masked token answered by its target, the DDPM loss equals the mean error over visible tokens
+    (and, with loss_on "all", the mean over every token)."""
     from phmdiff.diffusion import create_diffusion
     from phmdiff.losses import masked_denoising_loss
 
@@ -170,3 +171,8 @@ def test_ddpm_masked_loss_counts_the_visible_tokens_only():
     visible[..., :, 2:] = True  # tokens 1 and 3 of the 2x2 grid: the right half
     expected = (noise**2)[visible.expand_as(noise)].mean()
     assert float(terms["denoise"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    # loss_on "all": the masked tokens' prediction counts too, the mean over every element.
+    every, _ = masked_denoising_loss(Wrapper(), x, {}, 0.5, mae_loss_coef=0.0, loss_fn=loss_fn, noise_level=t,
+                                     generator=torch.Generator().manual_seed(1), loss_on="all")
+    assert float(every["denoise"].detach()) == pytest.approx(float((noise**2).mean()), rel=1e-5)
+    assert float(every["denoise"].detach()) != pytest.approx(float(terms["denoise"].detach()), rel=1e-3)

@@ -123,8 +123,16 @@ def test_masked_loss_closed_form_with_zero_backbone():
             assert torch.allclose(terms["denoise"], token_err[~mask].mean(), rtol=1e-5)
             assert terms["mae"] > 0 and torch.allclose(terms["loss"], terms["denoise"] + 0.1 * terms["mae"])
             assert feats.shape == (3, 8, 32)
+            # loss_on "all" counts the decoder's masked tokens too: the mean over every element, same draws.
+            every, _ = masked_denoising_loss(D, x, {}, ratio, mae_loss_coef=0.1, noise_level=sigma,
+                                             generator=torch.Generator().manual_seed(7), loss_on="all")
+            assert torch.allclose(every["denoise"], err.mean(), rtol=1e-5)
+            assert not torch.allclose(every["denoise"], terms["denoise"], rtol=1e-3)
+            assert torch.allclose(every["mae"], terms["mae"])
     terms, _ = masked_denoising_loss(D, x, {}, 0.5, mae_loss_coef=0.0, generator=torch.Generator().manual_seed(1))
     assert terms["mae"] == 0 and torch.equal(terms["loss"], terms["denoise"])
+    with pytest.raises(ValueError, match="loss_on"):
+        masked_denoising_loss(D, x, {}, 0.5, loss_on="masked")
 
 
 def test_tiny_model_overfits_a_handful_of_latents():

@@ -59,3 +59,17 @@ def test_objective_module_value_is_pinned(tiny_denoiser, seed):
     b = _batch()
     terms = objective(b["source"], b["target"], b["avail"], b["target_label"], 0.5, torch.Generator().manual_seed(seed))
     assert {k: float(v.detach()) for k, v in terms.items()} == pytest.approx(PINNED[seed], abs=1e-4)
+
+
+def test_a_scheduled_level_is_trained_and_the_later_draws_stay_put(tiny_denoiser):
+    """`level` (model.level_schedule "cycle") picks the level; the draw it replaces is still made, so the same
+    generator gives the same noise and masks: level 0 from seed 0 (which draws 0) is the pinned value."""
+    objective = PyramidObjective(tiny_denoiser, levels=2, class_dropout_prob=0.3)
+    b = _batch()
+    args = (b["source"], b["target"], b["avail"], b["target_label"], 0.5)
+    fine = objective(*args, torch.Generator().manual_seed(0), level=0)
+    assert {k: float(v.detach()) for k, v in fine.items()} == pytest.approx(PINNED[0], abs=1e-4)
+    coarse = objective(*args, torch.Generator().manual_seed(0), level=1)
+    assert set(coarse) == COARSEST_KEYS and int(coarse["level"]) == 1
+    with pytest.raises(ValueError, match="outside"):
+        objective(*args, torch.Generator().manual_seed(0), level=2)

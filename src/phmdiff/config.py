@@ -95,6 +95,8 @@ class ModelConfig:
     mean_loss: str = "l2"  # the mean network's regression loss: l2 (the conditional mean) or l1 (the median)
     residual_norm: bool = True  # the diffusion sees the residual divided by its running std (unit scale for EDM)
     mae_loss_coef: float = 0.1
+    denoise_loss_on: str = "visible"  # the tokens the denoising loss counts: visible (MaskDiT) | all (masked ones too)
+    level_schedule: str = "random"  # the pyramid level each step trains: random | cycle (step % pyramid_levels)
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     pyramid_levels: int = 3
     cross_granularity_weight: float = 0.05

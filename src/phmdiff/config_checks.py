@@ -26,6 +26,8 @@ CATEGORIES = ("npy", "lmdb", "tar")
 # the tables equal to these names).
 FORMULATIONS = ("edm", "vp", "ve", "ddpm")
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
+LOSS_ON = ("visible", "all")  # the tokens the denoising loss counts (model.denoise_loss_on)
+LEVEL_SCHEDULES = ("random", "cycle")  # the pyramid level each step trains (model.level_schedule)
 # Autoencoder presets and their downsampling factors; "identity" is pixel-space diffusion.
 AE_FACTORS = {**{name: c.downsample_factor for name, c in AE_presets.items()}, "identity": 1}
 
@@ -105,6 +107,8 @@ def validate_model(m: ModelConfig, d: DataConfig, origin: str) -> None:
     _choice(origin, "model.precond", m.precond, FORMULATIONS)
     _choice(origin, "model.timestep_sampler", m.timestep_sampler, TIMESTEP_SAMPLERS)
     _choice(origin, "model.mask_ratio_fn", m.mask_ratio_fn, MASK_RATIO_FNS)
+    _choice(origin, "model.denoise_loss_on", m.denoise_loss_on, LOSS_ON)
+    _choice(origin, "model.level_schedule", m.level_schedule, LEVEL_SCHEDULES)
     if m.model_type.startswith("DiT-"):  # the original names map onto our sizes
         m.model_type = "PHMDiff-" + m.model_type[len("DiT-") :]
     _choice(origin, "model.model_type", m.model_type, tuple(MODEL_PRESETS))

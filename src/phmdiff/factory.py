@@ -75,4 +75,4 @@ def build_objective(denoiser: nn.Module, model_cfg, null_label: int | None = Non
                             mean_loss_weight=m.mean_loss_weight, mean_loss=m.mean_loss,
                             class_dropout_prob=m.class_dropout_prob, coarse_aug_sigma=m.coarse_aug_sigma,
                             cross_granularity_weight=m.cross_granularity_weight, loss_fn=build_loss(m),
-                            null_label=null_label)
+                            null_label=null_label, loss_on=m.denoise_loss_on)

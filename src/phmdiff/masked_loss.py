@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from phmdiff.config_checks import LOSS_ON
 from phmdiff.diffusion.ddpm_loss import DDPMLoss
 from phmdiff.diffusion.edm import EDMLoss, SigmaLoss
 
@@ -38,17 +39,20 @@ class _LevelLoss(NamedTuple):
     grid: tuple[int, int]
 
 
-def _sigma_level(loss_fn: SigmaLoss, denoiser, x_start, model_kwargs, noise_level, generator):
-    """Per-token weighted denoising error (N, T), noisy input, output, mask and features on the sigma axis."""
+def _sigma_level(loss_fn: SigmaLoss, denoiser, x_start, model_kwargs, noise_level, generator, loss_on):
+    """The weighted denoising error on the visible tokens (loss_on "visible") or on all of them ("all"), with the
+    noisy input, output, mask and features on the sigma axis."""
     out = loss_fn.terms(denoiser, x_start, noise_level, model_kwargs, generator)
     _, mask, features = out["pred"], *out["aux"]
     per_token = _patchify(out["loss"], mask.shape[1]).mean(dim=-1)  # (N, T)
+    if loss_on == "all":
+        return per_token.mean(), out, mask, features
     visible = (~mask).float()
     return (per_token * visible).sum() / visible.sum(), out, mask, features
 
 
-def _ddpm_level(loss_fn: DDPMLoss, denoiser, x_start, model_kwargs, noise_level, generator):
-    """The DDPM loss of the epsilon network inside `denoiser` on the visible tokens, importance weighted."""
+def _ddpm_level(loss_fn: DDPMLoss, denoiser, x_start, model_kwargs, noise_level, generator, loss_on):
+    """The DDPM loss of the epsilon network inside `denoiser` on the visible tokens (or all), importance weighted."""
     n = x_start.shape[0]
     if noise_level is None:
         t, importance = loss_fn.draw(n, generator, x_start.device)
@@ -61,12 +65,15 @@ def _ddpm_level(loss_fn: DDPMLoss, denoiser, x_start, model_kwargs, noise_level,
         eps, mask, features = denoiser.model(x_t, timesteps.float(), **kw)
         eps = eps[:, : x_t.shape[1]].float()  # a learned-variance output's first half is epsilon
         seen.update(x_t=x_t, pred=eps, mask=mask, features=features)
+        if loss_on == "all":
+            return eps
         # Masked tokens answer with their own target, the noise: they add no error, and the mean over all elements
         # rescaled by the visible fraction below is MaskDiT's loss on the visible tokens.
         return torch.where(_token_mask_pixels(mask, x_t.shape), noise, eps)
 
     per_sample = loss_fn.terms(network, x_start, t, model_kwargs, noise=noise)["loss"]  # (N,)
-    per_sample = per_sample / (~seen["mask"]).float().mean(dim=1)
+    if loss_on != "all":
+        per_sample = per_sample / (~seen["mask"]).float().mean(dim=1)
     if noise_level is None:
         loss_fn.update(t, per_sample.detach())
     out = {"noise_level": t, "x_t": seen["x_t"], "pred": seen["pred"]}
@@ -74,14 +81,17 @@ def _ddpm_level(loss_fn: DDPMLoss, denoiser, x_start, model_kwargs, noise_level,
 
 
 def _masked_level_loss(loss_fn, denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef, generator, noise_level,
-                       mae_target) -> _LevelLoss:
-    """MaskDiT's loss at one level: the formulation's denoising error on visible tokens + the MAE term."""
+                       mae_target, loss_on="visible") -> _LevelLoss:
+    """MaskDiT's loss at one level: the formulation's denoising error on visible tokens (or, with loss_on "all", on
+    every token: the decoder's prediction at the masked ones counts too) + the MAE term."""
     if mae_target not in ("noisy", "clean"):
         raise ValueError(f"mae_target must be 'noisy' or 'clean', got {mae_target!r}.")
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}.")
     x_start = x_start.float()
     kwargs = {**(model_kwargs or {}), "mask_ratio": mask_ratio, "generator": generator, "return_aux": True}
     level = _ddpm_level if isinstance(loss_fn, DDPMLoss) else _sigma_level
-    denoise, out, mask, features = level(loss_fn, denoiser, x_start, kwargs, noise_level, generator)
+    denoise, out, mask, features = level(loss_fn, denoiser, x_start, kwargs, noise_level, generator, loss_on)
     T = mask.shape[1]
     terms = {"denoise": denoise}
     if mae_loss_coef > 0 and mask.any():
@@ -99,7 +109,7 @@ def _masked_level_loss(loss_fn, denoiser, x_start, model_kwargs, mask_ratio, mae
 def masked_denoising_loss(denoiser, x_start: torch.Tensor, model_kwargs: dict | None = None, mask_ratio: float = 0.0,
                           mae_loss_coef: float = 0.1, generator: torch.Generator | None = None,
                           loss_fn: SigmaLoss | DDPMLoss | None = None, noise_level: torch.Tensor | None = None,
-                          mae_target: str = "noisy"):
+                          mae_target: str = "noisy", loss_on: str = "visible"):
     """MaskDiT loss: the formulation's denoising error on visible tokens + mae_loss_coef * masked-token reconstruction.
 
     `denoiser` is a preconditioned D(x, sigma, **kw) around a MaskedDiT; `loss_fn` the formulation's loss (EDMLoss
@@ -108,5 +118,5 @@ def masked_denoising_loss(denoiser, x_start: torch.Tensor, model_kwargs: dict | 
     x_start. Returns ({"loss", "denoise", "mae"} scalars, encoder features (N, T_vis, D)).
     """
     out = _masked_level_loss(loss_fn or EDMLoss(), denoiser, x_start, model_kwargs, mask_ratio, mae_loss_coef,
-                             generator, noise_level, mae_target)
+                             generator, noise_level, mae_target, loss_on)
     return out.terms, out.features

@@ -33,16 +33,21 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
                  target_label: torch.Tensor | None, *, levels: int, mask_ratio: float, mae_loss_coef: float = 0.1,
                  class_dropout_prob: float = 0.1, coarse_aug_sigma: float = 0.5,
                  cross_granularity_weight: float = 0.05, loss_fn=None,
-                 generator: torch.Generator | None = None, null_label: int | None = None) -> dict:
+                 generator: torch.Generator | None = None, null_label: int | None = None, loss_on: str = "visible",
+                 level: int | None = None) -> dict:
     """PHMDiff training terms for one batch at a random pyramid level (and the same examples one level coarser).
 
     `source` (N, n_src*C, H, W) and `target` (N, C, H, W) are latents at level 0, `avail` (N, n_src). `loss_fn`
     is the formulation's per-level denoising loss (`factory.LOSSES`; EDM's when None). With `null_label` (a
     generation run, whose condition is the modality label) condition dropout also puts the null label in place of
-    `target_label`, as MaskDiT drops its class label for classifier-free guidance. Returns
+    `target_label`, as MaskDiT drops its class label for classifier-free guidance. `level` chooses the level (a
+    schedule's); None draws it. `loss_on`: the tokens the denoising loss counts (visible | all). Returns
     {"loss", "denoise", "mae", "level"[, "coarse_loss", "cross_granularity"]} as scalars.
     """
-    level = int(torch.randint(levels, (1,), generator=generator))
+    drawn = int(torch.randint(levels, (1,), generator=generator))  # drawn either way: the later draws stay put
+    level = drawn if level is None else int(level)
+    if not 0 <= level < levels:
+        raise ValueError(f"level {level} is outside the pyramid's {levels} levels.")
     src_pyr = gaussian_pyramid(source, levels)  # finest first
     tgt_pyr = gaussian_pyramid(target, levels)
     # One dropout draw for both levels: an example without its condition loses it at the coarse level too.
@@ -61,7 +66,8 @@ def pyramid_loss(denoiser, source: torch.Tensor, target: torch.Tensor, avail: to
     fine_kw = kwargs_at(level)
     terms, _ = phmdiff_loss(denoiser, tgt_pyr[level], fine_kw, mask_ratio=mask_ratio, mae_loss_coef=mae_loss_coef,
                             coarse_x_start=coarse_x, coarse_kwargs=coarse_kw,
-                            cross_granularity_weight=cross_granularity_weight, generator=generator, loss_fn=loss_fn)
+                            cross_granularity_weight=cross_granularity_weight, generator=generator, loss_fn=loss_fn,
+                            loss_on=loss_on)
     terms["level"] = torch.tensor(float(level))
     return terms
 
@@ -77,19 +83,21 @@ class PyramidObjective(nn.Module):
 
     def __init__(self, denoiser: nn.Module, levels: int, mae_loss_coef: float = 0.1, class_dropout_prob: float = 0.1,
                  coarse_aug_sigma: float = 0.5, cross_granularity_weight: float = 0.05, loss_fn=None,
-                 null_label: int | None = None, mean_loss_weight: float = 1.0, mean_loss: str = "l2"):
+                 null_label: int | None = None, mean_loss_weight: float = 1.0, mean_loss: str = "l2",
+                 loss_on: str = "visible"):
         super().__init__()
         self.denoiser = denoiser
         self.loss_fn = loss_fn
         self.mean_loss_weight, self.mean_loss = float(mean_loss_weight), mean_loss
         self.options = dict(levels=int(levels), mae_loss_coef=float(mae_loss_coef),
                             class_dropout_prob=float(class_dropout_prob), coarse_aug_sigma=float(coarse_aug_sigma),
-                            cross_granularity_weight=float(cross_granularity_weight), null_label=null_label)
+                            cross_granularity_weight=float(cross_granularity_weight), null_label=null_label,
+                            loss_on=loss_on)
 
-    def forward(self, source, target, avail, target_label, mask_ratio: float, generator=None) -> dict:
+    def forward(self, source, target, avail, target_label, mask_ratio: float, generator=None, level=None) -> dict:
         if not isinstance(self.denoiser, MeanResidual):
             return pyramid_loss(self.denoiser, source, target, avail, target_label, mask_ratio=mask_ratio,
-                                loss_fn=self.loss_fn, generator=generator, **self.options)
+                                loss_fn=self.loss_fn, generator=generator, level=level, **self.options)
         # Mean and residual (CorrDiff): the mean network learns E[target | sources] by regression; the diffusion
         # learns target - mean given the sources and the mean, which it sees detached.
         source, avail, mu = self.denoiser.condition(source, avail, target_label)
@@ -97,7 +105,8 @@ class PyramidObjective(nn.Module):
         if self.training:
             self.denoiser.track(residual)
         terms = pyramid_loss(self.denoiser.denoiser, source, residual / self.denoiser.scale, avail, target_label,
-                             mask_ratio=mask_ratio, loss_fn=self.loss_fn, generator=generator, **self.options)
+                             mask_ratio=mask_ratio, loss_fn=self.loss_fn, generator=generator, level=level,
+                             **self.options)
         error = mu - target
         terms["mean"] = torch.mean(error.abs() if self.mean_loss == "l1" else error**2)
         terms["loss"] = terms["loss"] + self.mean_loss_weight * terms["mean"]

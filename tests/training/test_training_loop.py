@@ -173,3 +173,16 @@ def test_validation_logs_psnr_ssim_and_keeps_the_best_checkpoint(data):
     meta = load_checkpoint(cfg.run_dir / "checkpoints" / best).meta
     assert meta["validation"]["psnr"] == pytest.approx(max(psnrs), rel=1e-5)
     assert any((cfg.run_dir / "tensorboard").iterdir())
+
+
+def test_the_cycle_schedule_trains_the_levels_in_turn(data):
+    """model.level_schedule=cycle: step s trains level s % pyramid_levels (the default draws it)."""
+    levels = {}
+
+    def hook(step, terms):
+        levels[step] = int(terms["level"])
+        return terms
+
+    train(_cfg(data, "cycle", "train.max_num_steps=5", "model.level_schedule=cycle", "model.denoise_loss_on=all"),
+          progress=False, step_hook=hook)
+    assert levels == {s: s % 2 for s in range(5)}

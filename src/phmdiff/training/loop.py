@@ -245,7 +245,8 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                 g = torch.Generator().manual_seed(
                     int(np.random.SeedSequence([t.seed, step, a, rank]).generate_state(1)[0]))
                 with accelerator.accumulate(model), accelerator.autocast():
-                    terms = _terms(model, batch, device, mask_ratio, g)
+                    terms = _terms(model, batch, device, mask_ratio, g,
+                                   step % m.pyramid_levels if m.level_schedule == "cycle" else None)
                     if step_hook is not None:
                         terms = step_hook(step, terms)
                     finite &= bool(torch.isfinite(terms["loss"]).item())
@@ -404,13 +405,13 @@ def _resume_from(resume: str, run_dir: Path) -> Path | None:
     return ckpt_lib.resolve_checkpoint(resume, "last")
 
 
-def _terms(model, batch, device, mask_ratio, generator) -> dict:
-    """Training terms of one batch through the (DDP-wrapped) PyramidObjective."""
+def _terms(model, batch, device, mask_ratio, generator, level=None) -> dict:
+    """Training terms of one batch through the (DDP-wrapped) PyramidObjective; `level`: a schedule's (None: drawn)."""
     source = batch["source"].to(device, torch.float32)
     target = batch["target"].to(device, torch.float32)
     avail = batch["avail"].to(device, torch.float32)
     label = torch.as_tensor(batch["target_label"], device=device)
-    return model(source, target, avail, label, mask_ratio, generator)
+    return model(source, target, avail, label, mask_ratio, generator, level)
 
 
 def _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val) -> dict:
