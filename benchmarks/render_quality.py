@@ -92,12 +92,13 @@ def ablation_lines(r: dict, cmd: str) -> list[str]:
             for f, table in b["summary"].items():
                 lines += [f"**{task['task']}**, {budget} CPU-s, {LABEL[f]}:", "",
                           "| variant | PSNR dB | minus shipped | lesion PSNR dB | minus shipped | edema ratio "
-                          "| steps |",
-                          "|---|---|---|---|---|---|---|"]
+                          "| minus shipped | steps |",
+                          "|---|---|---|---|---|---|---|---|"]
                 for name, v in table.items():
                     lines.append(f"| {name} | {_num(v, 'psnr')} | {_ci(v.get('psnr_minus_shipped'))} | "
                                  f"{_num(v, 'lesion_psnr')} | {_ci(v.get('lesion_psnr_minus_shipped'))} | "
-                                 f"{_num(v, 'ratio_edema')} | {v['steps']:.0f} |")
+                                 f"{_num(v, 'ratio_edema')} | {_ci(v.get('ratio_edema_minus_shipped'))} | "
+                                 f"{v['steps']:.0f} |")
                 lines.append("")
     return lines
 
