@@ -428,7 +428,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one tiny task, seconds of training (smoke test)")
     p.add_argument("--budgets", type=float, nargs="+", default=None,
-                   help="CPU seconds per method per task and seed (default 120; --quick: 3)")
+                   help="CPU seconds per method per task and seed (default 120; --quick: 2)")
     p.add_argument("--tasks", nargs="+", default=None, choices=[t.name for t in TASKS])
     p.add_argument("--methods", nargs="+", default=["phmdiff", "unet", "monai_ddpm"],
                    choices=["phmdiff", "unet", "monai_ddpm"])
@@ -463,7 +463,7 @@ def parse(argv):
     from phmdiff.pipeline import Z_H, Z_SIGMA
 
     args.threads = set_threads(args.threads or (1 if args.quick else None))
-    args.budgets = args.budgets or ([3.0] if args.quick else DEFAULT_BUDGETS)
+    args.budgets = args.budgets or ([2.0] if args.quick else DEFAULT_BUDGETS)
     args.ae_steps = args.ae_steps or (5 if args.quick else 2000)
     args.n_samples = args.n_samples or (2 if args.quick else 8)
     args.ddim_steps = args.ddim_steps or (3 if args.quick else 50)
