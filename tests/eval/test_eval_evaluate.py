@@ -31,12 +31,15 @@ def test_two_files_all_protocols(tmp_path, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", str(p), str(r), "--protocol", "all", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["protocols"]) == {"volume", "slice", "selfrdb", "syndiff", "brasyn", "synthrad"}
+    every = ["volume", "slice", "selfrdb", "syndiff", "brasyn", "synthrad", "scalefree"]
+    assert list(summary["protocols"]) == every
     assert summary["protocols"]["volume"]["psnr"]["n"] == 1 and summary["distribution"]["ms_swd"] > 0
+    assert summary["protocols"]["scalefree"]["psnr"]["n"] == 1
     assert "--inception" in summary["distribution"]["fid_note"]
     rows = list(csv.DictReader((out / "per_subject.csv").open()))
-    assert [r["protocol"] for r in rows] == ["volume", "slice", "selfrdb", "syndiff", "brasyn", "synthrad"]
-    assert rows[-1]["synthrad_note"] and rows[-2]["ssim_healthy"] and not rows[-2]["ssim_tumour"]
+    assert [r["protocol"] for r in rows] == every
+    assert rows[-2]["synthrad_note"] and rows[-3]["ssim_healthy"] and not rows[-3]["ssim_tumour"]
+    assert rows[-1]["pred_norm_high"] and not rows[-1]["scalefree_note"]  # MR: scored, the prediction's own scale
     assert len(list(csv.DictReader((out / "per_slice.csv").open()))) > 4 * 8
     assert "volume" in capsys.readouterr().out
 

@@ -168,3 +168,22 @@ def test_cells_that_say_nothing_are_one_sentence_and_units_read_once(evaluated):
     assert "pipeline ceiling" not in summary and "best source per region (whole image: t1)" in summary
     check = check_page(page)
     assert check.bare == [] and check.empty_cells == []
+
+
+def test_scalefree_has_its_row_its_units_and_its_sentence(evaluated):
+    tr = evaluated / "tr"
+    assert main(["evaluate", str(tr), "--protocol", "volume", "--protocol", "scalefree", "--out",
+                 str(evaluated / "ev2")]) == 0
+    out = evaluated / "r2"
+    assert main(["report", str(evaluated / "ev2"), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    summary = re.search(r"<table id='summary'>(.*?)</table>", page, re.S).group(1)
+    rows = [r for r in summary.split("<tr>") if "<td class='id'>scalefree</td>" in r]
+    assert rows and "MAE: " in rows[0] and "scale-free units" in rows[0]  # its errors in its row, its own units
+    assert "lesion PSNR: &ndash; no tumour segmentation given" in rows[0]
+    assert "its own 0.5-99.5 percentiles over the reference's foreground" in page
+    assert "(scalefree: its own errors, in its row above)" in page
+    subjects = re.search(r"<table id='subjects'>(.*?)</table>", page, re.S).group(1)
+    assert subjects.count("<td class='id'>scalefree</td>") == 2
+    check = check_page(page)
+    assert check.bare == [] and check.empty_cells == []

@@ -47,6 +47,7 @@ from phmdiff.eval.ensemble import evaluate_ensemble
 from phmdiff.eval.labels import check_labels
 from phmdiff.eval.metrics import format_value, through_plane_scores
 from phmdiff.eval.protocols import (
+    NOTE_COLUMNS,
     PROTOCOL_SPECS,
     PROTOCOLS,
     evaluate_subject,
@@ -58,9 +59,11 @@ from phmdiff.fsutil import atomic_write_text, check_out_dir, check_writable_dir,
 from phmdiff.limits import LimitError, check_nifti
 from phmdiff.schema import check_translate_json, read_json
 
+# norm_low/high: the reference's scale (MR percentiles or the CT window); pred_norm_low/high: the prediction's own
+# (the protocols that scale each image by its own percentiles: their ratio to the reference's is the gain missed).
 SUBJECT_COLUMNS = ("subject", "protocol", "psnr", "ssim", "ms_ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae",
                    "ssim_tumour", "ssim_healthy", "through_plane_pred", "through_plane_ref", "n_voxels", "norm_low",
-                   "norm_high", "ms_ssim_note", "brasyn_note", "synthrad_note")
+                   "norm_high", "pred_norm_low", "pred_norm_high", "ms_ssim_note", *NOTE_COLUMNS)
 # Ceilings scored beside each prediction: the pipeline's (translate --ceiling: the true target through
 # normalization, autoencoder and inverse) and the noise-free one (a phantom's clean target, REF_DIR/noise_free/).
 CEILINGS = ("pipeline_ceiling", "noise_free")

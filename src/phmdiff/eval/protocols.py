@@ -8,9 +8,11 @@
 | `syndiff` | slice / max(slice), no upper clip       | pred max      | whole slice          | all slices    |
 | `brasyn`  | own 0.5-99.5 pct clip to [0, 1]         | ref range     | tumour / the rest    | 3D volume     |
 | `synthrad`| HU clipped to [-1024, 3000], +1024      | 4024 HU       | body mask            | 3D volume     |
+| `scalefree`| each its own [0, 1] pcts, clipped (2)  | 1             | foreground, indexed  | 3D volume     |
 
 (1) MR: 0.5 and 99.5 percentiles of the reference inside the foreground map to 0 and 1
 (the prediction is not clipped); CT: the HU window (-1024, 3071) maps to [0, 1].
+(2) MR only: prediction and reference each by its own 0.5 and 99.5 percentiles over the reference's foreground.
 Slice protocols average a subject's slices, then subjects (`syndiff`: all slices pooled).
 
 `selfrdb`, as read in icon-lab/SelfRDB `utils.py` (`compute_metrics`, `mean_norm`,
@@ -35,6 +37,20 @@ this protocol over slices. Their released code computes PSNR only; SSIM under th
 protocol is ours: skimage's default SSIM with data range 1 on the same images. Slices
 whose reference or prediction maximum is 0 give NaN (their code would divide by 0), and
 drop out of the nanmean as in theirs.
+
+`scalefree` is the protocol to read for real MRI, whose synthesized modality's absolute scale (the scanner's gain
+for it) is unknown: it scores the image's contrast, not its scale, as SynDiff and BraSyn score without one. Each
+image, prediction and reference alike, is mapped to [0, 1] by *its own* 0.5 and 99.5 percentiles computed over the
+*reference's* foreground mask (the same voxels for both, so a background that differs cannot move either scale),
+and clipped to [0, 1] (BraSyn clips; a bright tail would otherwise weigh on PSNR as the scale would); PSNR with
+data range 1, SSIM (the project's, averaged over the foreground), MAE and mean error over that foreground, lesion
+PSNR and MAE inside seg > 0 where a segmentation exists, one 3D volume per subject, averaged over subjects. A
+prediction equal to a * reference + b (a > 0) scores like the reference itself; a prediction noisier than the
+reference widens its own percentiles, which compresses its contrast, and pays for it here as BraSyn makes it pay.
+`volume`, by contrast, maps both images by the *reference's* percentiles: the reference intensity scale, where a
+wrong gain costs PSNR. A prediction
+constant inside the foreground has no contrast to scale: it maps to 0 (with `scalefree_note`). CT has a physical
+scale (HU): the protocol leaves it blank with its note.
 
 `brasyn` follows the BraSyn challenge's evaluation (hongweilibran/BraSyn `ssim.py`,
 `compute_metrics` and `__percentile_clip`; PSNR as BraTS-inpainting/2023_challenge
@@ -77,7 +93,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from phmdiff.data.intensity import CT_FOREGROUND_HU, CT_WINDOW, MR_FOREGROUND_FRACTION, MR_PERCENTILES
+from phmdiff.data.intensity import CT_WINDOW, MR_PERCENTILES, foreground
 from phmdiff.eval import metrics as M
 
 
@@ -94,6 +110,9 @@ class Protocol:
     volume_extras: bool = False  # per-label PSNRs, through-plane steps and ensemble calibration are scored beside it
     only_modality: str | None = None  # scores this modality only (others: blanks with its note)
     units: str | None = None  # forced error units; None: HU for CT, normalized units for MR
+    volume_scores: bool = False  # PSNR and SSIM over the whole 3D foreground, not the mean of its slices'
+    own_scale: bool = False  # each image mapped by its own percentiles over the reference's foreground (scale-free)
+    note: str = ""  # `{name}_note` of an evaluation it does not score (`only_modality`)
 
     def scores(self, kind: str) -> bool:
         """Whether it scores a `kind` ("mr" or "ct") evaluation."""
@@ -107,7 +126,7 @@ _SLICE = ("psnr", "ssim", "mae", "mean_error", "lesion_psnr", "lesion_mae")
 # The named protocols, one entry each (a new protocol: its entry, its branch in `evaluate_subject`, its test).
 PROTOCOL_SPECS = {
     "volume": Protocol("reference foreground percentiles", "subjects (3D volume each)", (*_SLICE, "ms_ssim"),
-                       columns=("ms_ssim",), volume_extras=True),
+                       columns=("ms_ssim",), volume_extras=True, volume_scores=True),
     "slice": Protocol("reference foreground percentiles", "slices, then subjects", _SLICE),
     "selfrdb": Protocol("reference foreground percentiles, clipped to [0, 1]", "slices, then subjects", _SLICE),
     "syndiff": Protocol("each slice by its own maximum", "all slices pooled (as SynDiff)", _SLICE,
@@ -117,25 +136,29 @@ PROTOCOL_SPECS = {
                        challenge=True),
     "synthrad": Protocol("HU (SynthRAD2023 dynamic range)", "subjects (3D volume each)",
                          ("mae", "psnr", "ssim", "ms_ssim"), columns=("mae", "ms_ssim"), challenge=True,
-                         only_modality="ct", units="HU"),
+                         only_modality="ct", units="HU", note="synthrad scores CT in HU; this evaluation is MR"),
+    # Its errors are in its own units, so they are its own columns, not the report's "same under every protocol".
+    "scalefree": Protocol("each image's own foreground percentiles, clipped to [0, 1]", "subjects (3D volume each)",
+                          _SLICE, columns=("mae", "mean_error", "lesion_psnr", "lesion_mae"), only_modality="mr",
+                          units="scale-free units",
+                          volume_scores=True, own_scale=True,
+                          note="scalefree scores MR, whose scale is unknown; a CT is in HU: read volume or synthrad"),
 }
+# A protocol's note column (`{name}_note`) when it can leave a subject's metrics blank with a sentence.
+NOTE_COLUMNS = tuple(f"{name}_note" for name, p in PROTOCOL_SPECS.items() if p.challenge or p.note)
 PROTOCOLS = tuple(PROTOCOL_SPECS)
 SYNTHRAD_RANGE = (-1024.0, 3000.0)  # SynthRAD2023 ImageMetrics.dynamic_range (HU)
 BRASYN_PERCENTILES = (0.5, 99.5)
 
 
 def foreground_mask(ref: np.ndarray, modality: str = "mr") -> np.ndarray:
-    """Head/body mask by threshold on the reference, holes filled, largest component kept."""
+    """Head/body mask of the reference: `intensity.foreground` (the one rule prepare and translate use, robust to
+    a z-scored or shifted background and to interpolation undershoot), largest component kept, holes filled."""
     ref = np.asarray(ref, dtype=np.float64)
-    if modality == "ct":
-        mask = ref > CT_FOREGROUND_HU
-    else:
-        positive = ref[ref > 0]
-        if positive.size == 0:
-            raise ValueError("the reference is empty (no positive voxel); cannot derive a foreground mask.")
-        # A reference's background is 0 after registration: the rule of `intensity.foreground` on its positive
-        # voxels, so a large empty field of view does not pull the percentile down.
-        mask = ref > MR_FOREGROUND_FRACTION * np.percentile(positive, 99)
+    mask = np.asarray(foreground(ref, modality == "ct"), dtype=bool)
+    if not mask.any():
+        raise ValueError("the reference holds no foreground (it is constant or empty); cannot derive a foreground "
+                         "mask.")
     labels, count = ndimage.label(mask)
     if count > 1:
         sizes = ndimage.sum(mask, labels, index=range(1, count + 1))
@@ -152,6 +175,15 @@ def normalize_pair(pred, ref, mask, modality: str = "mr", ct_window=CT_WINDOW, p
     if hi <= lo:
         raise ValueError(f"the reference is constant inside the mask ({lo}); cannot normalize it.")
     return (pred - lo) / (hi - lo), (ref - lo) / (hi - lo), (float(lo), float(hi))
+
+
+def own_scale(x: np.ndarray, mask: np.ndarray, percentiles=MR_PERCENTILES) -> tuple[np.ndarray, float, float]:
+    """`scalefree`'s map: `x` by its own percentiles over `mask` (the reference's foreground) to [0, 1], clipped;
+    an image constant there maps to 0 (no contrast to scale). Returns the image and its (low, high)."""
+    lo, hi = (float(v) for v in np.percentile(x[mask], percentiles))
+    if hi <= lo:
+        return np.zeros_like(x), lo, hi
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0), lo, hi
 
 
 def matched_copy(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -275,23 +307,32 @@ def evaluate_subject(pred, ref, mask=None, seg=None, protocol: str = "volume", m
     pred, ref = M._pair(pred, ref)
     if not (np.isfinite(pred).all() and np.isfinite(ref).all()):
         raise ValueError("the prediction or the reference holds NaN or infinite voxels; expected finite values.")
+    spec = PROTOCOL_SPECS[protocol]
     mask = foreground_mask(ref, modality) if mask is None else M._mask(mask, ref.shape)
     pred_n, ref_n, (lo, hi) = normalize_pair(pred, ref, mask, modality, ct_window)
     out: dict = {"protocol": protocol, "modality": modality, "norm_low": lo, "norm_high": hi,
                  "n_voxels": int(mask.sum())}
-    if PROTOCOL_SPECS[protocol].challenge:
+    if not spec.scores(modality):
+        return {**out, f"{protocol}_note": spec.note, "slices": []}
+    if spec.challenge:
         return _challenge(out, pred, ref, mask, seg, protocol, modality)
+    if spec.own_scale:  # each image by its own percentiles over the reference's foreground
+        pred_n, out["pred_norm_low"], out["pred_norm_high"] = own_scale(pred, mask)
+        ref_n = own_scale(ref, mask)[0]
+        if out["pred_norm_high"] <= out["pred_norm_low"]:
+            out[f"{protocol}_note"] = "the prediction is constant inside the reference's foreground: mapped to 0"
     if protocol == "syndiff":  # SynDiff normalizes each slice by its own max: no percentile window, no upper clip
         pred_n, ref_n = pred, ref
     rows = _slice_rows(pred_n, ref_n, mask, slice_axis, protocol, crop) if pred.ndim == 3 else []
     if protocol == "syndiff" and pred.ndim == 2:
         one = syndiff_slice(pred, ref, crop)
         out.update(psnr=one["psnr"], ssim=one["ssim"])
-    elif protocol == "volume" or pred.ndim == 2:
+    elif spec.volume_scores or pred.ndim == 2:
         out["psnr"] = M.psnr(pred_n, ref_n, 1.0, mask)
         out["ssim"] = M.ssim(pred_n, ref_n, 1.0, mask)
-        box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask))
-        out["ms_ssim"], out["ms_ssim_note"] = M.ms_ssim(pred_n[box], ref_n[box], 1.0)
+        if "ms_ssim" in spec.metrics:
+            box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask))
+            out["ms_ssim"], out["ms_ssim_note"] = M.ms_ssim(pred_n[box], ref_n[box], 1.0)
     else:
         out["psnr"] = _mean(r["psnr"] for r in rows)
         out["ssim"] = _mean(r["ssim"] for r in rows)
@@ -320,8 +361,6 @@ def _challenge(out: dict, pred, ref, mask, seg, protocol: str, modality: str) ->
         out.update(brasyn_metrics(pred, ref, seg))
         if seg is None or not (np.asarray(seg) > 0).any():
             out["brasyn_note"] = "no tumour segmentation: ssim_tumour not computed, ssim_healthy is the whole volume"
-    elif modality != "ct":
-        out["synthrad_note"] = "synthrad scores CT in HU; this evaluation is MR"
     else:
         out.update(synthrad_metrics(pred, ref, mask))
     out["slices"] = []

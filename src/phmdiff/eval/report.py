@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from phmdiff.argtypes import whole
 from phmdiff.eval.baseline import REGION_TITLES, REGIONS  # noqa: E402
 from phmdiff.eval.html import e, fmt, num, q, save_figure  # noqa: E402
-from phmdiff.eval.protocols import PROTOCOL_SPECS  # noqa: E402
+from phmdiff.eval.protocols import NOTE_COLUMNS, PROTOCOL_SPECS  # noqa: E402
 from phmdiff.eval.report_images import calibration, panel  # noqa: E402
 from phmdiff.eval.report_run import autoencoder_quality, resolved_config, training_curves  # noqa: E402
 from phmdiff.fsutil import publish_dir  # noqa: E402
@@ -99,8 +99,7 @@ class Context:
         self.has_seg = any(s.get("seg") for s in subjects)
         self.has_sources = any(s.get("source_images") for s in subjects)
         self.has_ceiling = any(s.get("ceiling") for s in subjects)
-        self.notes = {k: next((r[k] for r in rows if r.get(k)), "") for k in
-                      ("ms_ssim_note", "brasyn_note", "synthrad_note")}
+        self.notes = {k: next((r[k] for r in rows if r.get(k)), "") for k in ("ms_ssim_note", *NOTE_COLUMNS)}
         # "got shape (49, 58, 40)" -> "got shape 49 x 58 x 40 voxels": a number on the page always has its unit
         self.notes["ms_ssim_note"] = re.sub(r"\((\d+(?:, \d+)*)\)", lambda m: m.group(1).replace(", ", " x ")
                                             + " voxels", self.notes["ms_ssim_note"])
@@ -208,7 +207,8 @@ def tables(ev: Path, meta: dict) -> str:
     kind = summary["modality"]
     ctx = Context(meta, rows, kind)
     err_unit = "HU" if kind == "ct" else "normalized units (the reference's foreground 0.5-99.5 percentiles map to 0-1)"
-    parts = [f"<h2>Scores (mean &plusmn; std across subjects)</h2><p>Modality: {e(kind)}. Errors in {err_unit}. "
+    parts = [f"<h2>Scores (mean &plusmn; std across subjects)</h2><p>Modality: {e(kind)}. Errors in {err_unit}"
+             f"{_own_scale_sentence(summary['protocols'], kind)}. "
              "PSNR in dB, SSIM on a 0-1 scale. Each protocol reproduces one paper's or challenge's computation "
              "(see the README, \"Reading the numbers\"); the baseline is what a method must beat, the ceilings "
              "what no method can exceed.</p>"]
@@ -256,7 +256,9 @@ def tables(ev: Path, meta: dict) -> str:
         for label, prefix in [r for r in _rows_kinds(ctx) if r[1] != "noise_free_"]:
             cells = "".join(_cell(st.get(prefix + k), k, kind, ctx.why(k, prefix, base)) for k in SHARED)
             body.append(f"<tr><td class='id'>{e(label)}</td>{cells}</tr>")
-        parts.append("<h3>The same under every protocol</h3><p>Errors in the reference's units, inside the "
+        own = [p for p in summary["protocols"] if p in PROTOCOL_SPECS and PROTOCOL_SPECS[p].own_scale]
+        but = f" ({', '.join(own)}: its own errors, in its row above)" if own else ""
+        parts.append(f"<h3>The same under every protocol{e(but)}</h3><p>Errors in the reference's units, inside the "
                      "foreground (lesion: inside the tumour segmentation); through-plane step: mean "
                      "<code>|x[k+1] - x[k]|</code> along the slice axis, the prediction beside the reference's own.</p>"
                      f"<table id='shared'><tr><th class='id'>images</th>{head}</tr>{''.join(body)}</table>")
@@ -264,6 +266,18 @@ def tables(ev: Path, meta: dict) -> str:
     parts.append(_distribution(summary.get("distribution", {})))
     parts.append(_subject_table(rows, kind, ctx))
     return "\n".join(parts)
+
+
+def _own_scale_sentence(protocols: dict, kind: str) -> str:
+    """What the scale-free protocols in this summary measure, for the scores' paragraph ('' when none is)."""
+    own = [p for p in protocols if p in PROTOCOL_SPECS and PROTOCOL_SPECS[p].own_scale and
+           PROTOCOL_SPECS[p].scores(kind)]
+    if not own:
+        return ""
+    return (f"; under {', '.join(own)}, in {PROTOCOL_SPECS[own[0]].error_units(kind)}: the prediction and the "
+            "reference each mapped to 0-1 by its own 0.5-99.5 percentiles over the reference's foreground, "
+            "which scores contrast and not the synthesized modality's scale (a new scanner's gain leaves it "
+            "unknown: read it for real MRI, beside volume's reference intensity scale)")
 
 
 def below_baseline_section(summary: dict) -> str:
