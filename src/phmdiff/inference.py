@@ -7,7 +7,6 @@ by `phmdiff.devices`, so inference works without the training stack (a test chec
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,6 +24,7 @@ from phmdiff.mean_net import MeanResidual
 from phmdiff.plan import RunPlan, plan_of
 from phmdiff.sample import check_churn, sample_pyramid
 from phmdiff.samplers import SAMPLER_SPECS, check_respacing, sampler_spec
+from phmdiff.std_calibration import recorded_std_scale
 from phmdiff.windows import WindowedDenoiser
 
 
@@ -143,6 +143,7 @@ class TrainedRun:
     checkpoint: Path
     device: torch.device
     std_scale: float | None = None  # the checkpoint's validation std calibration (training.loop.validate)
+    std_scale_refused: float | None = None  # a recorded factor the guard refused (`std_calibration`): not applied
 
     @property
     def latent_scale(self) -> float:
@@ -215,6 +216,5 @@ def load_trained(run: str | Path, device: str = "auto", which: str = "best", ema
     denoiser = denoiser.to(dev).eval().requires_grad_(False)
     # the std calibration was fitted on the checkpoint's EMA weights: none for the raw ones or weights loaded over
     val = ckpt.meta.get("validation") if ema and state_dict is None else None
-    scale = val.get("std_scale") if isinstance(val, dict) else None
-    scale = float(scale) if isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0 else None
-    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, plan, path, dev, scale)
+    scale, refused = recorded_std_scale(val)  # a factor outside the plausible range is no calibration at all
+    return TrainedRun(denoiser, load_run_autoencoder(cfg, dev), cfg, plan, path, dev, scale, refused)

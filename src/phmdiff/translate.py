@@ -252,7 +252,7 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
             "" if said in (None, opt.axis) else f", where the run was trained on {AXIS_NAMES[said]} slices: the model "
             "sees planes it was not trained on") + ".")
     if opt.n_samples > 1:
-        say(_std_sentence(trained.std_scale))
+        say(_std_sentence(trained.std_scale, trained.std_scale_refused))
     work = [(s, t, used) for s in subjects for t, used in plans[s.id] if (s.id, t) not in kept]
     if kept:
         say(f"translate: --continue: {len(kept)} subject(s) already complete in {out} (checksums match), "
@@ -442,8 +442,15 @@ def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -
     return entry
 
 
-def _std_sentence(scale: float | None) -> str:
-    """What the std volume is: the samples' spread, calibrated on the run's validation slices or not."""
+def _std_sentence(scale: float | None, refused: float | None = None) -> str:
+    """What the std volume is: the samples' spread, calibrated on the run's validation slices, or not (none fitted,
+    or a fitted factor refused as implausible, `std_calibration`)."""
+    from phmdiff.std_calibration import WHY_REFUSED, std_scale_refusal
+
+    if refused is not None:
+        return (f"translate: warning: the std volume is the samples' own spread, uncalibrated: the run's validation "
+                f"std calibration was refused ({std_scale_refusal(refused) or 'recorded as refused by training'}: "
+                f"{WHY_REFUSED}).")
     if scale is None:
         return ("translate: note: the std volume is the samples' own spread, uncalibrated: this checkpoint records "
                 "no validation std calibration (train with eval.n_samples >= 2 and validation on to fit one).")

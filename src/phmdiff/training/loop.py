@@ -38,6 +38,7 @@ from phmdiff.inference import (
 )
 from phmdiff.options import add_allow_config_change, add_progress
 from phmdiff.plan import RunPlan, build_plan, plan_of
+from phmdiff.std_calibration import WHY_REFUSED, std_scale_refusal
 from phmdiff.training import checkpoint as ckpt_lib
 from phmdiff.training.distributed import cleanup, seed_everything, set_deterministic, setup_accelerator
 from phmdiff.training.ema import EMA
@@ -294,7 +295,9 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
                     if bar is None:  # --no-progress: one line every log.log_every steps instead of the bar
                         log(f"train: step {step}/{t.max_num_steps}  loss {row['loss']:.4f}  "
                             f"{row['sec_per_step']:.3f} s/step" + (f"  val PSNR {val['psnr']:.2f} dB" if val else "")
-                            + (f"  std calibration x{val['std_scale']:.2f}" if val and "std_scale" in val else ""))
+                            + _calibration_words(val))
+                    elif val and val.get("std_scale_trusted") is False:  # a refusal is said under the bar too
+                        log(f"train: step {step}: {_calibration_words(val).strip()}.")
                     _append_csv(run_dir / "log.csv", row)
                     if writer is not None:
                         for k, v in row.items():
@@ -334,7 +337,8 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
     """Few-step coarse-to-fine translation of validation slices, `eval.n_samples` samples each: PSNR/SSIM of
     their mean in [0, 1] units over all ranks and, with 2 or more samples, the std calibration: `std_scale`, the
     RMS error of the mean over the RMS of the samples' std on the slices' foreground (translate multiplies the
-    std volume it writes by it, so that the reported uncertainty matches the error seen on validation)."""
+    std volume it writes by it, so that the reported uncertainty matches the error seen on validation), recorded
+    with whether it is trusted (`calibration_fit`: a factor outside `std_calibration.STD_SCALE_RANGE` is refused)."""
 
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     meta = load_cache_meta(cfg.data.cache)
@@ -377,9 +381,28 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
     n = max(float(sums[2]), 1.0)
     out = {"psnr": float(sums[0]) / n, "ssim": float(sums[1]) / n, "n": int(sums[2]), "n_samples": n_samples}
     if n_samples > 1 and float(sums[5]) > 0 and float(sums[4]) > 0:
-        rms_error, rms_std = math.sqrt(float(sums[3] / sums[5])), math.sqrt(float(sums[4] / sums[5]))
-        out.update(rms_error=rms_error, rms_std=rms_std, std_scale=rms_error / rms_std)
+        out.update(calibration_fit(math.sqrt(float(sums[3] / sums[5])), math.sqrt(float(sums[4] / sums[5]))))
     return out
+
+
+def calibration_fit(rms_error: float, rms_std: float) -> dict:
+    """The std calibration as validation records it: the fitted factor `std_scale` = rms_error / rms_std, whether
+    it is trusted (`std_calibration.STD_SCALE_RANGE`) and, when not, why (`std_scale_refused`). Inference reads a
+    refused factor as no calibration."""
+    scale = rms_error / rms_std
+    refusal = std_scale_refusal(scale)
+    out = {"rms_error": rms_error, "rms_std": rms_std, "std_scale": scale, "std_scale_trusted": refusal is None}
+    return out if refusal is None else {**out, "std_scale_refused": refusal}
+
+
+def _calibration_words(val: dict | None) -> str:
+    """The log line's words on the std calibration: its factor, or one sentence on why it was refused."""
+    if not val or "std_scale" not in val:
+        return ""
+    if val.get("std_scale_trusted") is False:
+        return (f"  std calibration refused ({val.get('std_scale_refused') or std_scale_refusal(val['std_scale'])}: "
+                f"{WHY_REFUSED}); translate will write the samples' own spread")
+    return f"  std calibration x{val['std_scale']:.2f}"
 
 
 def calibration_sums(samples: torch.Tensor, ref: torch.Tensor, src: torch.Tensor) -> tuple[float, float, float]:
