@@ -14,17 +14,83 @@ import numpy as np
 
 CT_WINDOW = (-1024.0, 3071.0)  # HU mapped to [0, 1]: air to the 12-bit scanner maximum
 CT_FOREGROUND_HU = -500.0  # body voxels of a CT: denser than half-way from air to water
-MR_FOREGROUND_FRACTION = 0.1  # brain/body voxels of an MR: above 10 % of the bright end of the intensity range
+MR_FOREGROUND_FRACTION = 0.1  # brain/body voxels of an MR: above 10 % of the way from background to the bright end
 MR_PERCENTILES = (0.5, 99.5)  # MR scale for scoring: these percentiles of the reference's foreground map to 0, 1
+# A background that one exact value holds on at least this share of the volume's border (0 after skull stripping,
+# a scanner's constant fill, the negative constant of a z-scored volume).
+CONSTANT_BORDER_SHARE = 0.5
+# Voxels below such a constant background, as a share of the voxels off it, that are still interpolation
+# undershoot (registration leaves 0.1-1 % of the brain slightly negative; a one-voxel ring around a brain is 4-5 %
+# of it); above it, the background lies inside the tissue's range (a z-score inside a brain mask with 0 outside
+# puts 40-50 % of the brain below 0) and the foreground is every voxel off it.
+UNDERSHOOT_SHARE = 0.25
+# The foreground share of a volume that normalization trusts: outside it the threshold found the background (or
+# nothing), and a scale from it would be wrong without a sign.
+PLAUSIBLE_FOREGROUND = (0.002, 0.99)
+
+
+class IntensityUntrusted(ValueError):
+    """A volume whose background, foreground or scale cannot be found: its subject is listed, never normalized
+    with a made-up scale."""
+
+
+def _border(v: np.ndarray) -> np.ndarray:
+    """The voxels on the faces of the array (every axis' first and last index)."""
+    faces = [np.take(v, i, axis=a).ravel() for a in range(v.ndim) for i in (0, -1)]
+    return np.concatenate(faces) if faces else v.ravel()
+
+
+def constant_background(v: np.ndarray) -> float | None:
+    """The exact value that at least CONSTANT_BORDER_SHARE of the border holds, or None (a noisy background, or
+    tissue at the border)."""
+    b = _border(v)
+    values, counts = np.unique(b, return_counts=True)
+    top = int(counts.argmax())
+    return float(values[top]) if counts[top] >= CONSTANT_BORDER_SHARE * b.size else None
+
+
+def mr_background(v: np.ndarray) -> tuple[float, bool]:
+    """(background level, two-sided) of a raw MR volume, found so that a handful of outliers cannot move it.
+
+    A constant background (`constant_background`) is that value; whether it lies below the tissue (one-sided: the
+    usual) or inside the tissue's range (two-sided: a z-score inside a brain mask) is read from the share of the
+    other voxels below it, so interpolation undershoot (a few thousand slightly negative voxels beside a zero
+    background) counts as neither. Without a constant border, the 0.5th percentile: the noise floor of an
+    unstripped head's air, which no single hot or cold voxel moves.
+    """
+    c = constant_background(v)
+    if c is None:
+        return float(np.percentile(v, 0.5)), False
+    off = v[v != c]
+    return c, bool(off.size and (off < c).mean() > UNDERSHOOT_SHARE)
 
 
 def foreground(v: np.ndarray, is_ct: bool) -> np.ndarray:
     """Body/brain voxels of a raw volume: above CT_FOREGROUND_HU for CT; for MR above MR_FOREGROUND_FRACTION of
-    the way from the minimum to the 99th percentile (robust to a few hot voxels and to a non-zero background)."""
+    the way from the background level (`mr_background`) to the 99th percentile of the voxels above it, or, when
+    the background is a constant inside the tissue's range, every voxel off it. Never from the minimum, which
+    one undershooting voxel sets."""
     if is_ct:
         return v > CT_FOREGROUND_HU
-    lo = float(v.min())
-    return v > lo + MR_FOREGROUND_FRACTION * (float(np.percentile(v, 99)) - lo)
+    bg, two_sided = mr_background(v)
+    if two_sided:
+        return v != bg
+    above = v[v > bg]
+    if not above.size:
+        return np.zeros(v.shape, dtype=bool)
+    return v > bg + MR_FOREGROUND_FRACTION * (float(np.percentile(above, 99)) - bg)
+
+
+def check_foreground(fg: np.ndarray, what: str) -> float:
+    """The foreground's share of the volume; `IntensityUntrusted` when it lies outside PLAUSIBLE_FOREGROUND."""
+    share = float(fg.mean()) if fg.size else 0.0
+    lo, hi = PLAUSIBLE_FOREGROUND
+    if not lo <= share <= hi:
+        raise IntensityUntrusted(
+            f"{what}: the foreground found is {100 * share:.3g} % of the volume (expected {100 * lo:g}-{100 * hi:g} "
+            "%), so its intensity scale cannot be trusted; check that the volume holds a head or body with a "
+            "background around it.")
+    return share
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_lib
 
-from phmdiff.data.intensity import CT_WINDOW, IntensityScheme, foreground
+from phmdiff.data.intensity import (
+    CT_WINDOW,
+    IntensityScheme,
+    IntensityUntrusted,
+    check_foreground,
+    foreground,
+    mr_background,
+)
 from phmdiff.data.readers import Subject, load_png_stack, load_volume
 from phmdiff.fsutil import atomic_write_bytes
 
@@ -119,6 +126,9 @@ class VolumeSpec:
     norm: dict[str, NormParams]
     background: dict[str, float]  # original-unit value for slices that were not kept
     context: int = 0
+    # per modality, its foreground in model units: share of the volume, 0.5 / 50 / 99.5 percentiles
+    # (`normalized_stats`); a run records their training range and translate compares each input's
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,25 +174,39 @@ def load_subject_volumes(
     return volumes, affine, header
 
 
-def _norm_params(v: np.ndarray, fg: np.ndarray, mod: str, s: VolumeSettings) -> NormParams:
+def _norm_params(v: np.ndarray, fg: np.ndarray, bg: tuple[float, bool], mod: str, s: VolumeSettings) -> NormParams:
+    """The map of one modality to model units; `IntensityUntrusted` (one sentence) when no scale can be found."""
     if s.scheme(mod).fixed:
         lo, hi = s.ct_window
         return NormParams("window", lo, hi - lo, clip=True)
-    inside = v[fg] if fg.any() else v.ravel()
+    inside = v[fg]  # non-empty: `check_foreground` passed
     if s.norm == "zscore":  # mean -/+ 3 std -> [0, 1]
         mean, std = float(inside.mean()), float(inside.std())
-        return NormParams("zscore", mean - 3.0 * std, 6.0 * std if std > 0 else 1.0)
+        if not std > 0:
+            raise IntensityUntrusted(f"{mod}: the foreground is one constant value ({mean:.4g}); it has no scale.")
+        return NormParams("zscore", mean - 3.0 * std, 6.0 * std)
     if s.norm == "median":
         # Background level -> 0, foreground median -> 0.5. A lesion (1-10 % of the foreground) barely moves the
-        # median, while an upper percentile falls inside it: the scale would follow the unknown pathology.
-        lo = float(np.percentile(v, s.percentiles[0]))
-        half = float(np.median(inside)) - lo
-        return NormParams("median", lo, 2.0 * half if half > 0 else 1.0)
+        # median, while an upper percentile falls inside it: the scale would follow the unknown pathology. A
+        # background inside the tissue's range (two-sided) gives way to the foreground's low percentile.
+        level, two_sided = bg
+        lo = float(np.percentile(inside, s.percentiles[0])) if two_sided else level
+        median = float(np.median(inside))
+        if not median > lo:
+            raise IntensityUntrusted(f"{mod}: the foreground median {median:.4g} is not above the background level "
+                                     f"{lo:.4g}, so the median scale cannot be trusted.")
+        return NormParams("median", lo, 2.0 * (median - lo))
     lo, hi = (float(p) for p in np.percentile(inside, s.percentiles))
-    if hi <= lo:
-        lo, hi = float(v.min()), float(v.max())
+    if not hi > lo:
+        raise IntensityUntrusted(f"{mod}: the foreground's {s.percentiles[0]:g} and {s.percentiles[1]:g} "
+                                 f"percentiles are equal ({lo:.4g}); it has no scale.")
     # No clipping: voxels beyond the percentiles stay linear, so the export is exact.
     return NormParams("percentile", lo, hi - lo)
+
+
+def normalized_stats(raw: dict[str, float], norm: NormParams) -> dict[str, float]:
+    """Foreground statistics in model units: the linear map of the raw percentiles, the share unchanged."""
+    return {k: (v if k == "fraction" else float(norm.forward(np.float64(v)))) for k, v in raw.items()}
 
 
 def relative_norm(source_norms: dict[str, NormParams], sources: list[str]) -> NormParams:
@@ -197,7 +221,10 @@ def relative_norm(source_norms: dict[str, NormParams], sources: list[str]) -> No
         raise ValueError(f"sources {sources} include a fixed-window (CT) modality; a target cannot be normalized "
                          "relative to a window.")
     scales = [p.scale for p in norms]
-    scale = float(np.exp(np.mean(np.log(scales)))) if all(v > 0 and np.isfinite(v) for v in scales) else 1.0
+    if not all(v > 0 and np.isfinite(v) for v in scales):
+        raise IntensityUntrusted(f"sources {sources} have scales {scales}; a target cannot be normalized relative to "
+                                 "a scale that is not positive.")
+    scale = float(np.exp(np.mean(np.log(scales))))
     return NormParams("relative", float(np.mean([p.offset for p in norms])), scale)
 
 
@@ -238,19 +265,25 @@ def volume_to_slices(
     else:
         axis = int(settings.axis)
     # Pass 1: parameters and per-slice foreground only; pass 2 normalizes just the kept slices (bounded memory).
-    canonical, norm, background, fg_count = {}, {}, {}, None
+    canonical, norm, background, fg_count, raw = {}, {}, {}, None, {}
     for mod in mods:
         v = np.moveaxis(ornt_lib.apply_orientation(volumes[mod], to_canonical), axis, 0)  # (n, A, B), a view
         is_ct = settings.scheme(mod).fixed
         fg = foreground(v, is_ct)
-        norm[mod] = _norm_params(v, fg, mod, settings)
-        background[mod] = float(settings.ct_window[0]) if is_ct else float(v.min())
+        bg = (float(settings.ct_window[0]), False) if is_ct else mr_background(v)
+        share = check_foreground(fg, mod) if not is_ct else float(fg.mean())
+        norm[mod] = _norm_params(v, fg, bg, mod, settings)
+        background[mod] = bg[0]
+        inside = v[fg] if fg.any() else v.ravel()
+        lo, mid, hi = (float(x) for x in np.percentile(inside, (0.5, 50.0, 99.5)))
+        raw[mod] = {"fraction": share, "p0.5": lo, "median": mid, "p99.5": hi}
         per_slice = fg.reshape(fg.shape[0], -1).mean(1)  # (n,)
         fg_count = per_slice if fg_count is None else np.maximum(fg_count, per_slice)
         canonical[mod] = v
     for target, sources in settings.relative.items():
         if target in norm and not settings.scheme(target).fixed and all(m in norm for m in sources):
             norm[target] = relative_norm(norm, sources)
+    stats = {mod: normalized_stats(raw[mod], norm[mod]) for mod in mods}
     n_slices, plane = canonical[mods[0]].shape[0], canonical[mods[0]].shape[1:]
     indices = np.flatnonzero(fg_count >= settings.min_foreground)
     k = settings.context
@@ -285,6 +318,7 @@ def volume_to_slices(
         norm=norm,
         background=background,
         context=k,
+        stats=stats,
     )
     return slices, spec
 
