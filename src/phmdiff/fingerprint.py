@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_lib
 
-from phmdiff.data.intensity import foreground
+from phmdiff.data.intensity import IntensityUntrusted, foreground
 from phmdiff.data.readers import Subject
 from phmdiff.data.volume import VolumeSettings, VolumeSpec, load_subject_volumes, volume_to_slices
 from phmdiff.fsutil import atomic_write_text
@@ -122,7 +122,8 @@ def subject_plan(sub: Subject, modalities: list[str], settings: VolumeSettings) 
         "resized_from": spec.resized_from, "foreground_cut": cut, "foreground_lost": lost,
         "foreground_voxels": total, "crop_warning": crop_sentence(sub.id, spec, lost, total),
         "slices": {"total": spec.n_slices, "kept": len(spec.indices), "min_foreground": settings.min_foreground},
-        "intensity": stats, "files": {m: str(sub.paths[m]) for m in modalities if m in sub.paths},
+        "intensity": stats, "normalized": spec.stats,
+        "files": {m: str(sub.paths[m]) for m in modalities if m in sub.paths},
         "ignored": list(sub.problems),
     }
 
@@ -133,8 +134,12 @@ def dataset_plan(root: Path, layout: str, subjects: list[Subject], modalities: l
     from tqdm.auto import tqdm
 
     complete = [s for s in subjects if all(m in s.modalities for m in modalities)]
-    rows = [subject_plan(s, modalities, settings)
-            for s in tqdm(complete, desc="plan", unit="subject", disable=not progress or None)]
+    rows, untrusted = [], {}
+    for s in tqdm(complete, desc="plan", unit="subject", disable=not progress or None):
+        try:
+            rows.append(subject_plan(s, modalities, settings))
+        except IntensityUntrusted as exc:  # prepare and translate skip it: the plan says so now
+            untrusted[s.id] = f"{s.id}: {exc}"
     found = sorted({m for s in subjects for m in s.modalities})
     axes = Counter(r["slice_axis_name"] for r in rows)
     spacing = np.median([r["spacing_ras_mm"] for r in rows], axis=0).tolist() if rows else None
@@ -149,6 +154,7 @@ def dataset_plan(root: Path, layout: str, subjects: list[Subject], modalities: l
                      "min_foreground": settings.min_foreground, "norm": settings.norm, "context": settings.context},
         "subjects": len(subjects), "planned": len(rows),
         "incomplete": {s.id: [m for m in modalities if m not in s.modalities] for s in subjects if s not in complete},
+        "skipped": untrusted,
         "slice_axes": dict(axes), "stored_orientations": dict(Counter(r["orientation"] for r in rows)),
         "median_spacing_ras_mm": spacing,
         "ignored_files": sum(len(s.problems) for s in subjects), "warnings": warnings, "per_subject": rows,
@@ -172,6 +178,8 @@ def format_plan(plan: dict) -> str:
              f"(R-L, A-P, S-I) {_mm(plan['median_spacing_ras_mm']) if plan['median_spacing_ras_mm'] else '-'}"]
     for sid, missing in plan["incomplete"].items():
         lines.append(f"  {sid}: not planned, missing {' '.join(missing)}")
+    for why in plan.get("skipped", {}).values():
+        lines.append(f"  skipped: {why}")
     for r in plan["per_subject"]:
         pads = ", ".join(f"{name} {'pad' if min(p) >= 0 else 'crop'} {p[0]:+d}/{p[1]:+d}"
                          for name, p in zip(r["plane_axes"], r["pad"]))
@@ -182,9 +190,11 @@ def format_plan(plan: dict) -> str:
                      f"{r['plane'][0]}x{r['plane'][1]}: {fit}; {r['slices']['kept']}/{r['slices']['total']} slices "
                      f"kept (foreground >= {r['slices']['min_foreground']:g})")
         for mod, st in r["intensity"].items():
+            normed = r.get("normalized", {}).get(mod)
             lines.append(f"    {mod}: foreground {100 * st['foreground_fraction']:.0f} %, median {st['median']:.4g}, "
                          f"0.5-99.5 % {st['p0.5']:.4g} .. {st['p99.5']:.4g}, range {st['min']:.4g} .. "
-                         f"{st['max']:.4g}")
+                         f"{st['max']:.4g}" + (f"; normalized 0.5-50-99.5 % {normed['p0.5']:.2f} "
+                                               f"{normed['median']:.2f} {normed['p99.5']:.2f}" if normed else ""))
         lines += [f"    ignored: {p}" for p in r["ignored"]]
     lines += [f"  warning: {w}" for w in plan["warnings"]]
     return "\n".join(lines)

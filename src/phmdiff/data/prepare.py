@@ -23,7 +23,7 @@ from nibabel import aff2axcodes
 
 from phmdiff import __version__
 from phmdiff.argtypes import SEED, finite_float, whole
-from phmdiff.data.intensity import CT_WINDOW
+from phmdiff.data.intensity import CT_WINDOW, IntensityUntrusted
 from phmdiff.data.names import canonical_list
 from phmdiff.data.readers import LAYOUTS, Subject, check_input_folder, detect_layout, find_subjects
 from phmdiff.data.spacing import slice_plane, training_spacing
@@ -305,13 +305,20 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
     from tqdm.auto import tqdm
 
     volumes_meta, slice_map = {}, {name: [] for name in SPLITS}
+    split, assigned = dict(split), set(split.values())
     with atomic_dir(out) as tmp:
         (tmp / "shards").mkdir()
         writers = {name: _ShardWriter(tmp, name, settings.dtype, settings.shard_mib) for name in SPLITS}
         say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         for sub in tqdm(subjects, desc="prepare", unit="subject", disable=not progress or None):
             volumes, affine, _ = load_subject_volumes(sub, modalities)
-            slices, spec = volume_to_slices(volumes, affine, settings.volume)
+            try:
+                slices, spec = volume_to_slices(volumes, affine, settings.volume)
+            except IntensityUntrusted as exc:  # listed with its sentence, never normalized with a made-up scale
+                skipped[sub.id] = f"{sub.id}: {exc}"
+                say(f"prepare: skipped {skipped[sub.id]}")
+                split.pop(sub.id)
+                continue
             cut, lost, total = foreground_cut(volumes, spec, settings.volume)  # nothing cropped silently
             if lost:
                 say(f"prepare: warning: {crop_sentence(sub.id, spec, lost, total)}")
@@ -322,6 +329,11 @@ def prepare(root: str | Path, out: str | Path, settings: PrepareSettings, modali
                 _subject_files(sub, modalities).values()))[0]), **spec.to_dict(),
                 "spacing": slice_plane(affine, spec.axis)[2],  # in-plane mm, the RAS order of the slice plane
                 "orientation": "".join(aff2axcodes(affine)), "foreground_cut": cut, "foreground_lost": lost}
+        if not volumes_meta:
+            raise ValueError(f"{root}: no subject could be normalized ({len(skipped)} skipped, reasons above); "
+                             "nothing to prepare.")
+        for name in sorted(assigned - set(split.values())):
+            say(f"prepare: warning: the {name} split is empty: its subjects were skipped.")
         for w in writers.values():
             w.flush()
         settings.volume.spacing = training_spacing(volumes_meta)  # the run carries it; translate resamples to it
