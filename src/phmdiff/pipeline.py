@@ -23,6 +23,7 @@ import torch
 from phmdiff.consistency import joint_bilateral_z
 from phmdiff.data import spacing as sp
 from phmdiff.data import volume
+from phmdiff.data.input_range import outside_range, range_sentence
 from phmdiff.data.prepare import subject_norm
 from phmdiff.data.readers import stored_dtype
 from phmdiff.data.volume import NormParams, VolumeSettings, load_subject_volumes, relative_norm, slices_to_volume
@@ -245,6 +246,8 @@ class Prediction:
     norm: NormParams
     grid: Grid
     std_scale: float | None = None  # the run's validation std calibration; None: the samples' own spread
+    # the input's normalized statistics beyond the run's training range (`input_range`); None: the run records none
+    outside_training: list[dict] | None = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -295,6 +298,9 @@ class VolumeTranslator:
                                                  self.say, name)
         slices, spec, pads = plane_slices(volumes, affine, grid.settings, plane_multiple(self.trained.cfg))
         del volumes
+        outside = outside_range(spec.stats, self.trained.plan.input_ranges)
+        if outside:
+            self.say(range_sentence(name, outside))
         k = 2 * spec.context + 1
         norm = target_norm_for(grid.settings, target, sources, spec.norm,
                                *self.trained.plan.target_scale(target, sources))
@@ -307,4 +313,5 @@ class VolumeTranslator:
             samples.append(invert(preds[j], spec, pads, target, norm, grid))
             if on_sample is not None:
                 on_sample(j)
-        return Prediction(np.stack(samples), norm, grid, self.trained.std_scale)
+        return Prediction(np.stack(samples), norm, grid, self.trained.std_scale,
+                          None if not self.trained.plan.input_ranges else outside)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from phmdiff.data.input_range import training_ranges
 from phmdiff.data.intensity import IntensityScheme
 from phmdiff.data.names import canonical
 from phmdiff.data.prepare import gain_ratios, reference_norm
@@ -40,6 +41,9 @@ class RunPlan:
     latent_scale: float = 1.0
     layout: str | None = None  # the prepared data's layout (brats, synthrad, ...), for input discovery
     slice_axis: dict | str | None = None  # the slice axis prepare recorded (`phmdiff plan`), when it did
+    # per modality, the range of its normalized foreground statistics over the training subjects
+    # (`input_range.training_ranges`); translate flags an input outside it. {}: not recorded (older runs)
+    input_ranges: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # provenance: DATA_KEYS
     version: int = PLAN_VERSION
 
@@ -92,7 +96,7 @@ class RunPlan:
                 "target_norms": {m: asdict(n) for m, n in self.target_norms.items()},
                 "target_gains": dict(self.target_gains), "plane_multiple": self.plane_multiple,
                 "latent_scale": self.latent_scale, "layout": self.layout, "slice_axis": self.slice_axis,
-                "data": dict(self.data)}
+                "input_ranges": dict(self.input_ranges), "data": dict(self.data)}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "run plan") -> RunPlan:
@@ -110,7 +114,7 @@ class RunPlan:
                        target_norms={m: NormParams(**n) for m, n in d["target_norms"].items()},
                        target_gains=dict(d.get("target_gains") or {}), plane_multiple=int(d["plane_multiple"]),
                        latent_scale=float(d["latent_scale"]), layout=d.get("layout"), slice_axis=d.get("slice_axis"),
-                       data=dict(d.get("data") or {}))
+                       input_ranges=dict(d.get("input_ranges") or {}), data=dict(d.get("data") or {}))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{where}: the run plan is malformed ({type(exc).__name__}: {exc}).") from None
         except ValueError as exc:
@@ -148,6 +152,7 @@ def build_plan(manifest: dict, cache_meta: dict, sources: list[str], target: str
                    target_norms={m: reference_norm(manifest, m) for m in made}, target_gains=gains,
                    plane_multiple=plane_multiple, latent_scale=float(cache_meta["latent_scale"]),
                    layout=manifest.get("layout"), slice_axis=manifest.get("slice_axis"),
+                   input_ranges=training_ranges(manifest),
                    data={**{k: cache_meta.get(k) for k in DATA_KEYS if k != "cache_dir"}, "cache_dir": cache_dir})
 
 

@@ -68,6 +68,7 @@ from phmdiff.pipeline import (
     write_volume,
 )
 from phmdiff.sampling_args import SamplingChoices, add_sampling_arguments
+from phmdiff.std_calibration import WHY_REFUSED, std_scale_refusal
 
 
 @dataclass(frozen=True)
@@ -432,6 +433,7 @@ def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -
         "source_images": {m: str(sub.paths[m].resolve()) for m in sources},
         "seeds": {"seed": seed, "n_samples": n_samples},
         "std_scale": pred.std_scale if n_samples > 1 else None,
+        "outside_training": pred.outside_training,
         "target_norm": asdict(pred.norm),
         "dtype": str(dtype),
         "slice_axis": AXIS_NAMES[settings.axis],
@@ -445,8 +447,6 @@ def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -
 def _std_sentence(scale: float | None, refused: float | None = None) -> str:
     """What the std volume is: the samples' spread, calibrated on the run's validation slices, or not (none fitted,
     or a fitted factor refused as implausible, `std_calibration`)."""
-    from phmdiff.std_calibration import WHY_REFUSED, std_scale_refusal
-
     if refused is not None:
         return (f"translate: warning: the std volume is the samples' own spread, uncalibrated: the run's validation "
                 f"std calibration was refused ({std_scale_refusal(refused) or 'recorded as refused by training'}: "

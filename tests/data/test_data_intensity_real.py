@@ -100,7 +100,7 @@ def test_a_scale_that_cannot_be_found_is_refused_with_a_sentence_never_a_made_up
     s = VolumeSettings(modalities=["t1"], size=24, norm="percentile" if case == "constant foreground" else "median")
     if case == "noise only":  # the noise floor is the background: half the volume is above it, which is plausible
         _, spec = volume_to_slices({"t1": v}, np.eye(4), s)
-        assert 0.002 < spec.stats["t1"]["fraction"] < 0.99
+        assert 0.01 < spec.stats["t1"]["fraction"] < 0.99
         return
     with pytest.raises(IntensityUntrusted, match="t1: the fore"):
         volume_to_slices({"t1": v}, np.eye(4), s)

@@ -26,7 +26,7 @@ CONSTANT_BORDER_SHARE = 0.5
 UNDERSHOOT_SHARE = 0.25
 # The foreground share of a volume that normalization trusts: outside it the threshold found the background (or
 # nothing), and a scale from it would be wrong without a sign.
-PLAUSIBLE_FOREGROUND = (0.002, 0.99)
+PLAUSIBLE_FOREGROUND = (0.01, 0.99)
 
 
 class IntensityUntrusted(ValueError):
