@@ -60,6 +60,7 @@ def test_a_known_error_gives_the_closed_form_psnr_mae_and_lesion_scores():
         assert res["mae"] == pytest.approx(frac * e) and res["mean_error"] == pytest.approx(frac * e)
         assert res["lesion_psnr"] == pytest.approx(-20 * math.log10(e), abs=1e-9)
         assert res["lesion_mae"] == pytest.approx(e)
+        assert res["slices"] == []  # one 3D volume per subject: no per-slice rows to pay for
     shifted = evaluate_subject(0.5 * err_pred - 40, ref, mask=head, seg=seg, protocol="volume")
     assert shifted["psnr"] < res["psnr"] - 10  # the reference's scale sees the gain
 

@@ -44,7 +44,8 @@ image, prediction and reference alike, is mapped to [0, 1] by *its own* 0.5 and 
 *reference's* foreground mask (the same voxels for both, so a background that differs cannot move either scale),
 and clipped to [0, 1] (BraSyn clips; a bright tail would otherwise weigh on PSNR as the scale would); PSNR with
 data range 1, SSIM (the project's, averaged over the foreground), MAE and mean error over that foreground, lesion
-PSNR and MAE inside seg > 0 where a segmentation exists, one 3D volume per subject, averaged over subjects. A
+PSNR and MAE inside seg > 0 where a segmentation exists, one 3D volume per subject (no per-slice rows: they would
+double its cost on a 240 x 240 x 155 volume and say what `slice` says), averaged over subjects. A
 prediction equal to a * reference + b (a > 0) scores like the reference itself; a prediction noisier than the
 reference widens its own percentiles, which compresses its contrast, and pays for it here as BraSyn makes it pay.
 `volume`, by contrast, maps both images by the *reference's* percentiles: the reference intensity scale, where a
@@ -112,6 +113,7 @@ class Protocol:
     units: str | None = None  # forced error units; None: HU for CT, normalized units for MR
     volume_scores: bool = False  # PSNR and SSIM over the whole 3D foreground, not the mean of its slices'
     own_scale: bool = False  # each image mapped by its own percentiles over the reference's foreground (scale-free)
+    slice_rows: bool = True  # per-slice rows (per_slice.csv) beside a 3D subject's scores (challenges: never)
     note: str = ""  # `{name}_note` of an evaluation it does not score (`only_modality`)
 
     def scores(self, kind: str) -> bool:
@@ -141,7 +143,7 @@ PROTOCOL_SPECS = {
     "scalefree": Protocol("each image's own foreground percentiles, clipped to [0, 1]", "subjects (3D volume each)",
                           _SLICE, columns=("mae", "mean_error", "lesion_psnr", "lesion_mae"), only_modality="mr",
                           units="scale-free units",
-                          volume_scores=True, own_scale=True,
+                          volume_scores=True, own_scale=True, slice_rows=False,
                           note="scalefree scores MR, whose scale is unknown; a CT is in HU: read volume or synthrad"),
 }
 # A protocol's note column (`{name}_note`) when it can leave a subject's metrics blank with a sentence.
@@ -323,7 +325,7 @@ def evaluate_subject(pred, ref, mask=None, seg=None, protocol: str = "volume", m
             out[f"{protocol}_note"] = "the prediction is constant inside the reference's foreground: mapped to 0"
     if protocol == "syndiff":  # SynDiff normalizes each slice by its own max: no percentile window, no upper clip
         pred_n, ref_n = pred, ref
-    rows = _slice_rows(pred_n, ref_n, mask, slice_axis, protocol, crop) if pred.ndim == 3 else []
+    rows = _slice_rows(pred_n, ref_n, mask, slice_axis, protocol, crop) if pred.ndim == 3 and spec.slice_rows else []
     if protocol == "syndiff" and pred.ndim == 2:
         one = syndiff_slice(pred, ref, crop)
         out.update(psnr=one["psnr"], ssim=one["ssim"])
