@@ -187,3 +187,14 @@ def test_scalefree_has_its_row_its_units_and_its_sentence(evaluated):
     assert subjects.count("<td class='id'>scalefree</td>") == 2
     check = check_page(page)
     assert check.bare == [] and check.empty_cells == []
+
+
+def test_whole_volume_protocols_alone_say_there_is_no_per_slice_plot(evaluated):
+    tr = evaluated / "tr"
+    assert main(["evaluate", str(tr), "--protocol", "scalefree", "--out", str(evaluated / "ev3")]) == 0
+    out = evaluated / "r3"
+    assert main(["report", str(evaluated / "ev3"), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "No per-slice scores" in page and "per_slice.png" not in page
+    check = check_page(page)
+    assert check.bare == [] and check.empty_cells == []

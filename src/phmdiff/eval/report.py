@@ -340,6 +340,9 @@ def metric_plots(ev: Path, img_dir: Path) -> str:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     out = f'<h2>Per subject</h2><img src="{save_figure(fig, img_dir, "per_subject.png")}" alt="per-subject metrics">'
+    if not slices:  # only whole-volume protocols (scalefree, the challenges) were evaluated
+        return out + ("<h2>Per slice</h2><p class='blank'>No per-slice scores: the protocols evaluated score whole "
+                      "volumes (add --protocol slice or volume to evaluate for them).</p>")
     fig, ax = plt.subplots(figsize=(13, 4))
     base = "slice" if any(r["protocol"] == "slice" for r in slices) else \
         next((r["protocol"] for r in slices), "volume")
