@@ -260,6 +260,38 @@ def test_subjects(phantom_root: str | Path, prepared_dir: str | Path, sources: l
     return sorted(subjects, key=lambda s: s.id)
 
 
+def slicewise_inputs(prepared_dir: str | Path, subject, sources: list[str], target: str, volumes: dict | None = None,
+                     affine: np.ndarray | None = None) -> tuple[np.ndarray, object, object]:
+    """One subject's centre source slices (n, n_src, H, W) in [0, 1], as translate's per-volume functions make them
+    with a prepared folder's settings, their slice spec and the target's intensity map (translate's own).
+
+    `volumes` ({modality: array}) and `affine`: the subject's sources already read (default: read here). The
+    three are what `slicewise_volume` needs, so a subject's slices are made once for any number of predictors.
+    """
+    from phmdiff.data.prepare import gain_ratios, load_manifest, reference_norm, settings_from_manifest
+    from phmdiff.data.volume import VolumeSettings, load_subject_volumes, volume_to_slices
+    from phmdiff.pipeline import target_norm_for
+
+    manifest = load_manifest(prepared_dir)
+    settings = VolumeSettings.from_dict({**settings_from_manifest(manifest).__dict__, "modalities": sources})
+    reference, ratios = reference_norm(manifest, target), gain_ratios(manifest, target, sources)
+    if volumes is None:
+        volumes, affine, _ = load_subject_volumes(subject, sources)
+    slices, spec = volume_to_slices({m: volumes[m] for m in sources}, affine, settings)
+    src = slices[:, spec.context :: 2 * spec.context + 1]  # centre slice of each source (n, n_src, H, W)
+    norm = target_norm_for(settings, target, sources, spec.norm, reference, ratios)  # translate's own map
+    return np.ascontiguousarray(src, dtype=np.float32), spec, norm
+
+
+def slicewise_volume(predict, src: np.ndarray, spec, norm, subject_id: str, target: str, seed: int = 0) -> np.ndarray:
+    """`predict(src, seeds)` on `slicewise_inputs`' slices, put back into a volume on the input's grid and units."""
+    from phmdiff.data.volume import slices_to_volume
+    from phmdiff.pipeline import subject_seed
+
+    seeds = [subject_seed(seed, subject_id, 0, int(i)) for i in spec.indices]
+    return slices_to_volume(predict(src, seeds), spec, target, norm=norm)
+
+
 def apply_slicewise(predict, prepared_dir: str | Path, subjects, sources: list[str], target: str,
                     out_dir: str | Path, seed: int = 0) -> list[dict]:
     """Apply a slice predictor to whole volumes with the per-volume functions `phmdiff translate` uses.
@@ -268,23 +300,13 @@ def apply_slicewise(predict, prepared_dir: str | Path, subjects, sources: list[s
     prediction is written as OUT/<id>/<id>_<target>.nii.gz on the input's grid and in its units; returns
     one row per subject with the prediction path and the seconds it took.
     """
-    from phmdiff.data.prepare import gain_ratios, load_manifest, reference_norm, settings_from_manifest
-    from phmdiff.data.volume import VolumeSettings, load_subject_volumes, slices_to_volume, volume_to_slices, write_like
-    from phmdiff.pipeline import subject_seed, target_norm_for
+    from phmdiff.data.volume import write_like
 
-    manifest = load_manifest(prepared_dir)
-    settings = VolumeSettings.from_dict({**settings_from_manifest(manifest).__dict__, "modalities": sources})
-    reference, ratios = reference_norm(manifest, target), gain_ratios(manifest, target, sources)
     rows = []
     for sub in subjects:
         tic = time.perf_counter()
-        volumes, affine, _ = load_subject_volumes(sub, sources)
-        slices, spec = volume_to_slices(volumes, affine, settings)
-        src = slices[:, spec.context :: 2 * spec.context + 1]  # centre slice of each source (n, n_src, H, W)
-        seeds = [subject_seed(seed, sub.id, 0, int(i)) for i in spec.indices]
-        pred = predict(np.ascontiguousarray(src, dtype=np.float32), seeds)
+        src, spec, norm = slicewise_inputs(prepared_dir, sub, sources, target)
         path = Path(out_dir) / sub.id / f"{sub.id}_{target}.nii.gz"
-        norm = target_norm_for(settings, target, sources, spec.norm, reference, ratios)  # translate's own map
-        write_like(slices_to_volume(pred, spec, target, norm=norm), sub.paths[sources[0]], path)
+        write_like(slicewise_volume(predict, src, spec, norm, sub.id, target, seed), sub.paths[sources[0]], path)
         rows.append({"subject": sub.id, "prediction": str(path), "seconds": time.perf_counter() - tic})
     return rows
