@@ -167,3 +167,73 @@ def learning_curves(results_dir: Path, root: Path) -> dict[str, str]:
         plt.close(fig)
         figures[task] = str(path.relative_to(root / "docs"))
     return figures
+
+
+REAL_PROTOCOLS = {
+    "scalefree": "scale-free (each image by its own 0.5/99.5 foreground percentiles: read this for real MRI)",
+    "volume": "volume (the reference's intensity scale: the synthesized gain counts)"}
+
+
+def _fold_psnr(v: dict) -> str:
+    return ", ".join(f"{f} {x['psnr']:.2f}" for f, x in v.get("per_fold", {}).items())
+
+
+def real_mri_lines(r: dict, cmd: str) -> list[str]:
+    """benchmarks/real_mri.py's section: per protocol the methods' means and per-fold PSNR, the paired differences
+    with PHMDiff, the per-fold targets, the fold facts and the panels."""
+    ours, s = r["ours"], r["summary"]
+    folds = [f["held_out"] for f in r["folds"]]
+    lines = [f"Leave one subject out over {', '.join(folds)} (`{r['data']}`); every method {r['budget_cpu_s']:g} CPU "
+             f"seconds per fold and seed ({r['budget_clock']}); seeds {r['seeds']}; PHMDiff `{r['config']}` at "
+             f"{r['size']} px ({r['fit']}), {ours} = the mean of {r['n_samples']} samples; flips "
+             f"{'on' if r['flips'] else 'off'} for every method; U-Net lr among {r['unet_lrs']} and raw/EMA weights "
+             f"chosen on an inner split of the training subjects (scale-free PSNR); no through-plane filter"
+             f"{'' if r.get('ssim', True) else '; SSIM not computed'}. Copies and the ceiling need no training "
+             f"(one score per fold). Paired differences per (fold, seed), 95 % bootstrap intervals resampling "
+             f"folds. Load average {r['load_average_before'][0]:.2f} before, {r['load_average_after'][0]:.2f} "
+             f"after. `{cmd}`", ""]
+    if r.get("left_out"):
+        lines += ["Left out: " + "; ".join(f"{k} ({v})" for k, v in r["left_out"].items()) + ".", ""]
+    for protocol, label in REAL_PROTOCOLS.items():
+        p = s.get(protocol)
+        if not p:
+            continue
+        lines += [f"**{label}**", "", "| method | PSNR dB (per fold) | SSIM | lesion PSNR dB | edema ratio | "
+                  "hyperintensity PSNR dB | hyperintensity ratio |", "|---|---|---|---|---|---|---|"]
+        for m, v in p["methods"].items():
+            lines.append(f"| {m} | {v['psnr']:.2f} ({_fold_psnr(v)}) | {_num(v, 'ssim', 3)} | "
+                         f"{_num(v, 'lesion_psnr')} | {_num(v, 'edema_ratio')} | {_num(v, 'hyper_psnr')} | "
+                         f"{_num(v, 'hyper_ratio')} |")
+        lines += ["", f"| {ours} minus | PSNR dB | lesion PSNR dB | edema ratio | hyperintensity PSNR dB |",
+                  "|---|---|---|---|---|"]
+        for other, c in p["comparisons"].items():
+            name = f"best U-Net ({p['best_unet']})" if other == "best_unet" else other
+            lines.append(f"| {name} | {_ci(c.get('psnr'))} | {_ci(c.get('lesion_psnr'))} | "
+                         f"{_ci(c.get('edema_ratio'))} | {_ci(c.get('hyper_psnr'))} |")
+        lines.append("")
+    targets = s.get("fold_targets", {})
+    if targets:
+        lines += [f"Issue 35's targets per held-out fold ({ours}, scale-free; volume gap = scale-free - volume PSNR):",
+                  "", "| held out | PSNR >= 20 | lesion PSNR >= 16 | edema ratio 0.85-1.15 | volume gap <= 2 dB |",
+                  "|---|---|---|---|---|"]
+        for f, t in targets.items():
+            cells = [f"{t[k]['value']:.2f} {'met' if t[k]['met'] else '**missed**'}" if k in t else ""
+                     for k in ("psnr", "lesion_psnr", "edema_ratio", "volume_gap")]
+            lines.append(f"| {f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["| held out | lesion region | voxels (foreground / lesion / edema) | hyperintensity Dice with the "
+              "whole tumour | U-Net choice (validated on) | PHMDiff steps |", "|---|---|---|---|---|---|"]
+    for f in r["folds"]:
+        ref, sel = f["reference"], f["unet_selection"]
+        dice = ref.get("hyperintensity_dice_wt")
+        steps = ", ".join(str(x["steps"]) for x in f["runs"].get(ours, []))
+        lines.append(f"| {f['held_out']} | {ref['lesion_region']} | {ref['foreground_voxels']} / "
+                     f"{ref['lesion_voxels']} / {ref['edema_voxels']} | {'' if dice is None else f'{dice:.3f}'} | "
+                     f"lr {sel['lr']:g}, {sel['weights']} ({sel['validation_subject']}) | {steps} |")
+    lines.append("")
+    for f in r["folds"]:
+        panel = f.get("panel")
+        if panel:
+            link = panel[len("docs/"):] if panel.startswith("docs/") else panel
+            lines += [f"![{f['held_out']} held out: T1, T2, real FLAIR, synthesized, error, std]({link})", ""]
+    return lines
