@@ -3,18 +3,20 @@ co-registered scans from different scanners, every method in the same CPU budget
 and without it.
 
 Folds. Any BraTS-layout folder (`--data`, default ../shared/data/real): one fold per subject held out; the other
-subjects train every method (a folder of symbolic links per fold holds only the fold's subjects, so the held-out
-one is never prepared into a training split). The U-Net's learning rate and weights (raw or EMA) are chosen on an
-inner split of the training subjects: trained on all but one of them, scored on that one (the next after the
-held-out subject, in sorted order, cyclically), never on the held-out subject; the chosen setting is then trained
-on all the training subjects. PHMDiff runs with no validation split (nothing of it is tuned here; its std volume
-is therefore not calibrated).
+subjects train every method. Each fold works on a folder of symbolic links to its subjects, prepared with a fixed
+split (`--fit resize` to `--size`): the others in train, the held-out one in test (never in a training split).
+The U-Net's learning rate and weights (raw or EMA) are chosen on an inner split of the training subjects, prepared
+apart without the held-out subject: trained on all but one of them, scored (scale-free PSNR) on that one (the next
+after the held-out subject in sorted order, cyclically); the chosen setting is then trained on all the training
+subjects. A folder of two subjects has no inner split: one --unet-lrs value and the raw weights. PHMDiff runs
+with no validation split (nothing of it is tuned here), so its std volume is the samples' uncalibrated spread.
 
 Methods, per fold and training seed, each trained inside the same `--budget` of CPU seconds of this process
 (`time.process_time`, `common.budget_pacer` for PHMDiff, as quality.py does):
-- PHMDiff from `--config` (configs/brats_cpu.yaml, or configs/demo.yaml set to BraTS data until it exists), on
-  data prepared with `--fit resize` to `--size`: the mean of `--n-samples` samples through `phmdiff translate`
-  (its through-plane filter off, for every method alike), and its first sample alone;
+- PHMDiff from `--config` (configs/brats_cpu.yaml, or configs/demo.yaml set to BraTS data at 64 px without it):
+  the mean of `--n-samples` samples through translate's per-volume translator (`pipeline.VolumeTranslator`, what
+  `phmdiff translate` runs, in memory; its through-plane filter off, for every method alike), and its first
+  sample alone;
 - its mean network alone (`baselines/mean_alone.py`: the same trained run's `model.mean_net`, no diffusion);
 - the U-Net regression (MONAI BasicUNet) with L1 and with L2 at the chosen learning rate;
 - the copies of each source (T2, T1), intensity-matched to the reference's foreground percentiles, and the
@@ -29,8 +31,9 @@ the higher mean PSNR under that protocol; issue 35's targets are checked per fol
 fold (T1 | T2 | real FLAIR | synthesized | error | std) goes to docs/images/real_mri_<subject>.png.
 
     python benchmarks/real_mri.py --quick                  # one fold, one seed, 32 px, seconds of training
+    python benchmarks/real_mri.py --dry-run                # the folds, settings and expected time, nothing run
     python benchmarks/real_mri.py                          # 3 folds x 3 seeds at --budget CPU-s (it prints its time)
-    python benchmarks/real_mri.py --exclude TCGA_DU_7294 --budget 300 --seeds 1
+    python benchmarks/real_mri.py --exclude TCGA_DU_7294 --unet-lrs 1e-3 --budget 300   # two subjects: no inner split
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def run_config(args, work: Path, root: Path, prepared: Path, run_dir: Path, extr
 
     base = load_config(args.config, list(args.set or []))
     factor = AE_FACTORS[base.model.autoencoder.preset]
-    size = args.size or base.data.resolution
+    size = args.size
     over = [*(["data.dataset=brats"] if Path(args.config).resolve() == FALLBACK.resolve() else []),
             f"data.root={root}", f"data.prepared={prepared}", f"data.cache={work / 'latents'}",
             f"log.run_dir={run_dir}", f"data.sources=[{','.join(args.sources)}]", f"data.target={args.target}",
@@ -113,14 +116,27 @@ def prepare_fold(cfg, out: Path, split: dict, fit: str, say) -> str:
     return prepare(cfg.data.root, out, settings, settings.volume.modalities, progress=False, log=say)
 
 
-def inner_split(ids: list[str], held_out: str) -> tuple[list[str], str]:
+class CpuProgress(Progress):
+    """quality.py's progress lines with this process's CPU seconds beside the wall time (the budgets' clock)."""
+
+    def __call__(self, text: str) -> None:
+        super().__call__(f"(CPU {time.process_time() - self.cpu0:5.0f} s) {text}")
+
+    def __init__(self, expected_s: float):
+        super().__init__(expected_s)
+        self.cpu0 = time.process_time()
+
+
+def inner_split(ids: list[str], held_out: str) -> tuple[list[str], str | None]:
     """A fold's training subjects (every one but the held-out) and, among them, the inner validation subject of the
-    U-Net's learning-rate choice: the next one after the held-out in sorted order, cyclically."""
+    U-Net's learning-rate choice: the next one after the held-out in sorted order, cyclically (None with two
+    subjects: one trains, none is left to validate on)."""
     ids = sorted(ids)
-    if held_out not in ids or len(ids) < 3:
-        raise ValueError(f"cannot hold out {held_out!r} from {ids}; expected one of at least 3 subjects.")
+    if held_out not in ids or len(ids) < 2:
+        raise ValueError(f"cannot hold out {held_out!r} from {ids}; expected one of at least 2 subjects.")
     k = ids.index(held_out)
-    return [i for i in ids if i != held_out], (ids[k + 1 :] + ids[:k])[0]
+    train = [i for i in ids if i != held_out]
+    return train, (ids[k + 1 :] + ids[:k])[0] if len(train) > 1 else None
 
 
 class Fold:
@@ -138,15 +154,17 @@ class Fold:
             shutil.rmtree(self.work)  # every fold starts from nothing
         by_id = {s.id: s for s in subjects}
         self.root = link_root(self.work / "data", subjects)
-        self.inner_root = link_root(self.work / "inner_data", [by_id[i] for i in self.train])
         self.cfg = run_config(args, self.work, self.root, self.work / "prepared", self.work / "run")
         tic = time.perf_counter()
         prepare_fold(self.cfg, self.work / "prepared", {"train": self.train, "val": [], "test": [self.id]},
                      args.fit, say)
-        inner_cfg = run_config(args, self.work / "inner", self.inner_root, self.work / "inner_prepared",
-                               self.work / "inner_run")
-        prepare_fold(inner_cfg, self.work / "inner_prepared",
-                     {"train": [i for i in self.train if i != self.val], "val": [self.val], "test": []}, args.fit, say)
+        if self.val is not None:  # the inner split's own prepared data: the held-out subject is not in it
+            self.inner_root = link_root(self.work / "inner_data", [by_id[i] for i in self.train])
+            inner_cfg = run_config(args, self.work / "inner", self.inner_root, self.work / "inner_prepared",
+                                   self.work / "inner_run")
+            prepare_fold(inner_cfg, self.work / "inner_prepared",
+                         {"train": [i for i in self.train if i != self.val], "val": [self.val], "test": []},
+                         args.fit, say)
         self.prepare_s = time.perf_counter() - tic
         # the autoencoder (none to train for the identity one), once per fold on its training subjects, outside
         # every budget; the latent cache too
@@ -236,6 +254,9 @@ def select_unet(fold: Fold, say) -> dict:
     from phmdiff.data.volume import load_subject_volumes
 
     args, trials = fold.args, []
+    if fold.val is None:  # two subjects: nothing left to validate on; parse() allows one lr only here
+        return {"lr": args.unet_lrs[0], "weights": "raw", "validation_subject": None, "trials": [],
+                "why": "two subjects: no inner split, the one lr given and the raw weights"}
     sub = test_subjects(fold.inner_root, fold.work / "inner_prepared", [*args.sources, args.target], "val")[0]
     volumes, affine, _ = load_subject_volumes(sub, [*args.sources, args.target])
     ref = real_scoring.RealReference.build(volumes[args.target], regions=False)
@@ -395,8 +416,7 @@ def expected_seconds(args, n_folds: int) -> float:
     preparing; printed up front."""
     trainings = n_folds * (len(args.unet_lrs) + 3 * len(args.seeds))
     train = trainings * args.budget / max(args.threads, 1) * 1.15
-    size = args.size or FALLBACK_SIZE
-    sample = n_folds * len(args.seeds) * (args.n_samples + 1) * SAMPLE_S * (size / 64) ** 2
+    sample = n_folds * len(args.seeds) * (args.n_samples + 1) * SAMPLE_S * (args.size / 64) ** 2
     score = n_folds * (5 * len(args.seeds) + 3 + 2 * len(args.unet_lrs)) * SCORE_S * (0.5 if args.no_ssim else 1.0)
     return train + sample + score + n_folds * PREPARE_S * 2
 
@@ -414,8 +434,8 @@ def parse(argv):
     p.add_argument("--folds", nargs="+", default=None, help="subjects to hold out (default every one; --quick: "
                                                             "the first with a segmentation)")
     p.add_argument("--exclude", nargs="+", default=[], help="subjects left out of every fold and every training")
-    p.add_argument("--size", type=int, default=None, help="plane size (default the config's; demo fallback 64; "
-                                                          "--quick: 32)")
+    p.add_argument("--size", type=int, default=None, help="plane size (default the config's data.resolution; the demo "
+                                                          "fallback 64; --quick: 32)")
     p.add_argument("--fit", choices=("resize", "pad"), default="resize", help="how a plane reaches --size")
     p.add_argument("--n-samples", type=int, default=None, help="PHMDiff samples averaged (default 8; --quick: 2)")
     p.add_argument("--unet-lrs", type=float, nargs="+", default=None,
@@ -432,12 +452,16 @@ def parse(argv):
     p.add_argument("--figures", default=None, help="panel folder (default docs/images; --quick: OUT-DIR/images)")
     p.add_argument("--out-dir", default=None, help=f"results folder (default {common.RESULTS})")
     p.add_argument("--name", default=None, help="result file name (default real_mri; --quick: real_mri_quick)")
+    p.add_argument("--dry-run", action="store_true", help="print the folds, settings and expected time, and stop")
     args = p.parse_args(argv)
     args.config = args.config or str(RECIPE if RECIPE.exists() else FALLBACK)
     if not Path(args.config).is_file():
         raise ValueError(f"{args.config}: config not found; pass --config PATH.")
-    if Path(args.config).resolve() == FALLBACK.resolve() and args.size is None:
-        args.size = FALLBACK_SIZE
+    if args.size is None:
+        from phmdiff.config import load_config
+
+        fallback = Path(args.config).resolve() == FALLBACK.resolve()
+        args.size = FALLBACK_SIZE if fallback else load_config(args.config, list(args.set or [])).data.resolution
     args.threads = set_threads(args.threads or (1 if args.quick else None))
     args.budget = args.budget or (2.0 if args.quick else DEFAULT_BUDGET)
     args.seeds = list(range(args.seeds or (1 if args.quick else 3)))
@@ -471,9 +495,10 @@ def find_real_subjects(args) -> tuple[list, dict]:
     unknown = sorted(set(args.exclude) - {s.id for s in usable} - set(left_out))
     if unknown:
         raise ValueError(f"--exclude {' '.join(unknown)}: no such subject under {data}.")
-    if len(usable) < 3:
+    if len(usable) < 2 or (len(usable) == 2 and len(args.unet_lrs) > 1):
         raise ValueError(f"{data}: {len(usable)} usable subject(s) ({', '.join(s.id for s in usable) or 'none'}); "
-                         "leave-one-out with an inner validation split needs at least 3.")
+                         "leave-one-out with an inner validation split needs at least 3 (with 2, pass a single "
+                         "--unet-lrs: no split is left to choose it on).")
     return usable, left_out
 
 
@@ -490,14 +515,16 @@ def main(argv=None) -> int:
         held = [next((s for s in subjects if s.mask), subjects[0])]
     else:
         held = subjects
-    say = Progress(expected_seconds(args, len(held)))
+    say = CpuProgress(expected_seconds(args, len(held)))
     load_before = list(os.getloadavg())
     say(f"real_mri: {len(held)} fold(s) ({', '.join(s.id for s in held)}) of {len(ids)} subjects, budget "
-        f"{args.budget:g} CPU-s per method, seeds {args.seeds}, {args.n_samples} samples, plane {args.size or 'config'}"
+        f"{args.budget:g} CPU-s per method, seeds {args.seeds}, {args.n_samples} samples, plane {args.size}"
         f" ({args.fit}), config {Path(args.config).name}, threads {args.threads}; load average "
         f"{load_before[0]:.2f}; expected about {say.expected_s / 60:.0f} min on a quiet machine")
     if left_out:
         say("left out: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()))
+    if args.dry_run:
+        return 0
     folds, rows = [], []
     ours = f"phmdiff_mean{args.n_samples}"
 
@@ -519,15 +546,13 @@ def main(argv=None) -> int:
 
 
 def results(args, folds, rows, left_out, load_before, say, ours) -> dict:
-    from phmdiff.config import load_config
-
     return {"protocols": {"volume": "prediction and reference by the reference's foreground 0.5/99.5 percentiles",
                           "scalefree": "each image by its own 0.5/99.5 percentiles over the reference's foreground, "
                                        "clipped to [0, 1]; PSNR over that foreground, data range 1"},
             "data": str(args.data),
             "budget_cpu_s": args.budget, "budget_clock": "process_time (CPU seconds of this process, all threads)",
             "seeds": args.seeds, "n_samples": args.n_samples, "ours": ours, "config": str(Path(args.config).name),
-            "overrides": args.set or [], "size": args.size or load_config(args.config).data.resolution,
+            "overrides": args.set or [], "size": args.size,
             "fit": args.fit, "sources": args.sources, "target": args.target, "flips": args.flips,
             "unet_lrs": args.unet_lrs, "unet_ema_decay": UNET_EMA_DECAY, "ssim": not args.no_ssim,
             "quick": args.quick, "threads": args.threads, "left_out": left_out,

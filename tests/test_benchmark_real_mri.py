@@ -91,8 +91,9 @@ def test_inner_split_never_validates_on_the_held_out_subject():
         train, val = real_mri.inner_split(ids, held)
         assert held not in train and val in train and val != held and sorted(train + [held]) == sorted(ids)
     assert real_mri.inner_split(ids, "a")[1] == "b" and real_mri.inner_split(ids, "d")[1] == "a"  # cyclic
-    with pytest.raises(ValueError, match="at least 3"):
-        real_mri.inner_split(["a", "b"], "a")
+    assert real_mri.inner_split(["a", "b"], "a") == (["b"], None)  # two subjects: nothing to validate on
+    with pytest.raises(ValueError, match="at least 2"):
+        real_mri.inner_split(["a"], "a")
 
 
 def test_mean_alone_is_what_the_sampler_adds_to_a_zero_residual():
