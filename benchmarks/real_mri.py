@@ -57,6 +57,10 @@ from common import ROOT, budget_pacer, set_threads, slicewise_inputs, slicewise_
 from quality import UNET_EMA_DECAY, UNET_LRS, Progress
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "real"
+# the default folder's sources, as its README.md asks every published figure to cite them
+DEFAULT_DATA_CREDIT = ("TCGA_DU_7294: TCGA-LGG, The Cancer Imaging Archive (CC BY 3.0), registered by BraTS-Toolkit; "
+                       "BraTS_GLI_00001: BraTS 2023 BraTS-GLI-00001-000 (BraTS challenge terms); AURORA_MET: AURORA "
+                       "tutorial example (BrainLesion tutorials)")
 RECIPE = ROOT / "configs" / "brats_cpu.yaml"
 FALLBACK = ROOT / "configs" / "demo.yaml"  # until the recipe exists: the demo model on BraTS data at 64 px
 FALLBACK_SIZE = 64
@@ -449,8 +453,8 @@ def parse(argv):
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM (a 240x240x155 SSIM costs seconds; --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default all cores; --quick: 1)")
     p.add_argument("--work", default=str(DEFAULT_WORK), help="scratch folder (links, prepared data, runs)")
-    p.add_argument("--figures", default=None, help="panel folder (default docs/images; --quick: OUT-DIR/images)")
-    p.add_argument("--out-dir", default=None, help=f"results folder (default {common.RESULTS})")
+    p.add_argument("--figures", default=None, help="panel folder (default docs/images; --quick: WORK/images)")
+    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results; --quick: WORK)")
     p.add_argument("--name", default=None, help="result file name (default real_mri; --quick: real_mri_quick)")
     p.add_argument("--dry-run", action="store_true", help="print the folds, settings and expected time, and stop")
     args = p.parse_args(argv)
@@ -470,8 +474,9 @@ def parse(argv):
     if args.quick:
         args.size, args.no_ssim = 32, True
     args.name = args.name or ("real_mri_quick" if args.quick else "real_mri")
-    args.figures = args.figures or (str(Path(args.out_dir or common.RESULTS) / "images") if args.quick
-                                    else str(FIGURES))
+    if args.quick:  # a smoke test writes nothing into the repository unless told to
+        args.out_dir = args.out_dir or args.work
+    args.figures = args.figures or (str(Path(args.work) / "images") if args.quick else str(FIGURES))
     if args.budget <= 0 or args.n_samples < 1 or not args.seeds:
         raise ValueError("--budget, --n-samples and --seeds must be positive.")
     return args
@@ -550,6 +555,7 @@ def results(args, folds, rows, left_out, load_before, say, ours) -> dict:
                           "scalefree": "each image by its own 0.5/99.5 percentiles over the reference's foreground, "
                                        "clipped to [0, 1]; PSNR over that foreground, data range 1"},
             "data": str(args.data),
+            "data_credit": DEFAULT_DATA_CREDIT if Path(args.data).resolve() == DEFAULT_DATA.resolve() else None,
             "budget_cpu_s": args.budget, "budget_clock": "process_time (CPU seconds of this process, all threads)",
             "seeds": args.seeds, "n_samples": args.n_samples, "ours": ours, "config": str(Path(args.config).name),
             "overrides": args.set or [], "size": args.size,

@@ -192,6 +192,8 @@ def real_mri_lines(r: dict, cmd: str) -> list[str]:
              f"(one score per fold). Paired differences per (fold, seed), 95 % bootstrap intervals resampling "
              f"folds. Load average {r['load_average_before'][0]:.2f} before, {r['load_average_after'][0]:.2f} "
              f"after. `{cmd}`", ""]
+    if r.get("data_credit"):
+        lines += [f"Scans: {r['data_credit']}.", ""]
     if r.get("left_out"):
         lines += ["Left out: " + "; ".join(f"{k} ({v})" for k, v in r["left_out"].items()) + ".", ""]
     for protocol, label in REAL_PROTOCOLS.items():
