@@ -126,6 +126,33 @@ def test_mean_alone_is_what_the_sampler_adds_to_a_zero_residual():
         predict_mean_alone(trained, src[:, :1])
 
 
+def test_summary_pairs_folds_and_seeds_against_the_best_unet():
+    from real_summary import summarise
+
+    rows = []
+    for fold in ("a", "b", "c"):
+        for seed in (0, 1):
+            base = {"a": 18.0, "b": 20.0, "c": 22.0}[fold] + 0.1 * seed
+            for protocol, shift in (("volume", -3.0), ("scalefree", 0.0)):
+                for method, d in (("phmdiff_mean8", 1.0), ("unet_l1", -0.5), ("unet_l2", 0.0), ("copy_t2", -4.0)):
+                    # under the volume protocol the L1 U-Net is the better one
+                    d = {"unet_l1": 0.5, "unet_l2": -0.5}.get(method, d) if protocol == "volume" else d
+                    rows.append({"fold": fold, "subject": fold, "seed": seed, "method": method, "protocol": protocol,
+                                 "psnr": base + shift + d, "lesion_psnr": base - 5 + d, "edema_ratio": 0.9})
+    s = summarise(rows, "phmdiff_mean8")
+    assert s["scalefree"]["best_unet"] == "unet_l2" and s["volume"]["best_unet"] == "unet_l1"
+    c = s["scalefree"]["comparisons"]["best_unet"]["psnr"]
+    assert c["mean"] == pytest.approx(1.0) and c["n_pairs"] == 6 and c["n_subjects"] == 3
+    assert c["target"] == 0.3 and c["target_met"]  # every pair is +1 dB: the interval is [1, 1]
+    assert s["scalefree"]["comparisons"]["best_unet"]["lesion_psnr"]["target"] == 0.0
+    assert "target" not in s["scalefree"]["comparisons"]["unet_l1"]["psnr"]
+    assert "target" not in s["volume"]["comparisons"]["best_unet"]["psnr"]  # the targets are scale-free ones
+    assert s["scalefree"]["methods"]["phmdiff_mean8"]["per_fold"]["a"]["psnr"] == pytest.approx(19.05)
+    t = s["fold_targets"]
+    assert not t["a"]["psnr"]["met"] and t["c"]["psnr"]["met"] and t["a"]["edema_ratio"]["met"]
+    assert t["b"]["volume_gap"]["value"] == pytest.approx(3.0) and not t["b"]["volume_gap"]["met"]
+
+
 def test_bad_data_folder_is_one_sentence(tmp_path):
     import real_mri
 
