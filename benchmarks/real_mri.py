@@ -39,6 +39,7 @@ fold (T1 | T2 | real FLAIR | synthesized | error | std) goes to docs/images/real
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -490,6 +491,7 @@ def results(args, folds, rows, left_out, load_before, say, ours) -> dict:
             "data_credit": DEFAULT_DATA_CREDIT if Path(args.data).resolve() == DEFAULT_DATA.resolve() else None,
             "budget_cpu_s": args.budget, "budget_clock": "process_time (CPU seconds of this process, all threads)",
             "seeds": args.seeds, "n_samples": args.n_samples, "ours": ours, "config": str(Path(args.config).name),
+            "config_sha256": hashlib.sha256(Path(args.config).read_bytes()).hexdigest(),
             "overrides": args.set or [], "size": args.size,
             "fit": args.fit, "sources": args.sources, "target": args.target, "flips": args.flips,
             "unet_lrs": args.unet_lrs, "unet_ema_decay": UNET_EMA_DECAY, "ssim": not args.no_ssim,
