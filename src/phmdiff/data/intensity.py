@@ -16,7 +16,7 @@ CT_WINDOW = (-1024.0, 3071.0)  # HU mapped to [0, 1]: air to the 12-bit scanner 
 CT_FOREGROUND_HU = -500.0  # body voxels of a CT: denser than half-way from air to water
 MR_FOREGROUND_FRACTION = 0.1  # brain/body voxels of an MR: above 10 % of the way from background to the bright end
 MR_PERCENTILES = (0.5, 99.5)  # MR scale for scoring: these percentiles of the reference's foreground map to 0, 1
-# A background that one exact value holds on at least this share of the volume's border (0 after skull stripping,
+# A background that one exact value holds on more than this share of the volume's border (0 after skull stripping,
 # a scanner's constant fill, the negative constant of a z-scored volume).
 CONSTANT_BORDER_SHARE = 0.5
 # Voxels below such a constant background, as a share of the voxels off it, that are still interpolation
@@ -36,17 +36,18 @@ class IntensityUntrusted(ValueError):
 
 def _border(v: np.ndarray) -> np.ndarray:
     """The voxels on the faces of the array (every axis' first and last index)."""
-    faces = [np.take(v, i, axis=a).ravel() for a in range(v.ndim) for i in (0, -1)]
+    faces = [v[(slice(None),) * a + (i,)].ravel() for a in range(v.ndim) for i in (0, -1)]  # views, then copies
     return np.concatenate(faces) if faces else v.ravel()
 
 
 def constant_background(v: np.ndarray) -> float | None:
-    """The exact value that at least CONSTANT_BORDER_SHARE of the border holds, or None (a noisy background, or
-    tissue at the border)."""
+    """The exact value that more than CONSTANT_BORDER_SHARE of the border holds, or None (a noisy background, or
+    tissue at the border). A value that holds half of the border is its median, so no sort is needed."""
     b = _border(v)
-    values, counts = np.unique(b, return_counts=True)
-    top = int(counts.argmax())
-    return float(values[top]) if counts[top] >= CONSTANT_BORDER_SHARE * b.size else None
+    if not b.size:
+        return None
+    c = b[np.argpartition(b, b.size // 2)[b.size // 2]]
+    return float(c) if np.count_nonzero(b == c) > CONSTANT_BORDER_SHARE * b.size else None
 
 
 def mr_background(v: np.ndarray) -> tuple[float, bool]:
@@ -65,14 +66,14 @@ def mr_background(v: np.ndarray) -> tuple[float, bool]:
     return c, bool(off.size and (off < c).mean() > UNDERSHOOT_SHARE)
 
 
-def foreground(v: np.ndarray, is_ct: bool) -> np.ndarray:
+def foreground(v: np.ndarray, is_ct: bool, background: tuple[float, bool] | None = None) -> np.ndarray:
     """Body/brain voxels of a raw volume: above CT_FOREGROUND_HU for CT; for MR above MR_FOREGROUND_FRACTION of
     the way from the background level (`mr_background`) to the 99th percentile of the voxels above it, or, when
     the background is a constant inside the tissue's range, every voxel off it. Never from the minimum, which
-    one undershooting voxel sets."""
+    one undershooting voxel sets. `background`: `mr_background(v)`, when the caller has it already."""
     if is_ct:
         return v > CT_FOREGROUND_HU
-    bg, two_sided = mr_background(v)
+    bg, two_sided = background or mr_background(v)
     if two_sided:
         return v != bg
     above = v[v > bg]

@@ -269,8 +269,8 @@ def volume_to_slices(
     for mod in mods:
         v = np.moveaxis(ornt_lib.apply_orientation(volumes[mod], to_canonical), axis, 0)  # (n, A, B), a view
         is_ct = settings.scheme(mod).fixed
-        fg = foreground(v, is_ct)
         bg = (float(settings.ct_window[0]), False) if is_ct else mr_background(v)
+        fg = foreground(v, is_ct, bg)
         share = check_foreground(fg, mod) if not is_ct else float(fg.mean())
         norm[mod] = _norm_params(v, fg, bg, mod, settings)
         background[mod] = bg[0]
