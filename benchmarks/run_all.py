@@ -22,8 +22,8 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = ("speed", "quality", "ablation", "sampling", "memory", "anytoany", "realism", "translate_speed",
            "local_ceiling")
 # Result files rendered into docs/benchmarks.md: each script's, quality.py's 10-minute run (--budget 600) and
-# real_mri.py's (run alone: it needs the real scans and hours)
-RESULTS = (*SCRIPTS[:2], "quality_600", *SCRIPTS[2:], "real_mri")
+# real_scale.py's and real_mri.py's (run alone: they need the real scans; real_mri.py hours)
+RESULTS = (*SCRIPTS[:2], "quality_600", *SCRIPTS[2:], "real_scale", "real_mri")
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -155,6 +155,8 @@ def markdown(results_dir: Path, figures_root: Path | None = None) -> str:
             lines += render_quality.ablation_lines(r, cmd)
         elif name == "real_mri":
             lines += render_quality.real_mri_lines(r, cmd)
+        elif name == "real_scale":
+            lines += render_quality.real_scale_lines(r, cmd)
         elif name.startswith("quality"):
             for task in r["tasks"]:
                 # A task merged in from another run of the script carries that run's date, commit and command
