@@ -164,3 +164,37 @@ def test_respacing_is_for_ddpm_runs_and_names_a_spacing(overrides, needle):
     with pytest.raises(ValueError, match=needle):
         load_config(None, overrides)
     assert load_config(None, ["model.precond=ddpm", "eval.respacing=10,20"]).eval.respacing == "10,20"
+
+
+# -- prepare's settings from a run config (issue 35) ------------------------------------------------------------
+
+def test_prepare_settings_follow_the_data_keys():
+    from phmdiff.training import prepare_settings
+
+    default = prepare_settings(load_config(CONFIGS / "demo.yaml"))
+    assert default.volume.fit == "pad" and default.split_file is None
+    assert default.volume.relative == {"flair": ["t1", "t2"]}  # relative: today's behaviour stays the default
+    cfg = load_config(CONFIGS / "demo.yaml", ["data.fit=resize", "data.split_file=splits/fold0.json",
+                                              "data.target_norm=own"])
+    settings = prepare_settings(cfg)
+    assert settings.volume.fit == "resize"
+    assert settings.split_file == "splits/fold0.json"
+    assert settings.volume.relative == {}  # own: the target keeps its own median normalization
+    assert settings.volume.scheme("flair").kind == settings.volume.scheme("t1").kind == "mr_median"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.fit=crop", "'data.fit' is 'crop'; expected one of pad, resize."),
+    ("data.target_norm=reference", "'data.target_norm' is 'reference'; expected one of relative, own."),
+])
+def test_bad_prepare_keys_are_refused_with_a_sentence(override, needle):
+    with pytest.raises(ValueError) as info:
+        load_config(CONFIGS / "demo.yaml", [override])
+    assert needle in str(info.value) and str(info.value).startswith(str(CONFIGS / "demo.yaml"))
+
+
+def test_a_config_saved_before_the_prepare_keys_reads_with_todays_behaviour():
+    """A checkpoint's config written before data.fit / split_file / target_norm existed keeps pad, the random
+    split and the relative target."""
+    cfg = config_from_yaml("data:\n  resolution: 64\nmodel:\n  in_size: 8\n")
+    assert (cfg.data.fit, cfg.data.split_file, cfg.data.target_norm) == ("pad", "", "relative")

@@ -45,6 +45,17 @@ class DataConfig:
     val_fraction: float = 0.1  # split by subject, never by slice
     test_fraction: float = 0.1
     split_seed: int = 0
+    # A fixed split instead of the random one: JSON {"train": [ids], "val": [...], "test": [...]} or lines
+    # `<id> <split>` (`phmdiff prepare --split-file`); every subject must be named. Empty: the random split by
+    # val_fraction / test_fraction.
+    split_file: str = ""
+    fit: str = "pad"  # pad | resize: to data.resolution by centred pad/crop, or padded square and resized
+    # How the target's intensities are normalized. relative: by its sources' parameters, so translate inverts it
+    # exactly from the subject's own sources, as long as the target/source gain ratio holds across scanners.
+    # own: by its own foreground median like every other modality, which keeps training targets consistent when
+    # the gain ratio varies (real scanners); translate then estimates the scale from the sources through the
+    # training subjects' gain ratios.
+    target_norm: str = "relative"
     min_foreground: float = 0.05  # slices with less foreground are skipped
     num_workers: int = 2
 

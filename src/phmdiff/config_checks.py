@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the sections' types; config.py imports this module
 
 AMP_MODES = ("bf16", "fp16", "no")
 CATEGORIES = ("npy", "lmdb", "tar")
+FITS = ("pad", "resize")  # how prepare brings a plane to data.resolution (VolumeSettings.fit)
+TARGET_NORMS = ("relative", "own")  # the target normalized by its sources' parameters, or by its own median
 # The formulations `factory.PRECONDS` builds and the timestep samplers of `diffusion.timestep_sampler` (tests keep
 # the tables equal to these names).
 FORMULATIONS = ("edm", "vp", "ve", "ddpm")
@@ -72,6 +74,8 @@ def _fraction(origin: str, values: dict) -> None:
 def validate_data(d: DataConfig, origin: str) -> None:
     """The `data` section: shard format, canonical modality names, sizes, split, and the run's kind."""
     _choice(origin, "data.category", d.category, CATEGORIES)
+    _choice(origin, "data.fit", d.fit, FITS)
+    _choice(origin, "data.target_norm", d.target_norm, TARGET_NORMS)
     try:  # BraTS 2023 names (t1n, t2w, t2f, ...) and common spellings are the 2021 names everywhere after this
         d.sources, d.modalities, d.targets = (canonical_list(x) for x in (d.sources, d.modalities, d.targets))
     except ValueError as exc:

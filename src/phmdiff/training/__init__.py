@@ -22,12 +22,15 @@ def prepare_settings(cfg):
     d = cfg.data
     split = (round(1.0 - d.val_fraction - d.test_fraction, 6), d.val_fraction, d.test_fraction)
     mods = data_modalities(d)
-    volume = VolumeSettings(modalities=mods, size=d.resolution, min_foreground=d.min_foreground)
-    # An MR target from MR sources is normalized by its sources' parameters, so translate inverts it exactly.
-    # Any-to-any: every modality is its own (median) normalization, since any of them may be the target.
-    if d.sources and not d.any_to_any and not any(volume.scheme(m).fixed for m in mods):
+    volume = VolumeSettings(modalities=mods, size=d.resolution, min_foreground=d.min_foreground, fit=d.fit)
+    # data.target_norm relative: an MR target from MR sources is normalized by its sources' parameters, so
+    # translate inverts it exactly. own: the target keeps its own median normalization, and translate estimates its
+    # scale through the training subjects' gain ratios (`prepare.gain_ratios`). Any-to-any: every modality is its
+    # own (median) normalization, since any of them may be the target.
+    if (d.target_norm == "relative" and d.sources and not d.any_to_any
+            and not any(volume.scheme(m).fixed for m in mods)):
         volume = replace(volume, relative={d.target: list(d.sources)})
-    return PrepareSettings(split=split, seed=d.split_seed, volume=volume)
+    return PrepareSettings(split=split, split_file=d.split_file or None, seed=d.split_seed, volume=volume)
 
 
 def run_pipeline(cfg, stages=STAGES, progress: bool = True, log=print, allow_config_change: bool = False) -> dict:
