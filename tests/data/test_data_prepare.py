@@ -11,6 +11,7 @@ from phmdiff.data.prepare import (
     gain_ratios,
     load_manifest,
     prepare,
+    read_split_file,
     reference_norm,
     settings_from_manifest,
     split_subjects,
@@ -137,6 +138,13 @@ def test_split_is_by_subject_seeded_and_a_split_file_is_obeyed(tmp_path):
     fixed.write_text("\n".join(f"s{i:02d} {'test' if i < 2 else 'train'}" for i in range(6)))
     assert main(["prepare", str(root), str(tmp_path / "p2"), "--size", "16", "--split-file", str(fixed)]) == 0
     assert {p[0] for p in load_manifest(tmp_path / "p2")["slices"]["test"]} == {"s00", "s01"}
+    twice = tmp_path / "twice.json"  # a subject in two splits is refused, in either format
+    twice.write_text(json.dumps({"train": ids[:4], "val": ["s03"], "test": ids[4:]}))
+    with pytest.raises(ValueError, match="s03 is assigned to both train and val"):
+        read_split_file(twice, ids)
+    fixed.write_text(fixed.read_text() + "\ns01 train")
+    with pytest.raises(ValueError, match="s01 is assigned to both test and train"):
+        read_split_file(fixed, ids[:6])
 
 
 def test_rerun_reuses_and_changed_input_or_settings_rebuild(tmp_path, capsys):

@@ -92,16 +92,22 @@ def read_split_file(path: str | Path, ids: list[str]) -> dict[str, str]:
     text = path.read_text()
     try:
         groups = json.loads(text)
-        mapping = {sid: name for name, group in groups.items() for sid in group}
+        pairs = [(str(sid), name) for name, group in groups.items() for sid in group]
     except (json.JSONDecodeError, AttributeError, TypeError):
-        mapping = {}
+        pairs = []
         for n, line in enumerate(text.splitlines(), 1):
             parts = line.replace(",", " ").split()
             if not parts or parts[0].startswith("#"):
                 continue
             if len(parts) != 2:
                 raise ValueError(f"{path}: line {n} is '{line}'; expected '<subject> <split>'.") from None
-            mapping[parts[0]] = parts[1]
+            pairs.append((parts[0], parts[1]))
+    mapping: dict[str, str] = {}
+    for sid, name in pairs:  # one subject in two splits would train on a test subject: never silently
+        if sid in mapping and mapping[sid] != name:
+            raise ValueError(f"{path}: subject {sid} is assigned to both {mapping[sid]} and {name}; a subject "
+                             "belongs to one split.")
+        mapping[sid] = name
     bad = sorted({s for s in mapping.values() if s not in SPLITS})
     if bad:
         raise ValueError(f"{path}: unknown split names {bad}; expected train, val or test.")
