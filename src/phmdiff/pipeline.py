@@ -100,6 +100,15 @@ def resample_to(volumes: dict, plan: sp.Resampling | None) -> tuple[dict, np.nda
 
 # -- normalize: the target's intensity map ---------------------------------------------------------------------
 
+def target_scale_kind(settings, target: str) -> str:
+    """How a synthesized target's intensity scale is set: `window` (a fixed HU window), `relative` (its sources'
+    parameters, as in training: exact) or `estimated` (its own median in training; a new subject's scale from its
+    sources through the training gain ratios, `prepare.subject_norm`)."""
+    if settings.scheme(target).fixed:
+        return "window"
+    return "relative" if settings.relative.get(target) else "estimated"
+
+
 def target_norm_for(settings, target: str, sources: list[str], source_norms: dict, reference, gain) -> NormParams:
     """The synthesized target's intensity map for one subject, from its own sources' normalization.
 

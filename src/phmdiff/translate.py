@@ -65,6 +65,7 @@ from phmdiff.pipeline import (
     output_dtype,
     output_suffix,
     target_norm_for,  # noqa: F401 - imported from here by callers older than pipeline.py
+    target_scale_kind,
     write_volume,
 )
 from phmdiff.sampling_args import SamplingChoices, add_sampling_arguments
@@ -254,6 +255,12 @@ def translate(run: str | Path, input_path: str | Path, out: str | Path, options:
             "sees planes it was not trained on") + ".")
     if opt.n_samples > 1:
         say(_std_sentence(trained.std_scale, trained.std_scale_refused))
+    estimated = [t for t in run_plan.generated if target_scale_kind(run_plan.volume, t) == "estimated"]
+    if estimated:
+        say(f"translate: note: the run normalized {', '.join(estimated)} by its own median, so a subject's "
+            f"{'/'.join(estimated)} scale is estimated from its sources through the training subjects' gain ratios: "
+            "its contrast is the model's, its absolute intensity a guess (score it with evaluate --protocol "
+            "scalefree; docs/benchmarks.md, real_scale).")
     work = [(s, t, used) for s in subjects for t, used in plans[s.id] if (s.id, t) not in kept]
     if kept:
         say(f"translate: --continue: {len(kept)} subject(s) already complete in {out} (checksums match), "
@@ -435,6 +442,7 @@ def _entry(sub, target, sources, files: dict, out: Path, pred, dtype, options) -
         "std_scale": pred.std_scale if n_samples > 1 else None,
         "outside_training": pred.outside_training,
         "target_norm": asdict(pred.norm),
+        "target_scale": target_scale_kind(settings, target),
         "dtype": str(dtype),
         "slice_axis": AXIS_NAMES[settings.axis],
         "spacing": {"input": pred.grid.in_plane, "training": settings.spacing,

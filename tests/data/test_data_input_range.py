@@ -13,6 +13,7 @@ from phmdiff.data.input_range import margin, outside_range, range_sentence, trai
 from phmdiff.data.prepare import PrepareSettings, load_manifest, prepare
 from phmdiff.data.volume import VolumeSettings
 from phmdiff.inference import load_trained
+from phmdiff.pipeline import target_scale_kind
 from phmdiff.translate import translate
 
 
@@ -72,7 +73,7 @@ def test_training_ranges_and_the_margin():
     assert margin(0.15, 0.17) == pytest.approx(0.02)
     ok = {"t1": {"fraction": 0.185, "p0.5": 0.05, "median": 0.5, "p99.5": 0.99}}
     assert outside_range(ok, ranges) == []
-    far = {"t1": {"fraction": 0.30, "p0.5": 0.05, "median": 0.5, "p99.5": 1.5}}
+    far = {"t1": {"fraction": 0.30, "p0.5": 0.5, "median": 0.5, "p99.5": 1.5}}  # p0.5 recorded, not checked
     found = outside_range(far, ranges)
     assert [(f["statistic"], f["value"]) for f in found] == [("fraction", 0.30), ("p99.5", 1.5)]
     sentence = range_sentence("s9", found)
@@ -96,7 +97,13 @@ def test_translate_flags_an_input_outside_the_training_range_and_lists_it(tiny_r
     said = []
     normal = translate(tiny_run / "run", src, tmp_path / "out-normal", progress=False, log=said.append)
     assert normal["subjects"][0]["outside_training"] == [] and not any("outside what" in s for s in said)
+    assert normal["subjects"][0]["target_scale"] == "relative" and not any("its own median" in s for s in said)
     meta = translate(tiny_run / "run", odd, tmp_path / "out-odd", progress=False, log=said.append)
     flagged = meta["subjects"][0]["outside_training"]
     assert flagged and {f["modality"] for f in flagged} == {"t2"}
     assert any(s.startswith("translate: warning: PHANTOM_00002: its normalized inputs lie outside") for s in said)
+
+
+def test_how_the_target_scale_is_set_is_named():
+    s = VolumeSettings(modalities=["t1", "t2", "flair", "ct"], relative={"flair": ["t1", "t2"]})
+    assert [target_scale_kind(s, m) for m in ("flair", "t2", "ct")] == ["relative", "estimated", "window"]
