@@ -149,6 +149,10 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
     device_lines = []  # said once the data is found, so that bad input stays one sentence
     device_type = run_device(t.device, "train", device_lines.append).type  # a GPU asked for but absent: warn, CPU
     accelerator = setup_accelerator(t.amp, t.grad_accum, device_type)
+    if t.amp == "auto":
+        bf16 = accelerator.mixed_precision == "bf16"
+        why = "computes bf16 natively" if bf16 else "has no native bf16 (emulated, it is many times slower)"
+        device_lines.append(f"train: train.amp auto: {'bf16' if bf16 else 'fp32'}, since this {device_type} {why}.")
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     run_dir = cfg.run_dir
     lock = RunLock(run_dir).acquire() if is_main else None
@@ -228,7 +232,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             from tqdm.auto import tqdm
 
             bar = tqdm(total=t.max_num_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-        streak, window, tic = 0, [], time.perf_counter()
+        streak, window, tic, said_empty = 0, [], time.perf_counter(), False
         stop.install()  # SIGINT/SIGTERM: finish the step, save, exit 130/143
         while state["step"] < t.max_num_steps:
             step = state["step"]
@@ -288,6 +292,10 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
             translating = cfg.data.sources or cfg.data.any_to_any
             if cfg.eval.every and translating and (step % cfg.eval.every == 0 or step == t.max_num_steps):
                 val = validate(ema.module, cfg, accelerator, step, writer)
+                if val is None and is_main and not said_empty:
+                    said_empty = True
+                    log("train: the val split is empty: no validation score, no best-checkpoint choice (translate "
+                        "uses the last) and no std calibration (the std volume stays the samples' own spread).")
             if step % cfg.log.log_every == 0 or step == t.max_num_steps or val is not None:
                 row = _log_row(accelerator, window, step, t, lr, mask_ratio, state, tic, val)
                 window, tic = [], time.perf_counter()
@@ -333,7 +341,7 @@ def train(cfg: Config, resume: str = "auto", progress: bool = True, step_hook=No
 
 
 @torch.no_grad()
-def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict:
+def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict | None:
     """Few-step coarse-to-fine translation of validation slices, `eval.n_samples` samples each: PSNR/SSIM of
     their mean in [0, 1] units over all ranks and, with 2 or more samples, the std calibration: `std_scale`, the
     RMS error of the mean over the RMS of the samples' std on the slices' foreground (translate multiplies the
@@ -346,8 +354,8 @@ def validate(denoiser, cfg: Config, accelerator, step: int, writer=None) -> dict
     ae = load_run_autoencoder(cfg, device)
     val = PairedSlices(meta["prepared_dir"], "val", source_slots(cfg.data), cfg.data.target,
                        any_to_any=cfg.data.any_to_any)
-    if len(val) == 0:
-        return {"psnr": math.nan, "ssim": math.nan, "n": 0}
+    if len(val) == 0:  # nothing to score: no NaN in the log, meta.json or the best-checkpoint choice
+        return None
     picks = np.unique(np.linspace(0, len(val) - 1, min(cfg.eval.num_val_slices, len(val))).round().astype(int))
     mine = picks[rank::world]  # validation is split across ranks
     n_samples = max(int(cfg.eval.n_samples), 1)
