@@ -20,7 +20,7 @@ from phmdiff.samplers import RESPACING, SAMPLER_SPECS, STOCHASTIC_SAMPLERS
 if TYPE_CHECKING:  # the sections' types; config.py imports this module
     from phmdiff.config import Config, DataConfig, EvalConfig, LogConfig, ModelConfig, TrainConfig
 
-AMP_MODES = ("bf16", "fp16", "no")
+AMP_MODES = ("auto", "bf16", "fp16", "no")
 CATEGORIES = ("npy", "lmdb", "tar")
 FITS = ("pad", "resize")  # how prepare brings a plane to data.resolution (VolumeSettings.fit)
 TARGET_NORMS = ("relative", "own")  # the target normalized by its sources' parameters, or by its own median

@@ -53,7 +53,7 @@ MEANINGS = {
     "model.sigma_data": "EDM's sigma_data of the latents",
     "model.P_std": "EDM's training noise density: std of log sigma",
     "model.P_mean": "EDM's training noise density: mean of log sigma",
-    "train.amp": "mixed precision: bf16, fp16 or no",
+    "train.amp": "mixed precision: auto (bf16 where the device computes it natively, else no), bf16, fp16 or no",
     "train.device": "auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu",
     "train.batchsize": "images per optimizer step, over all processes and accumulation steps",
     "train.grad_accum": "micro-batches accumulated per optimizer step",

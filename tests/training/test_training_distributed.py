@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from phmdiff.training.distributed import choose_device, resolve_amp
+from phmdiff.training import distributed
+from phmdiff.training.distributed import choose_device, cpu_has_bf16, resolve_amp
 
 
 def test_auto_device_prefers_cuda_then_mps_then_cpu():
@@ -31,6 +32,16 @@ def test_amp_choices():
     assert resolve_amp("no", torch.device("cpu")) == "no"
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         resolve_amp("fp16", torch.device("cpu"))
+
+
+def test_amp_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    assert not cpu_has_bf16("flags\t: fpu sse2 avx2 fma avx512f\n")
+    assert cpu_has_bf16("flags\t: fpu avx2 avx512f avx512_bf16\n") and cpu_has_bf16("flags : amx_bf16 amx_tile")
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(distributed, "native_bf16", lambda device, native=native: native)
+        assert resolve_amp("auto", torch.device("cpu")) == expected
+    with pytest.raises(ValueError, match="expected auto, bf16, fp16 or no"):
+        resolve_amp("fp8", torch.device("cpu"))
 
 
 _SCRIPT = r"""

@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,10 +27,33 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or AMX. Without
+    them CPU bf16 is emulated: a training step of the demo's model cost 19.3 CPU s in bf16 against 1.2 in fp32 on
+    an AVX2-only CPU, where AVX512-BF16 made bf16 the faster (0.76 vs 1.01)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return cpu_has_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:  # not Linux: no way to tell, so no bf16
+        return False
+
+
+def cpu_has_bf16(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists a native bf16 instruction set (AVX512-BF16 or AMX-BF16)."""
+    flags = set(cpuinfo.split())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """The mixed precision Accelerate should use: fp16 needs a GPU; bf16 runs on CPU autocast too."""
+    """The mixed precision Accelerate should use: fp16 needs a GPU; bf16 runs on CPU autocast too; `auto` is bf16
+    where the device computes it natively (`native_bf16`), else full precision."""
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "no"
     if amp not in AMP_TO_ACCELERATE:
-        raise ValueError(f"train.amp is {amp!r}; expected bf16, fp16 or no.")
+        raise ValueError(f"train.amp is {amp!r}; expected auto, bf16, fp16 or no.")
     if amp == "fp16" and device.type == "cpu":
         raise ValueError("train.amp=fp16 needs a GPU; on the CPU use train.amp=bf16 or train.amp=no.")
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
