@@ -187,21 +187,3 @@ def test_the_cycle_schedule_trains_the_levels_in_turn(data):
           progress=False, step_hook=hook)
     assert levels == {s: s % 2 for s in range(5)}
 
-
-def test_an_empty_val_split_is_said_once_and_leaves_no_nan(data, tmp_path):
-    """A folder split with no validation subject (a split file with an empty val list, val_fraction 0): training
-    says so once, records no validation (no NaN in log.csv or meta.json) and translate gets the last checkpoint."""
-    from phmdiff.training import run_pipeline
-
-    root, overrides = data
-    cfg = load_config(TINY, [*overrides, f"data.prepared={tmp_path / 'prep'}", f"data.cache={tmp_path / 'lat'}",
-                             "data.val_fraction=0.0", "data.test_fraction=0.25", f"log.run_dir={tmp_path / 'run'}",
-                             "train.max_num_steps=2", "eval.every=1"])
-    said = []
-    run_pipeline(cfg, progress=False, log=said.append)
-    empty = [s for s in said if s.startswith("train: the val split is empty")]
-    assert len(empty) == 1 and "no std calibration" in empty[0]
-    assert "nan" not in (cfg.run_dir / "log.csv").read_text().lower()
-    last = find_latest(cfg.run_dir)
-    assert load_checkpoint(last).meta.get("validation") is None
-    assert "NaN" not in (last / "meta.json").read_text()
