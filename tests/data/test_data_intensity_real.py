@@ -153,3 +153,11 @@ def test_the_real_subject_with_undershoot_normalizes_like_its_clipped_copy():
         assert spec.background[m] == 0.0 and spec.norm[m].scale == pytest.approx(ref.norm[m].scale, rel=1e-6)
         assert 0.10 < spec.stats[m]["fraction"] < 0.20
     assert np.abs(slices - clipped).max() < 0.2 and np.abs(slices - clipped).mean() < 1e-3
+
+
+def test_a_constant_border_brighter_than_the_rest_is_tissue_not_background():
+    """A tight crop: the tissue (one value) fills most of the border, a dark strip is the only background."""
+    v = np.full((8, 8, 4), 1.0, np.float32)
+    v[0] = 0.0
+    assert mr_background(v) == (0.0, False)
+    np.testing.assert_array_equal(foreground(v, False), v == 1.0)

@@ -24,6 +24,9 @@ CONSTANT_BORDER_SHARE = 0.5
 # of it); above it, the background lies inside the tissue's range (a z-score inside a brain mask with 0 outside
 # puts 40-50 % of the brain below 0) and the foreground is every voxel off it.
 UNDERSHOOT_SHARE = 0.25
+# A constant border above more than this share of the other voxels is tissue cut by the field of view (a tight
+# crop), not a background: the noise floor rule applies instead.
+TISSUE_SHARE = 0.9
 # The foreground share of a volume that normalization trusts: outside it the threshold found the background (or
 # nothing), and a scale from it would be wrong without a sign.
 PLAUSIBLE_FOREGROUND = (0.01, 0.99)
@@ -56,14 +59,15 @@ def mr_background(v: np.ndarray) -> tuple[float, bool]:
     A constant background (`constant_background`) is that value; whether it lies below the tissue (one-sided: the
     usual) or inside the tissue's range (two-sided: a z-score inside a brain mask) is read from the share of the
     other voxels below it, so interpolation undershoot (a few thousand slightly negative voxels beside a zero
-    background) counts as neither. Without a constant border, the 0.5th percentile: the noise floor of an
+    background) counts as neither; a constant above nearly all the other voxels is tissue that the field of view
+    cuts, not a background. Without a constant border, the 0.5th percentile: the noise floor of an
     unstripped head's air, which no single hot or cold voxel moves.
     """
     c = constant_background(v)
-    if c is None:
+    below = float((v[v != c] < c).mean()) if c is not None and (v != c).any() else 0.0
+    if c is None or below > TISSUE_SHARE:  # a constant brighter than (nearly) all else is tissue at the border
         return float(np.percentile(v, 0.5)), False
-    off = v[v != c]
-    return c, bool(off.size and (off < c).mean() > UNDERSHOOT_SHARE)
+    return c, below > UNDERSHOOT_SHARE
 
 
 def foreground(v: np.ndarray, is_ct: bool, background: tuple[float, bool] | None = None) -> np.ndarray:
