@@ -64,7 +64,8 @@ def mr_background(v: np.ndarray) -> tuple[float, bool]:
     unstripped head's air, which no single hot or cold voxel moves.
     """
     c = constant_background(v)
-    below = float((v[v != c] < c).mean()) if c is not None and (v != c).any() else 0.0
+    off = v[v != c] if c is not None else v[:0]
+    below = float((off < c).mean()) if off.size else 0.0
     if c is None or below > TISSUE_SHARE:  # a constant brighter than (nearly) all else is tissue at the border
         return float(np.percentile(v, 0.5)), False
     return c, below > UNDERSHOOT_SHARE

@@ -174,12 +174,12 @@ def load_subject_volumes(
     return volumes, affine, header
 
 
-def _norm_params(v: np.ndarray, fg: np.ndarray, bg: tuple[float, bool], mod: str, s: VolumeSettings) -> NormParams:
-    """The map of one modality to model units; `IntensityUntrusted` (one sentence) when no scale can be found."""
+def _norm_params(inside: np.ndarray, bg: tuple[float, bool], mod: str, s: VolumeSettings) -> NormParams:
+    """The map of one modality (its foreground voxels `inside`, non-empty: `check_foreground` passed) to model
+    units; `IntensityUntrusted` (one sentence) when no scale can be found."""
     if s.scheme(mod).fixed:
         lo, hi = s.ct_window
         return NormParams("window", lo, hi - lo, clip=True)
-    inside = v[fg]  # non-empty: `check_foreground` passed
     if s.norm == "zscore":  # mean -/+ 3 std -> [0, 1]
         mean, std = float(inside.mean()), float(inside.std())
         if not std > 0:
@@ -272,9 +272,9 @@ def volume_to_slices(
         bg = (float(settings.ct_window[0]), False) if is_ct else mr_background(v)
         fg = foreground(v, is_ct, bg)
         share = check_foreground(fg, mod) if not is_ct else float(fg.mean())
-        norm[mod] = _norm_params(v, fg, bg, mod, settings)
+        inside = v[fg] if fg.any() else v.ravel()  # a CT of air alone has no body: its window needs none
+        norm[mod] = _norm_params(inside, bg, mod, settings)
         background[mod] = bg[0]
-        inside = v[fg] if fg.any() else v.ravel()
         lo, mid, hi = (float(x) for x in np.percentile(inside, (0.5, 50.0, 99.5)))
         raw[mod] = {"fraction": share, "p0.5": lo, "median": mid, "p99.5": hi}
         per_slice = fg.reshape(fg.shape[0], -1).mean(1)  # (n,)
